@@ -1,0 +1,798 @@
+//! The bus: built once from handlers, endpoints and a transport; sends, publishes and hosts.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::codec::{Codec, Codecs};
+use crate::endpoint::EndpointConfig;
+use crate::envelope::{header, Body, Envelope, Headers};
+use crate::error::{BusError, CodecError};
+use crate::extract::StateMap;
+use crate::handler::{
+    Handler, HandlerDescriptor, HandlerRegistration, MessageInfo, MessageRegistration,
+};
+use crate::message::{AnyMessage, Command, Event, Message, MessageKind};
+use crate::receive::{self, EndpointRuntime};
+use crate::transport::{
+    Destination, EndpointTopology, Outgoing, SubscribeOptions, Topology, Transport,
+};
+
+/// Per-message options for [`Bus::send_with`], [`Bus::publish_with`] and their context twins.
+///
+/// ```
+/// use bus_core::SendOptions;
+/// let options = SendOptions::new().correlation_id("order-42").header("tenant", "acme");
+/// # drop(options);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct SendOptions {
+    message_id: Option<String>,
+    correlation_id: Option<String>,
+    headers: BTreeMap<String, String>,
+}
+
+impl SendOptions {
+    /// No options.
+    pub fn new() -> Self {
+        SendOptions::default()
+    }
+
+    /// Use this message id instead of a new UUIDv7 (e.g. to make a retried send idempotent).
+    pub fn message_id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = Some(id.into());
+        self
+    }
+
+    /// Set the correlation id (otherwise inherited from the handled message, or the message id).
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Add a custom header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+}
+
+/// Counters of what a bus instance did, for dashboards and summaries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BusStats {
+    /// Messages handled successfully (and acked).
+    pub handled: u64,
+    /// Handler attempts that failed (errors, panics, timeouts, failed releases).
+    pub failed_attempts: u64,
+    /// Messages scheduled for a delayed retry.
+    pub delayed_retries: u64,
+    /// Messages moved to an error queue.
+    pub dead_lettered: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) handled: AtomicU64,
+    pub(crate) failed_attempts: AtomicU64,
+    pub(crate) delayed_retries: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+}
+
+/// What every part of a running bus shares.
+pub(crate) struct Shared {
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) routes: HashMap<String, String>,
+    pub(crate) codecs: Codecs,
+    pub(crate) typed: bool,
+    pub(crate) state: StateMap,
+    pub(crate) max_body_size: usize,
+    pub(crate) counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn route<C: Command>(&self) -> Result<Destination, BusError> {
+        self.routes
+            .get(C::NAME)
+            .map(|e| Destination::Endpoint(e.clone()))
+            .ok_or_else(|| BusError::NoRoute(C::NAME.to_string()))
+    }
+
+    pub(crate) fn body_of<M: Message>(&self, message: M) -> Result<(Body, &str), BusError> {
+        if self.typed {
+            return Ok((
+                Body::Message(Arc::new(message)),
+                self.codecs.default_codec().content_type(),
+            ));
+        }
+        let codec: &dyn Codec = self.codecs.default_codec().as_ref();
+        let bytes = codec.encode(&message)?;
+        self.check_size(bytes.len())?;
+        Ok((Body::Bytes(bytes), codec.content_type()))
+    }
+
+    fn check_size(&self, size: usize) -> Result<(), CodecError> {
+        if size > self.max_body_size {
+            return Err(CodecError::TooLarge {
+                size,
+                limit: self.max_body_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Wrap a message in an envelope, inheriting ids from the message being handled.
+    pub(crate) fn outgoing<M: Message>(
+        &self,
+        message: M,
+        destination: Destination,
+        parent: Option<&Headers>,
+        options: SendOptions,
+    ) -> Result<Outgoing, BusError> {
+        let (body, content_type) = self.body_of(message)?;
+        let headers = new_headers(M::NAME, content_type, parent, options);
+        Ok(Outgoing {
+            destination,
+            envelope: Envelope {
+                headers: Arc::new(headers),
+                body,
+            },
+            delay: None,
+        })
+    }
+}
+
+fn new_headers(
+    message_type: &str,
+    content_type: &str,
+    parent: Option<&Headers>,
+    options: SendOptions,
+) -> Headers {
+    let message_id = options
+        .message_id
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let mut custom = options.headers;
+    let correlation_id = options
+        .correlation_id
+        .or_else(|| parent.and_then(|p| p.correlation_id.clone()))
+        .unwrap_or_else(|| message_id.clone());
+    let conversation = parent
+        .and_then(|p| p.conversation_id().map(str::to_string))
+        .unwrap_or_else(|| message_id.clone());
+    custom.insert(header::CONVERSATION_ID.to_string(), conversation);
+    if let Some(parent) = parent {
+        custom.insert(header::CAUSATION_ID.to_string(), parent.message_id.clone());
+    }
+    Headers {
+        message_id,
+        message_type: message_type.to_string(),
+        content_type: content_type.to_string(),
+        correlation_id: Some(correlation_id),
+        sent_at: Some(SystemTime::now()),
+        custom,
+    }
+}
+
+/// Configures and builds a [`Bus`].
+///
+/// Handlers annotated with `#[handler]` anywhere in the binary are discovered automatically;
+/// [`BusBuilder::handler`] adds more by hand. Each handler belongs to an endpoint (a logical
+/// service): the one named in its attribute, else the owning endpoint its command declares,
+/// else the builder's default endpoint.
+pub struct BusBuilder {
+    transport: Option<Arc<dyn Transport>>,
+    discover: bool,
+    handlers: Vec<HandlerDescriptor>,
+    default_endpoint: String,
+    hosted: Option<HashSet<String>>,
+    endpoint_defaults: EndpointConfig,
+    endpoint_configs: HashMap<String, Box<dyn FnOnce(EndpointConfig) -> EndpointConfig + Send>>,
+    routes: HashMap<String, String>,
+    state: StateMap,
+    codecs: Codecs,
+    max_body_size: usize,
+    shutdown_grace: Duration,
+}
+
+impl Default for BusBuilder {
+    fn default() -> Self {
+        BusBuilder {
+            transport: None,
+            discover: true,
+            handlers: Vec::new(),
+            default_endpoint: "main".to_string(),
+            hosted: None,
+            endpoint_defaults: EndpointConfig::default(),
+            endpoint_configs: HashMap::new(),
+            routes: HashMap::new(),
+            state: StateMap::default(),
+            codecs: Codecs::default(),
+            max_body_size: 4 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl BusBuilder {
+    /// The transport to run on.
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// The transport to run on, already shared.
+    pub fn transport_arc(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// The endpoint of handlers that name none and handle no command with a declared owner.
+    /// Defaults to `main`.
+    pub fn default_endpoint(mut self, name: impl Into<String>) -> Self {
+        self.default_endpoint = name.into();
+        self
+    }
+
+    /// Host only these endpoints in this process (by default, every endpoint that has a
+    /// handler). Use it to run one service of a binary that links several.
+    pub fn host<I, S>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.hosted = Some(endpoints.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Do not pick up `#[handler]` functions automatically; only explicit ones are hosted.
+    pub fn without_discovery(mut self) -> Self {
+        self.discover = false;
+        self
+    }
+
+    /// Register a handler function in an endpoint by hand.
+    pub fn handler<M, Args>(
+        mut self,
+        endpoint: impl Into<Cow<'static, str>>,
+        handler: impl Handler<M, Args>,
+    ) -> Self {
+        self.handlers
+            .push(handler.into_descriptor().in_endpoint(endpoint));
+        self
+    }
+
+    /// Register a handler descriptor (what `#[handler]` produces) by hand.
+    pub fn handler_descriptor(mut self, descriptor: HandlerDescriptor) -> Self {
+        self.handlers.push(descriptor);
+        self
+    }
+
+    /// Settings every endpoint starts from.
+    pub fn endpoint_defaults(mut self, config: EndpointConfig) -> Self {
+        self.endpoint_defaults = config;
+        self
+    }
+
+    /// Adjust one endpoint's settings.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = bus_core::Bus::builder()
+    ///     .endpoint("billing", |e| e.concurrency(4).delayed_retries(3, Duration::from_secs(2)));
+    /// # drop(builder);
+    /// ```
+    pub fn endpoint(
+        mut self,
+        name: impl Into<String>,
+        configure: impl FnOnce(EndpointConfig) -> EndpointConfig + Send + 'static,
+    ) -> Self {
+        self.endpoint_configs
+            .insert(name.into(), Box::new(configure));
+        self
+    }
+
+    /// Send command `C` to `endpoint`, overriding the owner the command declares.
+    pub fn route<C: Command>(mut self, endpoint: impl Into<String>) -> Self {
+        self.routes.insert(C::NAME.to_string(), endpoint.into());
+        self
+    }
+
+    /// Shared state for the [`crate::State`] extractor.
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(value);
+        self
+    }
+
+    /// Add a codec; with `default`, outgoing messages are encoded with it.
+    pub fn codec(mut self, codec: impl Codec, default: bool) -> Self {
+        self.codecs.register(Arc::new(codec), default);
+        self
+    }
+
+    /// Largest body accepted on send and on receive (default 4 MiB).
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body_size = bytes;
+        self
+    }
+
+    /// How long [`Bus::shutdown`] waits for in-flight handlers (default 30 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Check the configuration, declare the topology on the transport, and return the bus
+    /// (not consuming yet: call [`Bus::start`]).
+    pub async fn build(self) -> Result<Bus, BusError> {
+        let transport = self.transport.clone().ok_or(BusError::NoTransport)?;
+        let messages = registered_messages()?;
+
+        let mut descriptors: Vec<HandlerDescriptor> = Vec::new();
+        if self.discover {
+            descriptors.extend(inventory::iter::<HandlerRegistration>().map(|r| (r.factory)()));
+        }
+        descriptors.extend(self.handlers.iter().cloned());
+
+        // Routes: declared owners, then explicit routes, then where the handler lives.
+        let mut routes: HashMap<String, String> = HashMap::new();
+        for info in messages.values() {
+            if let (MessageKind::Command, Some(owner)) = (info.kind, info.endpoint) {
+                routes.insert(info.name.to_string(), owner.to_string());
+            }
+        }
+        routes.extend(self.routes.clone());
+
+        // Place each handler in its endpoint.
+        for d in &mut descriptors {
+            if d.endpoint.is_none() {
+                let owner = match d.message.kind {
+                    MessageKind::Command => routes.get(d.message.name).cloned(),
+                    MessageKind::Event => None,
+                };
+                d.endpoint = Some(Cow::Owned(
+                    owner.unwrap_or_else(|| self.default_endpoint.clone()),
+                ));
+            }
+        }
+        let endpoint_of =
+            |d: &HandlerDescriptor| d.endpoint.as_deref().unwrap_or_default().to_string();
+        if let Some(hosted) = &self.hosted {
+            descriptors.retain(|d| hosted.contains(&endpoint_of(d)));
+        }
+
+        check_commands(&descriptors, &messages, &mut routes, self.hosted.as_ref())?;
+        for d in &descriptors {
+            for req in &d.requires {
+                if !self.state.contains(req.type_id) {
+                    return Err(BusError::MissingState {
+                        handler: d.name.to_string(),
+                        state: req.type_name.to_string(),
+                    });
+                }
+            }
+        }
+
+        // Group by endpoint, in a stable order.
+        let mut by_endpoint: BTreeMap<String, Vec<HandlerDescriptor>> = BTreeMap::new();
+        for d in descriptors {
+            by_endpoint.entry(endpoint_of(&d)).or_default().push(d);
+        }
+        if let Some(hosted) = &self.hosted {
+            for name in hosted {
+                by_endpoint.entry(name.clone()).or_default();
+            }
+        }
+
+        let shared = Arc::new(Shared {
+            typed: transport.carries_typed_messages(),
+            transport: transport.clone(),
+            routes,
+            codecs: self.codecs.clone(),
+            state: self.state.clone(),
+            max_body_size: self.max_body_size,
+            counters: Counters::default(),
+        });
+
+        let mut configs = self.endpoint_configs;
+        let mut topology = Topology::default();
+        let mut endpoints = Vec::new();
+        for (name, handlers) in by_endpoint {
+            let config = match configs.remove(&name) {
+                Some(configure) => configure(self.endpoint_defaults.clone()),
+                None => self.endpoint_defaults.clone(),
+            };
+            let mut ep_topology = EndpointTopology {
+                name: name.clone(),
+                ..EndpointTopology::default()
+            };
+            let mut table: HashMap<String, Vec<HandlerDescriptor>> = HashMap::new();
+            for h in handlers {
+                let list = match h.message.kind {
+                    MessageKind::Command => &mut ep_topology.commands,
+                    MessageKind::Event => &mut ep_topology.events,
+                };
+                if !list.iter().any(|m| m == h.message.name) {
+                    list.push(h.message.name.to_string());
+                }
+                table.entry(h.message.name.to_string()).or_default().push(h);
+            }
+            topology.endpoints.push(ep_topology);
+            endpoints.push(Arc::new(EndpointRuntime {
+                name: Arc::from(name.as_str()),
+                config,
+                handlers: table,
+                shared: shared.clone(),
+            }));
+        }
+
+        transport.declare(&topology).await?;
+        tracing::debug!(
+            transport = transport.name(),
+            endpoints = endpoints.len(),
+            "bus built"
+        );
+
+        Ok(Bus {
+            inner: Arc::new(BusInner {
+                shared,
+                endpoints,
+                topology,
+                stop: CancellationToken::new(),
+                abort: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                started: AtomicBool::new(false),
+                grace: self.shutdown_grace,
+            }),
+        })
+    }
+
+    /// [`BusBuilder::build`], then [`Bus::start`].
+    pub async fn start(self) -> Result<Bus, BusError> {
+        let bus = self.build().await?;
+        bus.start().await?;
+        Ok(bus)
+    }
+}
+
+/// Every message type derived in the binary, by wire name; two types with one name is an error.
+fn registered_messages() -> Result<HashMap<&'static str, MessageInfo>, BusError> {
+    let mut out: HashMap<&'static str, MessageInfo> = HashMap::new();
+    for reg in inventory::iter::<MessageRegistration>() {
+        let info = reg.info;
+        if let Some(prev) = out.get(info.name) {
+            if (prev.type_id)() != (info.type_id)() {
+                return Err(BusError::DuplicateWireName {
+                    name: info.name.to_string(),
+                    first: (prev.rust_type)().to_string(),
+                    second: (info.rust_type)().to_string(),
+                });
+            }
+        }
+        out.insert(info.name, info);
+    }
+    Ok(out)
+}
+
+/// A command has exactly one handler, in its owning endpoint.
+fn check_commands(
+    descriptors: &[HandlerDescriptor],
+    messages: &HashMap<&'static str, MessageInfo>,
+    routes: &mut HashMap<String, String>,
+    hosted: Option<&HashSet<String>>,
+) -> Result<(), BusError> {
+    let mut by_command: BTreeMap<&str, Vec<&HandlerDescriptor>> = BTreeMap::new();
+    for d in descriptors
+        .iter()
+        .filter(|d| d.message.kind == MessageKind::Command)
+    {
+        by_command.entry(d.message.name).or_default().push(d);
+    }
+    for (name, handlers) in &by_command {
+        if handlers.len() > 1 {
+            return Err(BusError::DuplicateHandler {
+                message: name.to_string(),
+                handlers: handlers
+                    .iter()
+                    .map(|d| format!("{}::{}", d.endpoint().unwrap_or_default(), d.name))
+                    .collect(),
+            });
+        }
+        let handler = handlers[0];
+        let at = handler.endpoint().unwrap_or_default();
+        match routes.get(*name) {
+            Some(owner) if owner != at => {
+                return Err(BusError::MisplacedHandler {
+                    message: name.to_string(),
+                    handler: handler.name.to_string(),
+                    endpoint: at.to_string(),
+                    owner: owner.clone(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                routes.insert(name.to_string(), at.to_string());
+            }
+        }
+    }
+    let hosted_endpoints: HashSet<String> = match hosted {
+        Some(h) => h.clone(),
+        None => descriptors
+            .iter()
+            .filter_map(|d| d.endpoint().map(str::to_string))
+            .collect(),
+    };
+    let mut names: Vec<&&str> = messages.keys().collect();
+    names.sort();
+    for name in names {
+        let info = &messages[*name];
+        if info.kind != MessageKind::Command || by_command.contains_key(*name) {
+            continue;
+        }
+        if let Some(owner) = routes.get(*name) {
+            if hosted_endpoints.contains(owner) {
+                return Err(BusError::NoHandler {
+                    message: name.to_string(),
+                    endpoint: owner.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+struct BusInner {
+    shared: Arc<Shared>,
+    endpoints: Vec<Arc<EndpointRuntime>>,
+    topology: Topology,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    tracker: TaskTracker,
+    started: AtomicBool,
+    grace: Duration,
+}
+
+/// What [`Bus::shutdown`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Whether every in-flight handler finished within the grace period. If not, the
+    /// unfinished deliveries were abandoned and the transport redelivers them.
+    pub drained: bool,
+    /// How long shutdown took.
+    pub elapsed: Duration,
+}
+
+/// A running service bus: sends commands, publishes events, hosts endpoints.
+///
+/// Cheap to clone; clones share one bus.
+///
+/// ```
+/// use bus_core::{Bus, Command, HandlerError};
+/// use bus_transport_memory::MemoryTransport;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Command, Serialize, Deserialize, Clone, Debug)]
+/// #[command(name = "docs.Greet", endpoint = "docs-greeter")]
+/// struct Greet { name: String }
+///
+/// #[bus_core::handler]
+/// async fn greet(cmd: Greet) -> Result<(), HandlerError> {
+///     println!("hello, {}", cmd.name);
+///     Ok(())
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let bus = Bus::builder()
+///     .transport(MemoryTransport::new())
+///     .host(["docs-greeter"])
+///     .start()
+///     .await?;
+/// bus.send(Greet { name: "world".into() }).await?;
+/// bus.shutdown().await;
+/// # Ok::<(), bus_core::BusError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<BusInner>,
+}
+
+impl Bus {
+    /// Start configuring a bus.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+
+    /// Send a command to the endpoint that owns it. `Ok` means the transport accepted it.
+    pub async fn send<C: Command>(&self, command: C) -> Result<(), BusError> {
+        self.send_with(command, SendOptions::default()).await
+    }
+
+    /// Send a command with options.
+    pub async fn send_with<C: Command>(
+        &self,
+        command: C,
+        options: SendOptions,
+    ) -> Result<(), BusError> {
+        let shared = &self.inner.shared;
+        let out = shared.outgoing(command, shared.route::<C>()?, None, options)?;
+        self.dispatch(out).await
+    }
+
+    /// Publish an event to every subscribing endpoint.
+    pub async fn publish<E: Event>(&self, event: E) -> Result<(), BusError> {
+        self.publish_with(event, SendOptions::default()).await
+    }
+
+    /// Publish an event with options.
+    pub async fn publish_with<E: Event>(
+        &self,
+        event: E,
+        options: SendOptions,
+    ) -> Result<(), BusError> {
+        let out = self.inner.shared.outgoing(
+            event,
+            Destination::Event(E::NAME.to_string()),
+            None,
+            options,
+        )?;
+        self.dispatch(out).await
+    }
+
+    /// Send or publish a message whose type is known only at run time (e.g. one decoded from
+    /// an error queue with [`crate::decode_any`]), according to its kind.
+    pub async fn dispatch_any(
+        &self,
+        message: &dyn AnyMessage,
+        options: SendOptions,
+    ) -> Result<(), BusError> {
+        let shared = &self.inner.shared;
+        let name = message.message_name();
+        let destination = match message.message_kind() {
+            MessageKind::Command => Destination::Endpoint(
+                shared
+                    .routes
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| BusError::NoRoute(name.to_string()))?,
+            ),
+            MessageKind::Event => Destination::Event(name.to_string()),
+        };
+        let (body, content_type) = if shared.typed {
+            (
+                Body::Message(Arc::from(message.clone_message())),
+                shared.codecs.default_codec().content_type(),
+            )
+        } else {
+            let codec = shared.codecs.default_codec();
+            let bytes = codec.encode(message.as_serialize())?;
+            shared.check_size(bytes.len())?;
+            (Body::Bytes(bytes), codec.content_type())
+        };
+        let headers = new_headers(name, content_type, None, options);
+        self.dispatch(Outgoing {
+            destination,
+            envelope: Envelope {
+                headers: Arc::new(headers),
+                body,
+            },
+            delay: None,
+        })
+        .await
+    }
+
+    async fn dispatch(&self, out: Outgoing) -> Result<(), BusError> {
+        if self.inner.stop.is_cancelled() && self.inner.abort.is_cancelled() {
+            return Err(BusError::ShutDown);
+        }
+        self.inner.shared.transport.send(out).await?;
+        Ok(())
+    }
+
+    /// Start consuming every hosted endpoint. Calling it again does nothing.
+    pub async fn start(&self) -> Result<(), BusError> {
+        if self.inner.started.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        for ep in &self.inner.endpoints {
+            let sub = self
+                .inner
+                .shared
+                .transport
+                .subscribe(
+                    &ep.name,
+                    SubscribeOptions {
+                        prefetch: ep.config.prefetch,
+                    },
+                )
+                .await?;
+            let tracker = self.inner.tracker.clone();
+            tracker.spawn(receive::consume(
+                ep.clone(),
+                sub,
+                self.inner.stop.clone(),
+                self.inner.abort.clone(),
+                self.inner.tracker.clone(),
+            ));
+        }
+        tracing::info!(
+            transport = self.inner.shared.transport.name(),
+            endpoints = ?self.endpoint_names(),
+            "bus started"
+        );
+        Ok(())
+    }
+
+    /// Stop taking new messages, let in-flight handlers finish within the grace period, and
+    /// abandon the rest to be redelivered.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        let started = std::time::Instant::now();
+        self.inner.stop.cancel();
+        self.inner.tracker.close();
+        let drained = tokio::time::timeout(self.inner.grace, self.inner.tracker.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(grace = ?self.inner.grace, "handlers still running after the grace period; abandoning them for redelivery");
+            self.inner.abort.cancel();
+            self.inner.tracker.wait().await;
+        }
+        self.inner.abort.cancel();
+        ShutdownReport {
+            drained,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Names of the endpoints this bus hosts.
+    pub fn endpoint_names(&self) -> Vec<String> {
+        self.inner
+            .endpoints
+            .iter()
+            .map(|e| e.name.to_string())
+            .collect()
+    }
+
+    /// The topology this bus declared.
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// The endpoint that owns a command, by wire name.
+    pub fn route_of(&self, command: &str) -> Option<&str> {
+        self.inner.shared.routes.get(command).map(String::as_str)
+    }
+
+    /// The codecs this bus knows.
+    pub fn codecs(&self) -> &Codecs {
+        &self.inner.shared.codecs
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.inner.shared.transport
+    }
+
+    /// What this bus instance has done so far.
+    pub fn stats(&self) -> BusStats {
+        let c = &self.inner.shared.counters;
+        BusStats {
+            handled: c.handled.load(Ordering::Relaxed),
+            failed_attempts: c.failed_attempts.load(Ordering::Relaxed),
+            delayed_retries: c.delayed_retries.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("transport", &self.inner.shared.transport.name())
+            .field("endpoints", &self.endpoint_names())
+            .finish()
+    }
+}

@@ -1,0 +1,121 @@
+//! The envelope: headers plus body, as every transport carries it.
+//!
+//! The body is the serialized message alone (so other languages can read it); everything else is
+//! a header. Transports map the well-known headers onto native properties (AMQP `message_id`,
+//! `type`, `content_type`, `correlation_id`, `timestamp`) and the rest onto a header table.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::message::AnyMessage;
+
+/// Names of the headers the bus reads and writes in the custom header table.
+pub mod header {
+    /// Conversation id: shared by every message caused, directly or not, by one root message.
+    pub const CONVERSATION_ID: &str = "bus-conversation-id";
+    /// Causation id: the message id of the message whose handler sent this one.
+    pub const CAUSATION_ID: &str = "bus-causation-id";
+    /// Where replies should go.
+    pub const REPLY_TO: &str = "bus-reply-to";
+    /// How many delayed retries this message has already been through.
+    pub const DELAYED_RETRIES: &str = "bus-delayed-retries";
+    /// Why the message was moved to the error queue (see [`crate::FailureReason`]).
+    pub const FAILURE_REASON: &str = "bus-failure-reason";
+    /// The Rust type of the error, or `panic` / `timeout`.
+    pub const FAILURE_ERROR_TYPE: &str = "bus-failure-error-type";
+    /// The error's text.
+    pub const FAILURE_ERROR: &str = "bus-failure-error";
+    /// The handler that failed, when one ran.
+    pub const FAILURE_HANDLER: &str = "bus-failure-handler";
+    /// The endpoint whose queue the message came from.
+    pub const FAILURE_ENDPOINT: &str = "bus-failure-endpoint";
+    /// Total handler attempts made.
+    pub const FAILURE_ATTEMPTS: &str = "bus-failure-attempts";
+    /// When the message was moved (RFC 3339, UTC).
+    pub const FAILURE_TIME: &str = "bus-failure-time";
+}
+
+/// The metadata that travels with every message.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Headers {
+    /// Unique id of this message (UUIDv7 when the bus creates it). Kept across retries.
+    pub message_id: String,
+    /// The message's wire name, e.g. `sales.PlaceOrder`. Routing reads only this.
+    pub message_type: String,
+    /// The body's content type, e.g. `application/json`.
+    pub content_type: String,
+    /// Correlation id: set on a root message and copied to everything it causes.
+    pub correlation_id: Option<String>,
+    /// When the message was sent.
+    pub sent_at: Option<SystemTime>,
+    /// Every other header, including the `bus-*` ones in [`header`].
+    pub custom: BTreeMap<String, String>,
+}
+
+impl Headers {
+    /// A custom header's value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.custom.get(name).map(String::as_str)
+    }
+
+    /// The conversation id.
+    pub fn conversation_id(&self) -> Option<&str> {
+        self.get(header::CONVERSATION_ID)
+    }
+
+    /// The causation id.
+    pub fn causation_id(&self) -> Option<&str> {
+        self.get(header::CAUSATION_ID)
+    }
+
+    /// Delayed retries already made (0 when the header is absent or unreadable).
+    pub fn delayed_retries(&self) -> u32 {
+        self.get(header::DELAYED_RETRIES)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The message body: bytes from the wire, or a typed value carried in-process.
+#[derive(Clone)]
+pub enum Body {
+    /// Serialized bytes, exactly as they arrived.
+    Bytes(Bytes),
+    /// A typed message, when the transport is in-process and no serialization was asked for.
+    Message(Arc<dyn AnyMessage>),
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Bytes(b) => match std::str::from_utf8(b) {
+                Ok(s) => write!(f, "Bytes({s:?})"),
+                Err(_) => write!(f, "Bytes({} bytes, not UTF-8)", b.len()),
+            },
+            Body::Message(m) => write!(f, "Message({m:?})"),
+        }
+    }
+}
+
+/// Headers and body.
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    /// Metadata.
+    pub headers: Arc<Headers>,
+    /// The message.
+    pub body: Body,
+}
+
+impl Envelope {
+    /// An envelope around raw bytes, e.g. to feed a transport from a test or a bridge.
+    pub fn from_bytes(headers: Headers, body: impl Into<Bytes>) -> Self {
+        Envelope {
+            headers: Arc::new(headers),
+            body: Body::Bytes(body.into()),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! # bus-core: a typed service bus for Rust
+//!
+//! Declare messages with `#[derive(Command)]` / `#[derive(Event)]`, write handlers as plain
+//! async functions with `#[handler]`, and let a [`Bus`] route **commands point-to-point** (one
+//! handler instance per command; instances of an endpoint compete for its queue) and **events
+//! pub/sub** (every subscribing endpoint gets its own copy) over a pluggable [`Transport`].
+//!
+//! ```
+//! use bus_core::{Bus, Command, Event, HandlerError, MessageContext};
+//! use bus_transport_memory::MemoryTransport;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Command, Serialize, Deserialize, Clone, Debug)]
+//! #[command(name = "intro.PlaceOrder", endpoint = "intro-sales")]
+//! struct PlaceOrder { id: u32 }
+//!
+//! #[derive(Event, Serialize, Deserialize, Clone, Debug)]
+//! #[event(name = "intro.OrderPlaced")]
+//! struct OrderPlaced { id: u32 }
+//!
+//! #[bus_core::handler]
+//! async fn place(cmd: PlaceOrder, ctx: MessageContext) -> Result<(), HandlerError> {
+//!     ctx.publish(OrderPlaced { id: cmd.id }).await?; // released once this handler succeeds
+//!     Ok(())
+//! }
+//!
+//! #[bus_core::handler(endpoint = "intro-billing")]
+//! async fn bill(evt: OrderPlaced) -> Result<(), HandlerError> {
+//!     println!("billing order {}", evt.id);
+//!     Ok(())
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let bus = Bus::builder()
+//!     .transport(MemoryTransport::new())
+//!     .host(["intro-sales", "intro-billing"])
+//!     .start()
+//!     .await?;
+//! bus.send(PlaceOrder { id: 1 }).await?;
+//! bus.shutdown().await;
+//! # Ok::<(), bus_core::BusError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! ## Where things live
+//! - [`message`](crate::Message): the message traits and the typetag-backed [`AnyMessage`].
+//! - `envelope`: [`Headers`], [`Envelope`], [`Body`]; header names in [`header`].
+//! - `codec`: [`Codec`], [`JsonCodec`], [`decode_any`].
+//! - `handler`, `extract`, `context`: handlers, extractors ([`State`]), [`MessageContext`].
+//! - `endpoint`: [`EndpointConfig`] and [`Recoverability`] (retries).
+//! - `bus`: [`BusBuilder`] and [`Bus`]; `receive`: the per-delivery pipeline.
+//! - `transport`: the [`Transport`] contract (send, subscribe, ack) every transport implements.
+
+extern crate self as bus_core;
+
+mod bus;
+mod codec;
+mod context;
+mod endpoint;
+mod envelope;
+mod error;
+mod extract;
+mod failure;
+mod handler;
+mod message;
+mod receive;
+mod transport;
+
+pub use bus::{Bus, BusBuilder, BusStats, SendOptions, ShutdownReport};
+pub use codec::{decode, decode_any, decode_envelope, encode, Codec, Codecs, JsonCodec, JSON};
+pub use context::MessageContext;
+pub use endpoint::{EndpointConfig, Recoverability};
+pub use envelope::{header, Body, Envelope, Headers};
+pub use error::{BusError, CodecError, HandlerError, TransportError};
+pub use extract::{FromContext, State};
+pub use failure::FailureReason;
+pub use handler::{
+    BoxFuture, Handler, HandlerDescriptor, HandlerRegistration, IntoHandlerResult, MessageInfo,
+    MessageRegistration, StateRequirement,
+};
+pub use message::{AnyMessage, Command, DynMessage, Event, Message, MessageKind};
+pub use transport::{
+    Acker, Delivery, Destination, EndpointTopology, Outgoing, SubscribeOptions, Subscription,
+    Topology, Transport,
+};
+
+/// Derive macros and the handler attribute.
+pub use bus_macros::{handler, Command, Event};
+
+/// Re-exported so transports and tests need not add it themselves.
+pub use async_trait::async_trait;
+/// Re-exported for transports.
+pub use bytes::Bytes;
+
+/// What the macros' generated code uses. Not a public API: it may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+    pub use typetag;
+
+    pub use crate::handler::{
+        HandlerDescriptor, HandlerRegistration, MessageInfo, MessageRegistration,
+    };
+    pub use crate::{FromContext, HandlerError, IntoHandlerResult, MessageContext};
+    pub use std::borrow::Cow;
+    pub use std::option::Option::{self, None, Some};
+    pub use std::result::Result::{Err, Ok};
+    pub use std::vec::Vec;
+
+    /// An extractor's functions, checked once against `FromContext` (at the user's type).
+    pub struct Extractor<T> {
+        /// Builds the value.
+        pub extract: fn(&MessageContext) -> Result<T, HandlerError>,
+        /// State it needs.
+        pub requires: fn() -> Option<crate::StateRequirement>,
+    }
+
+    impl<T> Clone for Extractor<T> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+
+    impl<T> Copy for Extractor<T> {}
+
+    /// The extractor functions of `T`.
+    #[inline]
+    pub fn extractor<T: FromContext>() -> Extractor<T> {
+        Extractor {
+            extract: T::from_context,
+            requires: T::requires,
+        }
+    }
+
+    /// Converts a handler's return value; the span points at the user's return type.
+    #[inline]
+    pub fn into_result<R: IntoHandlerResult>(r: R) -> Result<(), HandlerError> {
+        r.into_handler_result()
+    }
+
+    /// The descriptor of a `#[handler]` function; `M: Message` is checked here, once.
+    pub fn descriptor<M, F, Fut>(
+        name: &'static str,
+        endpoint: Option<Cow<'static, str>>,
+        requires: Vec<Option<crate::StateRequirement>>,
+        f: F,
+    ) -> HandlerDescriptor
+    where
+        M: crate::Message,
+        F: Fn(M, MessageContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        HandlerDescriptor::new::<M, F, Fut>(
+            name,
+            endpoint,
+            MessageInfo::of::<M>(),
+            requires.into_iter().flatten().collect(),
+            f,
+        )
+    }
+}

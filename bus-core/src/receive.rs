@@ -1,0 +1,386 @@
+//! The receive pipeline of an endpoint: take a delivery, check it, run its handlers with retries,
+//! release their outgoing messages, then ack, schedule a delayed retry, or move it to the error
+//! queue. [`classify`]-style decisions live in one place: [`handle_delivery`].
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::Shared;
+use crate::codec::Codec;
+use crate::context::MessageContext;
+use crate::endpoint::EndpointConfig;
+use crate::envelope::{header, Body, Envelope, Headers};
+use crate::failure::{Failure, FailureReason};
+use crate::handler::HandlerDescriptor;
+use crate::transport::{Delivery, Destination, Outgoing, Subscription};
+
+/// One hosted endpoint.
+pub(crate) struct EndpointRuntime {
+    pub(crate) name: Arc<str>,
+    pub(crate) config: EndpointConfig,
+    pub(crate) handlers: HashMap<String, Vec<HandlerDescriptor>>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Pull deliveries and hand each to a task, at most `concurrency` at once, until `stop`.
+/// A task still running when `abort` fires is dropped, and with it its delivery, which the
+/// transport then redelivers.
+pub(crate) async fn consume(
+    ep: Arc<EndpointRuntime>,
+    mut sub: Box<dyn Subscription>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(ep.config.concurrency));
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let next = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            next = sub.next() => next,
+        };
+        match next {
+            None => break,
+            Some(Err(error)) => {
+                tracing::warn!(endpoint = %ep.name, %error, "receive failed; retrying shortly");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some(Ok(delivery)) => {
+                let ep = ep.clone();
+                let abort = abort.clone();
+                tracker.spawn(async move {
+                    tokio::select! {
+                        _ = abort.cancelled() => {}
+                        _ = handle_delivery(&ep, delivery) => {}
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    tracing::debug!(endpoint = %ep.name, "stopped taking messages");
+}
+
+/// Everything that happens to one delivery.
+pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
+    let envelope = delivery.envelope().clone();
+    let headers = envelope.headers.clone();
+
+    // Checks that no retry can fix: straight to the error queue.
+    if headers.message_id.is_empty() {
+        let f = Failure::rejected(
+            FailureReason::MissingHeader,
+            "the message id header is missing",
+        );
+        return dead_letter(ep, delivery, &envelope, f, 0).await;
+    }
+    if headers.message_type.is_empty() {
+        let f = Failure::rejected(
+            FailureReason::MissingHeader,
+            "the message type header is missing",
+        );
+        return dead_letter(ep, delivery, &envelope, f, 0).await;
+    }
+    let Some(handlers) = ep.handlers.get(&headers.message_type) else {
+        let f = Failure::rejected(
+            FailureReason::UnknownMessageType,
+            format!(
+                "endpoint `{}` has no handler for message type `{}`",
+                ep.name, headers.message_type
+            ),
+        );
+        return dead_letter(ep, delivery, &envelope, f, 0).await;
+    };
+    let codec: Arc<dyn Codec> = match &envelope.body {
+        Body::Message(_) => ep.shared.codecs.default_codec().clone(),
+        Body::Bytes(bytes) => {
+            if bytes.len() > ep.shared.max_body_size {
+                let f = Failure::rejected(
+                    FailureReason::TooLarge,
+                    format!(
+                        "body of {} bytes exceeds the limit of {}",
+                        bytes.len(),
+                        ep.shared.max_body_size
+                    ),
+                );
+                return dead_letter(ep, delivery, &envelope, f, 0).await;
+            }
+            match ep.shared.codecs.get(&headers.content_type) {
+                Some(c) => c.clone(),
+                None => {
+                    let f = Failure::rejected(
+                        FailureReason::UnsupportedContentType,
+                        format!("no codec for content type `{}`", headers.content_type),
+                    );
+                    return dead_letter(ep, delivery, &envelope, f, 0).await;
+                }
+            }
+        }
+    };
+    let mut decoded = Vec::with_capacity(handlers.len());
+    for h in handlers {
+        match h.decode(&envelope.body, codec.as_ref()) {
+            Ok(value) => decoded.push(Some(value)),
+            Err(error) => {
+                let f = Failure::rejected(FailureReason::Deserialization, error.to_string())
+                    .with_handler(h.name());
+                return dead_letter(ep, delivery, &envelope, f, 0).await;
+            }
+        }
+    }
+
+    // Attempts: a round of immediate retries; after it, a delayed retry or the error queue.
+    let policy = &ep.config.recoverability;
+    let round = headers.delayed_retries();
+    let per_round = policy.attempts_per_round();
+    let mut made = 0;
+    let mut failure = None;
+    for i in 0..per_round {
+        let attempt = round.saturating_mul(per_round).saturating_add(i + 1);
+        made += 1;
+        match run_attempt(
+            ep,
+            handlers,
+            &mut decoded,
+            &envelope,
+            codec.as_ref(),
+            attempt,
+            delivery.redelivered(),
+        )
+        .await
+        {
+            Ok(()) => {
+                ep.shared.counters.handled.fetch_add(1, Ordering::Relaxed);
+                if let Err(error) = delivery.ack().await {
+                    tracing::warn!(endpoint = %ep.name, message_id = %headers.message_id, %error, "ack failed; the message may be redelivered");
+                }
+                return;
+            }
+            Err(f) => {
+                ep.shared
+                    .counters
+                    .failed_attempts
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    endpoint = %ep.name,
+                    message_type = %headers.message_type,
+                    message_id = %headers.message_id,
+                    correlation_id = headers.correlation_id.as_deref().unwrap_or(""),
+                    attempt,
+                    reason = f.reason.as_str(),
+                    error = %f.message,
+                    "handler attempt failed"
+                );
+                let stop = f.unrecoverable;
+                failure = Some(f);
+                if stop {
+                    break;
+                }
+            }
+        }
+    }
+    let failure = failure.expect("a failed round records its failure");
+    let total = round.saturating_mul(per_round).saturating_add(made);
+    if !failure.unrecoverable && round < policy.delayed_retries {
+        schedule_retry(ep, delivery, &envelope, round, policy.delay_for(round)).await;
+    } else {
+        dead_letter(ep, delivery, &envelope, failure, total).await;
+    }
+}
+
+async fn run_attempt(
+    ep: &EndpointRuntime,
+    handlers: &[HandlerDescriptor],
+    decoded: &mut [Option<Box<dyn std::any::Any + Send>>],
+    envelope: &Envelope,
+    codec: &dyn Codec,
+    attempt: u32,
+    redelivered: bool,
+) -> Result<(), Failure> {
+    let ctx = MessageContext::new(
+        ep.shared.clone(),
+        envelope.headers.clone(),
+        ep.name.clone(),
+        attempt,
+        redelivered,
+    );
+    for (h, slot) in handlers.iter().zip(decoded.iter_mut()) {
+        let message = match slot.take() {
+            Some(m) => m,
+            None => h.decode(&envelope.body, codec).map_err(|e| {
+                Failure::rejected(FailureReason::Deserialization, e.to_string())
+                    .with_handler(h.name())
+            })?,
+        };
+        let call = AssertUnwindSafe(h.invoke(message, ctx.clone())).catch_unwind();
+        let outcome = match ep.config.handler_timeout {
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    ctx.take_outbox();
+                    return Err(Failure::timeout(limit).with_handler(h.name()));
+                }
+            },
+            None => call.await,
+        };
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                ctx.take_outbox();
+                return Err(Failure::from_handler(&error).with_handler(h.name()));
+            }
+            Err(panic) => {
+                ctx.take_outbox();
+                return Err(Failure::panic(panic.as_ref()).with_handler(h.name()));
+            }
+        }
+    }
+    let outbox = ctx.take_outbox();
+    if !outbox.is_empty() {
+        ep.shared
+            .transport
+            .send_batch(outbox)
+            .await
+            .map_err(|e| Failure::dispatch(&e))?;
+    }
+    Ok(())
+}
+
+/// Send the message back to the endpoint's own queue after `delay`, then ack the original.
+async fn schedule_retry(
+    ep: &EndpointRuntime,
+    delivery: Delivery,
+    envelope: &Envelope,
+    round: u32,
+    delay: Duration,
+) {
+    let mut headers: Headers = (*envelope.headers).clone();
+    headers
+        .custom
+        .insert(header::DELAYED_RETRIES.to_string(), (round + 1).to_string());
+    let out = Outgoing {
+        destination: Destination::Endpoint(ep.name.to_string()),
+        envelope: Envelope {
+            headers: Arc::new(headers),
+            body: envelope.body.clone(),
+        },
+        delay: Some(delay),
+    };
+    match ep.shared.transport.send(out).await {
+        Ok(()) => {
+            ep.shared
+                .counters
+                .delayed_retries
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(endpoint = %ep.name, message_id = %envelope.headers.message_id, retry = round + 1, ?delay, "delayed retry scheduled");
+            if let Err(error) = delivery.ack().await {
+                tracing::warn!(endpoint = %ep.name, %error, "ack after scheduling a retry failed; the message may be handled twice");
+            }
+        }
+        Err(error) => {
+            tracing::error!(endpoint = %ep.name, %error, "could not schedule a delayed retry; returning the message to the queue");
+            requeue_later(delivery).await;
+        }
+    }
+}
+
+/// Move the message to the error queue with failure headers, body unchanged, then ack it.
+/// If the error queue refuses it, the original is returned to its queue instead: never lost.
+async fn dead_letter(
+    ep: &EndpointRuntime,
+    delivery: Delivery,
+    envelope: &Envelope,
+    failure: Failure,
+    attempts: u32,
+) {
+    let mut headers: Headers = (*envelope.headers).clone();
+    let body = match &envelope.body {
+        Body::Bytes(b) => Body::Bytes(b.clone()),
+        Body::Message(m) => {
+            let codec = ep.shared.codecs.default_codec();
+            match codec.encode(m.as_serialize()) {
+                Ok(bytes) => {
+                    headers.content_type = codec.content_type().to_string();
+                    Body::Bytes(bytes)
+                }
+                Err(_) => Body::Message(m.clone()),
+            }
+        }
+    };
+    let h = &mut headers.custom;
+    h.insert(
+        header::FAILURE_REASON.into(),
+        failure.reason.as_str().into(),
+    );
+    h.insert(
+        header::FAILURE_ERROR_TYPE.into(),
+        failure.error_type.clone(),
+    );
+    h.insert(header::FAILURE_ERROR.into(), failure.message.clone());
+    if let Some(handler) = &failure.handler {
+        h.insert(header::FAILURE_HANDLER.into(), handler.clone());
+    }
+    h.insert(header::FAILURE_ENDPOINT.into(), ep.name.to_string());
+    h.insert(header::FAILURE_ATTEMPTS.into(), attempts.to_string());
+    h.insert(
+        header::FAILURE_TIME.into(),
+        humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+    );
+    let out = Outgoing {
+        destination: Destination::ErrorQueue(ep.name.to_string()),
+        envelope: Envelope {
+            headers: Arc::new(headers),
+            body,
+        },
+        delay: None,
+    };
+    match ep.shared.transport.send(out).await {
+        Ok(()) => {
+            ep.shared
+                .counters
+                .dead_lettered
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                endpoint = %ep.name,
+                message_type = %envelope.headers.message_type,
+                message_id = %envelope.headers.message_id,
+                correlation_id = envelope.headers.correlation_id.as_deref().unwrap_or(""),
+                reason = failure.reason.as_str(),
+                error = %failure.message,
+                attempts,
+                "moved to the error queue"
+            );
+            if let Err(error) = delivery.ack().await {
+                tracing::warn!(endpoint = %ep.name, %error, "ack after moving to the error queue failed; it may be there twice");
+            }
+        }
+        Err(error) => {
+            tracing::error!(endpoint = %ep.name, %error, "the error queue refused the message; returning it to its queue");
+            requeue_later(delivery).await;
+        }
+    }
+}
+
+/// Nack after a pause, so a broken error queue does not turn into a hot loop.
+async fn requeue_later(delivery: Delivery) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Err(error) = delivery.nack().await {
+        tracing::warn!(%error, "nack failed; the transport will redeliver when the delivery expires");
+    }
+}

@@ -1,0 +1,210 @@
+//! The transport contract: what every transport (in-memory, AMQP, ...) provides to the runtime.
+//!
+//! # Ack contract
+//! A [`Delivery`] is settled exactly once, by consuming it: [`Delivery::ack`] removes the message
+//! for good, [`Delivery::nack`] returns it to its queue for redelivery. A delivery dropped without
+//! being settled (a handler task aborted at shutdown, a crash) is treated as a nack, so it is
+//! redelivered: nothing is lost, at the cost of a possible duplicate. The runtime acks only after
+//! the handler succeeded *and* [`Transport::send_batch`] accepted everything the handler emitted.
+//!
+//! # Send contract
+//! [`Transport::send`] returns `Ok` only once the transport has taken responsibility for the
+//! message (enqueued in memory; confirmed by the broker). An undeliverable command is
+//! [`TransportError::Unroutable`], not a silent drop; an event nobody subscribes to is fine.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::envelope::Envelope;
+use crate::error::TransportError;
+
+/// Where an outgoing message goes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// The input queue of a logical endpoint (commands, delayed retries).
+    Endpoint(String),
+    /// The error queue of an endpoint.
+    ErrorQueue(String),
+    /// Every endpoint subscribed to this event wire name.
+    Event(String),
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Endpoint(e) => write!(f, "endpoint `{e}`"),
+            Destination::ErrorQueue(e) => write!(f, "error queue of `{e}`"),
+            Destination::Event(e) => write!(f, "event `{e}`"),
+        }
+    }
+}
+
+/// A message on its way out.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// Where it goes.
+    pub destination: Destination,
+    /// What it carries.
+    pub envelope: Envelope,
+    /// Deliver no sooner than this (delayed retries).
+    pub delay: Option<Duration>,
+}
+
+/// What an endpoint needs from the transport: its queue, its error queue, its subscriptions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointTopology {
+    /// The endpoint's name.
+    pub name: String,
+    /// Wire names of the events this endpoint subscribes to.
+    pub events: Vec<String>,
+    /// Wire names of the commands it handles.
+    pub commands: Vec<String>,
+}
+
+/// Everything a bus declares when it starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// The endpoints hosted by the bus.
+    pub endpoints: Vec<EndpointTopology>,
+}
+
+/// Options for a subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Most deliveries handed out and not yet settled.
+    pub prefetch: usize,
+}
+
+/// A message transport.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// A short name for logs, e.g. `memory` or `amqp`.
+    fn name(&self) -> &str;
+
+    /// Whether bodies may stay typed values ([`crate::Body::Message`]) instead of bytes.
+    /// Only an in-process transport can say yes.
+    fn carries_typed_messages(&self) -> bool {
+        false
+    }
+
+    /// Create (idempotently) the queues, error queues and event bindings of the endpoints.
+    async fn declare(&self, topology: &Topology) -> Result<(), TransportError>;
+
+    /// Hand one message to the transport. See the send contract in the module docs.
+    async fn send(&self, message: Outgoing) -> Result<(), TransportError>;
+
+    /// Hand several messages over; `Ok` means all were accepted. Transports with confirms
+    /// override it to pipeline them.
+    async fn send_batch(&self, messages: Vec<Outgoing>) -> Result<(), TransportError> {
+        for message in messages {
+            self.send(message).await?;
+        }
+        Ok(())
+    }
+
+    /// Start consuming an endpoint's queue. Several subscriptions on one queue compete.
+    async fn subscribe(
+        &self,
+        endpoint: &str,
+        options: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>, TransportError>;
+}
+
+/// A stream of deliveries from one queue.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery; `None` once the subscription is closed. Cancel-safe: dropping the
+    /// future loses no message.
+    async fn next(&mut self) -> Option<Result<Delivery, TransportError>>;
+}
+
+/// The transport side of settling one delivery. Transports implement it; the runtime uses it
+/// through [`Delivery`].
+#[async_trait]
+pub trait Acker: Send + Sync + 'static {
+    /// Remove the message for good.
+    async fn ack(self: Box<Self>) -> Result<(), TransportError>;
+    /// Return the message to its queue for redelivery.
+    async fn nack(self: Box<Self>, envelope: Envelope) -> Result<(), TransportError>;
+    /// The delivery was dropped unsettled: make the message available again.
+    fn abandon(self: Box<Self>, envelope: Envelope);
+}
+
+/// One message handed out by a [`Subscription`], to be settled exactly once.
+pub struct Delivery {
+    envelope: Option<Envelope>,
+    acker: Option<Box<dyn Acker>>,
+    redelivered: bool,
+    delivery_count: u32,
+}
+
+impl Delivery {
+    /// Wrap a received envelope. `delivery_count` is 1 for a first delivery.
+    pub fn new(
+        envelope: Envelope,
+        acker: Box<dyn Acker>,
+        redelivered: bool,
+        delivery_count: u32,
+    ) -> Self {
+        Delivery {
+            envelope: Some(envelope),
+            acker: Some(acker),
+            redelivered,
+            delivery_count,
+        }
+    }
+
+    /// The message.
+    pub fn envelope(&self) -> &Envelope {
+        self.envelope
+            .as_ref()
+            .expect("a delivery holds its envelope until settled")
+    }
+
+    /// Whether the transport delivered this message before (and it was not acked).
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// How many times the transport has delivered it, this time included, where known.
+    pub fn delivery_count(&self) -> u32 {
+        self.delivery_count
+    }
+
+    /// Settle: done with the message.
+    pub async fn ack(mut self) -> Result<(), TransportError> {
+        let acker = self.acker.take().expect("unsettled delivery has an acker");
+        self.envelope = None;
+        acker.ack().await
+    }
+
+    /// Settle: put the message back for redelivery.
+    pub async fn nack(mut self) -> Result<(), TransportError> {
+        let acker = self.acker.take().expect("unsettled delivery has an acker");
+        let envelope = self
+            .envelope
+            .take()
+            .expect("unsettled delivery has an envelope");
+        acker.nack(envelope).await
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let (Some(acker), Some(envelope)) = (self.acker.take(), self.envelope.take()) {
+            acker.abandon(envelope);
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("envelope", &self.envelope)
+            .field("redelivered", &self.redelivered)
+            .field("delivery_count", &self.delivery_count)
+            .finish()
+    }
+}

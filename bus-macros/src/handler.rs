@@ -1,0 +1,150 @@
+//! `#[handler]`: turns an async fn into a registered handler descriptor.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{FnArg, ItemFn, LitStr, ReturnType, Type};
+
+struct Args {
+    endpoint: Option<LitStr>,
+}
+
+pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let func: ItemFn = match syn::parse2(item.clone()) {
+        Ok(f) => f,
+        Err(_) => {
+            let e = syn::Error::new(Span::call_site(), "`#[handler]` goes on an `async fn`");
+            let mut out = e.to_compile_error();
+            out.extend(item);
+            return out;
+        }
+    };
+    let result = parse_args(attr).and_then(|args| validate(&func).map(|types| (args, types)));
+    match result {
+        Ok((args, (message, extractors))) => generate(&func, &args, message, &extractors),
+        Err(e) => {
+            let mut out = e.to_compile_error();
+            out.extend(quote!(#func));
+            out
+        }
+    }
+}
+
+fn parse_args(attr: TokenStream) -> syn::Result<Args> {
+    let mut args = Args { endpoint: None };
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("endpoint") {
+            let lit: LitStr = meta.value()?.parse()?;
+            if lit.value().is_empty() {
+                return Err(syn::Error::new_spanned(
+                    &lit,
+                    "an endpoint name must be non-empty",
+                ));
+            }
+            args.endpoint = Some(lit);
+            Ok(())
+        } else {
+            Err(meta.error("unknown `handler` attribute; expected `endpoint = \"...\"`"))
+        }
+    });
+    syn::parse::Parser::parse2(parser, attr)?;
+    Ok(args)
+}
+
+/// The message type and the extractor types, or the first mistake.
+fn validate(func: &ItemFn) -> syn::Result<(&Type, Vec<&Type>)> {
+    let sig = &func.sig;
+    if sig.asyncness.is_none() {
+        return Err(syn::Error::new_spanned(
+            sig.fn_token,
+            "a handler must be an `async fn`",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
+            "a handler cannot be generic: it is registered for one message type",
+        ));
+    }
+    let mut types = Vec::new();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(r) => {
+                return Err(syn::Error::new_spanned(
+                    r,
+                    "a handler is a free function; it cannot take `self`",
+                ));
+            }
+            FnArg::Typed(pt) => types.push(&*pt.ty),
+        }
+    }
+    if types.is_empty() {
+        return Err(syn::Error::new(
+            sig.paren_token.span.join(),
+            "a handler takes the message as its first argument, e.g. `(cmd: PlaceOrder, ctx: MessageContext)`",
+        ));
+    }
+    if let ReturnType::Default = sig.output {
+        return Err(syn::Error::new(
+            sig.paren_token.span.close(),
+            "a handler must return `Result<(), E>`, e.g. `-> Result<(), HandlerError>`",
+        ));
+    }
+    let message = types.remove(0);
+    Ok((message, types))
+}
+
+fn generate(func: &ItemFn, args: &Args, message: &Type, extractors: &[&Type]) -> TokenStream {
+    let ident = &func.sig.ident;
+    let p = quote!(::bus_core::__private);
+    let endpoint = match &args.endpoint {
+        Some(lit) => quote!(#p::Some(#p::Cow::Borrowed(#lit))),
+        None => quote!(#p::None),
+    };
+    let xs: Vec<_> = (0..extractors.len())
+        .map(|i| format_ident!("__bus_x{}", i))
+        .collect();
+    let vals: Vec<_> = (0..extractors.len())
+        .map(|i| format_ident!("__bus_a{}", i))
+        .collect();
+    let extractor_decls = extractors.iter().zip(&xs).map(|(ty, x)| {
+        quote_spanned! {ty.span()=> let #x = #p::extractor::<#ty>(); }
+    });
+    let extracts = xs.iter().zip(&vals).map(|(x, v)| {
+        quote! {
+            let #v = match (#x.extract)(&__bus_ctx) {
+                #p::Ok(v) => v,
+                #p::Err(e) => return #p::Err(e),
+            };
+        }
+    });
+    let output_span = match &func.sig.output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => ident.span(),
+    };
+    let call = quote_spanned! {output_span=> #p::into_result(#ident(__bus_msg #(, #vals)*).await) };
+    let descriptor = quote_spanned! {message.span()=> #p::descriptor::<#message, _, _> };
+    quote! {
+        #func
+
+        const _: () = {
+            fn __bus_descriptor() -> #p::HandlerDescriptor {
+                #(#extractor_decls)*
+                let mut __bus_requires = #p::Vec::new();
+                #( __bus_requires.push((#xs.requires)()); )*
+                #descriptor(
+                    concat!(module_path!(), "::", stringify!(#ident)),
+                    #endpoint,
+                    __bus_requires,
+                    move |__bus_msg: #message, __bus_ctx: #p::MessageContext| async move {
+                        #(#extracts)*
+                        #call
+                    },
+                )
+            }
+            #p::inventory::submit! {
+                #p::HandlerRegistration { factory: __bus_descriptor }
+            }
+        };
+    }
+}

@@ -1,0 +1,389 @@
+//! # bus-transport-memory: the embedded, in-process transport
+//!
+//! A real transport, not a shortcut: it keeps the semantics the brokers have, so code proven
+//! here behaves the same on RabbitMQ.
+//!
+//! - One bounded queue per endpoint: `send` waits while the queue is full (backpressure), so
+//!   memory stays proportional to the bound, not to what producers send. Error queues are not
+//!   bounded: a failed message must always have somewhere to go.
+//! - Competing consumers: several subscriptions on one queue share its messages.
+//! - Fan-out: an event goes to the queue of every endpoint that subscribes to its wire name.
+//! - Acks: a delivery is acked, nacked (back to the head of the queue, marked redelivered) or
+//!   dropped unsettled (treated as a nack). Prefetch bounds unsettled deliveries.
+//! - Delayed delivery for delayed retries (a timer; it does not outlive the process).
+//! - Typed bodies: messages stay Rust values, no serialization round trip, unless
+//!   [`MemoryTransport::serialize`] asks for bytes.
+//!
+//! ```
+//! use bus_transport_memory::MemoryTransport;
+//! let transport = MemoryTransport::new().capacity(1_000);
+//! let same_broker = transport.clone(); // clones share queues, like two clients of one broker
+//! # drop(same_broker);
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bus_core::{
+    async_trait, Acker, Delivery, Destination, Envelope, Outgoing, SubscribeOptions, Subscription,
+    Topology, Transport, TransportError,
+};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// The in-memory transport. Clones share the same queues.
+#[derive(Clone)]
+pub struct MemoryTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    capacity: usize,
+    typed: bool,
+    send_timeout: Duration,
+    queues: RwLock<HashMap<String, Arc<Queue>>>,
+    bindings: RwLock<HashMap<String, Vec<Arc<Queue>>>>,
+}
+
+impl Default for MemoryTransport {
+    fn default() -> Self {
+        MemoryTransport::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryTransport")
+            .field("capacity", &self.inner.capacity)
+            .field("typed", &self.inner.typed)
+            .finish()
+    }
+}
+
+impl MemoryTransport {
+    /// A transport with queues of 10,000 messages, typed bodies and a 30 s send timeout.
+    pub fn new() -> Self {
+        MemoryTransport::with_settings(10_000, true, Duration::from_secs(30))
+    }
+
+    fn with_settings(capacity: usize, typed: bool, send_timeout: Duration) -> Self {
+        MemoryTransport {
+            inner: Arc::new(Inner {
+                capacity: capacity.max(1),
+                typed,
+                send_timeout,
+                queues: RwLock::new(HashMap::new()),
+                bindings: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Bound each endpoint queue to `capacity` messages (ready plus unacked).
+    /// Set it before the transport is shared.
+    pub fn capacity(self, capacity: usize) -> Self {
+        MemoryTransport::with_settings(capacity, self.inner.typed, self.inner.send_timeout)
+    }
+
+    /// Serialize every message to bytes, as a broker would (off by default).
+    pub fn serialize(self, yes: bool) -> Self {
+        MemoryTransport::with_settings(self.inner.capacity, !yes, self.inner.send_timeout)
+    }
+
+    /// How long a send may wait for room in a full queue before failing.
+    pub fn send_timeout(self, timeout: Duration) -> Self {
+        MemoryTransport::with_settings(self.inner.capacity, self.inner.typed, timeout)
+    }
+
+    /// Messages in a queue (ready plus unacked). `None` if it does not exist.
+    pub fn depth(&self, queue: &str) -> Option<usize> {
+        let q = self.queue(queue)?;
+        let state = q.lock();
+        Some(state.ready.len() + state.unacked)
+    }
+
+    /// Ready messages of an endpoint's error queue, oldest first, without removing them.
+    pub fn error_queue(&self, endpoint: &str) -> Vec<Envelope> {
+        self.browse(&error_queue_name(endpoint))
+    }
+
+    /// Ready messages of a queue, oldest first, without removing them.
+    pub fn browse(&self, queue: &str) -> Vec<Envelope> {
+        match self.queue(queue) {
+            Some(q) => q.lock().ready.iter().map(|m| m.envelope.clone()).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Remove and return every ready message of an endpoint's error queue (e.g. to replay them).
+    pub fn drain_error_queue(&self, endpoint: &str) -> Vec<Envelope> {
+        match self.queue(&error_queue_name(endpoint)) {
+            Some(q) => q.lock().ready.drain(..).map(|m| m.envelope).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.inner
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn declare_queue(&self, name: &str, bounded: bool) -> Arc<Queue> {
+        let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
+        queues
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(Queue {
+                    name: name.to_string(),
+                    state: Mutex::new(QueueState::default()),
+                    available: Notify::new(),
+                    room: bounded.then(|| Arc::new(Semaphore::new(self.inner.capacity))),
+                })
+            })
+            .clone()
+    }
+
+    fn targets(&self, destination: &Destination) -> Result<Vec<Arc<Queue>>, TransportError> {
+        match destination {
+            Destination::Endpoint(e) => self
+                .queue(e)
+                .map(|q| vec![q])
+                .ok_or_else(|| TransportError::Unroutable(e.clone())),
+            Destination::ErrorQueue(e) => Ok(vec![self.declare_queue(&error_queue_name(e), false)]),
+            Destination::Event(name) => Ok(self
+                .inner
+                .bindings
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .cloned()
+                .unwrap_or_default()),
+        }
+    }
+
+    async fn enqueue(&self, queue: &Queue, envelope: Envelope) -> Result<(), TransportError> {
+        if let Some(room) = &queue.room {
+            let permit = tokio::time::timeout(self.inner.send_timeout, room.acquire())
+                .await
+                .map_err(|_| TransportError::Timeout {
+                    operation: "waiting for room in a full in-memory queue",
+                    after: self.inner.send_timeout,
+                })?
+                .map_err(|_| TransportError::Closed)?;
+            // The slot is given back when the message is acked.
+            permit.forget();
+        }
+        queue.push(
+            Stored {
+                envelope,
+                delivery_count: 0,
+            },
+            false,
+        );
+        Ok(())
+    }
+}
+
+/// The error queue's name for an endpoint: `<endpoint>.error`.
+pub fn error_queue_name(endpoint: &str) -> String {
+    format!("{endpoint}.error")
+}
+
+#[async_trait]
+impl Transport for MemoryTransport {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
+    fn carries_typed_messages(&self) -> bool {
+        self.inner.typed
+    }
+
+    async fn declare(&self, topology: &Topology) -> Result<(), TransportError> {
+        for ep in &topology.endpoints {
+            let queue = self.declare_queue(&ep.name, true);
+            self.declare_queue(&error_queue_name(&ep.name), false);
+            let mut bindings = self
+                .inner
+                .bindings
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for event in &ep.events {
+                let bound = bindings.entry(event.clone()).or_default();
+                if !bound.iter().any(|q| Arc::ptr_eq(q, &queue)) {
+                    bound.push(queue.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, message: Outgoing) -> Result<(), TransportError> {
+        let targets = self.targets(&message.destination)?;
+        if let Some(delay) = message.delay.filter(|d| !d.is_zero()) {
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                for q in targets {
+                    if let Err(error) = this.enqueue(&q, message.envelope.clone()).await {
+                        tracing::error!(queue = %q.name, %error, "delayed message could not be enqueued");
+                    }
+                }
+            });
+            return Ok(());
+        }
+        for q in &targets {
+            self.enqueue(q, message.envelope.clone()).await?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        endpoint: &str,
+        options: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        let queue = self
+            .queue(endpoint)
+            .ok_or_else(|| TransportError::Unroutable(endpoint.to_string()))?;
+        Ok(Box::new(MemorySubscription {
+            queue,
+            prefetch: Arc::new(Semaphore::new(options.prefetch.max(1))),
+        }))
+    }
+}
+
+struct Stored {
+    envelope: Envelope,
+    delivery_count: u32,
+}
+
+#[derive(Default)]
+struct QueueState {
+    ready: VecDeque<Stored>,
+    unacked: usize,
+}
+
+struct Queue {
+    name: String,
+    state: Mutex<QueueState>,
+    available: Notify,
+    /// Free slots; `None` for unbounded (error) queues.
+    room: Option<Arc<Semaphore>>,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, stored: Stored, front: bool) {
+        {
+            let mut state = self.lock();
+            if front {
+                state.ready.push_front(stored);
+            } else {
+                state.ready.push_back(stored);
+            }
+        }
+        self.available.notify_one();
+    }
+
+    fn settle(&self, requeue: Option<Stored>) {
+        {
+            let mut state = self.lock();
+            state.unacked -= 1;
+        }
+        match requeue {
+            Some(stored) => self.push(stored, true),
+            None => {
+                if let Some(room) = &self.room {
+                    room.add_permits(1);
+                }
+            }
+        }
+    }
+}
+
+struct MemorySubscription {
+    queue: Arc<Queue>,
+    prefetch: Arc<Semaphore>,
+}
+
+#[async_trait]
+impl Subscription for MemorySubscription {
+    async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
+        let permit = self.prefetch.clone().acquire_owned().await.ok()?;
+        loop {
+            let notified = self.queue.available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let popped = {
+                let mut state = self.queue.lock();
+                let popped = state.ready.pop_front();
+                if popped.is_some() {
+                    state.unacked += 1;
+                }
+                popped
+            };
+            if let Some(mut stored) = popped {
+                // Pass the wake-up on if more is waiting, so other consumers are not starved.
+                if !self.queue.lock().ready.is_empty() {
+                    self.queue.available.notify_one();
+                }
+                stored.delivery_count += 1;
+                let redelivered = stored.delivery_count > 1;
+                let count = stored.delivery_count;
+                let envelope = stored.envelope.clone();
+                let acker = MemoryAcker {
+                    queue: self.queue.clone(),
+                    delivery_count: count,
+                    _permit: permit,
+                };
+                return Some(Ok(Delivery::new(
+                    envelope,
+                    Box::new(acker),
+                    redelivered,
+                    count,
+                )));
+            }
+            notified.await;
+        }
+    }
+}
+
+struct MemoryAcker {
+    queue: Arc<Queue>,
+    delivery_count: u32,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl MemoryAcker {
+    fn requeue(self, envelope: Envelope) {
+        let stored = Stored {
+            envelope,
+            delivery_count: self.delivery_count,
+        };
+        self.queue.settle(Some(stored));
+    }
+}
+
+#[async_trait]
+impl Acker for MemoryAcker {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        self.queue.settle(None);
+        Ok(())
+    }
+
+    async fn nack(self: Box<Self>, envelope: Envelope) -> Result<(), TransportError> {
+        self.requeue(envelope);
+        Ok(())
+    }
+
+    fn abandon(self: Box<Self>, envelope: Envelope) {
+        self.requeue(envelope);
+    }
+}
