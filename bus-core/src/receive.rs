@@ -88,14 +88,14 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
             FailureReason::MissingHeader,
             "the message id header is missing",
         );
-        return dead_letter(ep, delivery, &envelope, f, 0).await;
+        return dead_letter(ep, delivery, &envelope, f, 1).await;
     }
     if headers.message_type.is_empty() {
         let f = Failure::rejected(
             FailureReason::MissingHeader,
             "the message type header is missing",
         );
-        return dead_letter(ep, delivery, &envelope, f, 0).await;
+        return dead_letter(ep, delivery, &envelope, f, 1).await;
     }
     let Some(handlers) = ep.handlers.get(&headers.message_type) else {
         let f = Failure::rejected(
@@ -105,7 +105,7 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
                 ep.name, headers.message_type
             ),
         );
-        return dead_letter(ep, delivery, &envelope, f, 0).await;
+        return dead_letter(ep, delivery, &envelope, f, 1).await;
     };
     let codec: Arc<dyn Codec> = match &envelope.body {
         Body::Message(_) => ep.shared.codecs.default_codec().clone(),
@@ -119,7 +119,7 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
                         ep.shared.max_body_size
                     ),
                 );
-                return dead_letter(ep, delivery, &envelope, f, 0).await;
+                return dead_letter(ep, delivery, &envelope, f, 1).await;
             }
             match ep.shared.codecs.get(&headers.content_type) {
                 Some(c) => c.clone(),
@@ -128,7 +128,7 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
                         FailureReason::UnsupportedContentType,
                         format!("no codec for content type `{}`", headers.content_type),
                     );
-                    return dead_letter(ep, delivery, &envelope, f, 0).await;
+                    return dead_letter(ep, delivery, &envelope, f, 1).await;
                 }
             }
         }
@@ -140,7 +140,7 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
             Err(error) => {
                 let f = Failure::rejected(FailureReason::Deserialization, error.to_string())
                     .with_handler(h.name());
-                return dead_letter(ep, delivery, &envelope, f, 0).await;
+                return dead_letter(ep, delivery, &envelope, f, 1).await;
             }
         }
     }

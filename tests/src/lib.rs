@@ -1,1 +1,102 @@
-//! placeholder
+//! Test kit shared by the cross-crate tests: a ledger of what handlers saw, and waiting with a
+//! deadline (a hang is a failure, never a stuck CI job).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Records how many times each key (usually a message id or a payload id) was handled, and by
+/// which instance.
+#[derive(Clone, Default)]
+pub struct Ledger {
+    inner: Arc<Mutex<LedgerInner>>,
+}
+
+#[derive(Default)]
+struct LedgerInner {
+    counts: HashMap<String, u32>,
+    by_instance: HashMap<String, u64>,
+    notes: Vec<String>,
+}
+
+impl Ledger {
+    /// A new, empty ledger.
+    pub fn new() -> Self {
+        Ledger::default()
+    }
+
+    /// Record one handling of `key` by `instance`.
+    pub fn record(&self, key: impl Into<String>, instance: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        *inner.counts.entry(key.into()).or_default() += 1;
+        *inner.by_instance.entry(instance.to_string()).or_default() += 1;
+    }
+
+    /// Keep a free-form note (ordering, headers seen, ...).
+    pub fn note(&self, note: impl Into<String>) {
+        self.inner.lock().unwrap().notes.push(note.into());
+    }
+
+    /// The notes, in order.
+    pub fn notes(&self) -> Vec<String> {
+        self.inner.lock().unwrap().notes.clone()
+    }
+
+    /// Total handlings.
+    pub fn total(&self) -> u64 {
+        self.inner
+            .lock()
+            .unwrap()
+            .counts
+            .values()
+            .map(|&c| u64::from(c))
+            .sum()
+    }
+
+    /// Distinct keys handled.
+    pub fn distinct(&self) -> usize {
+        self.inner.lock().unwrap().counts.len()
+    }
+
+    /// How many times `key` was handled.
+    pub fn count(&self, key: &str) -> u32 {
+        self.inner
+            .lock()
+            .unwrap()
+            .counts
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Handlings per instance.
+    pub fn by_instance(&self) -> HashMap<String, u64> {
+        self.inner.lock().unwrap().by_instance.clone()
+    }
+
+    /// Keys handled more than once.
+    pub fn duplicates(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap()
+            .counts
+            .values()
+            .filter(|&&c| c > 1)
+            .count()
+    }
+}
+
+/// Poll `done` every few milliseconds until it holds or `deadline` passes; returns whether it
+/// held. Works with paused tokio time too (the sleeps auto-advance the clock).
+pub async fn eventually(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = tokio::time::Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,56 @@
+// Every handler shape `#[handler]` accepts must compile.
+use bus_core::{Command, Event, HandlerError, Headers, MessageContext, State};
+use serde::{Deserialize, Serialize};
+
+#[derive(Command, Serialize, Deserialize, Clone, Debug)]
+#[command(name = "ui.PlaceOrder", endpoint = "ui-sales")]
+struct PlaceOrder {
+    id: u32,
+}
+
+#[derive(Event, Serialize, Deserialize, Clone, Debug)]
+#[event(name = "ui.OrderPlaced")]
+struct OrderPlaced {
+    id: u32,
+}
+
+#[derive(Clone, Default)]
+struct Db;
+
+// No extractors.
+#[bus_core::handler]
+async fn zero(_cmd: PlaceOrder) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+// One extractor.
+#[bus_core::handler]
+async fn one(cmd: PlaceOrder, ctx: MessageContext) -> Result<(), HandlerError> {
+    ctx.publish(OrderPlaced { id: cmd.id }).await?;
+    Ok(())
+}
+
+// Three extractors, one of them destructured; an explicit endpoint.
+#[bus_core::handler(endpoint = "x")]
+async fn three(
+    _evt: OrderPlaced,
+    _ctx: MessageContext,
+    State(_db): State<Db>,
+    _headers: Headers,
+) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+// The imported attribute, and any `std::error::Error` as the error type.
+use bus_core::handler;
+
+#[handler(endpoint = "ui-io")]
+async fn io_error(_evt: OrderPlaced) -> Result<(), std::io::Error> {
+    Ok(())
+}
+
+fn main() {
+    // The functions stay callable as written.
+    let _ = zero(PlaceOrder { id: 1 });
+    let _ = io_error(OrderPlaced { id: 1 });
+}
