@@ -159,3 +159,8 @@ pub mod __private {
         )
     }
 }
+
+/// The README's code blocks, compiled and run as doctests so the quick start never rots.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,56 @@
+//! The OrderService: validates orders and announces them. It knows nothing of who listens.
+
+use bus_core::{HandlerError, MessageContext, State};
+
+use crate::messages::{OrderPlaced, PlaceOrder};
+use crate::trace::{line, ShopStats};
+
+/// The SKU our flaky inventory lookup times out on, once.
+pub const FLAKY_SKU: &str = "lamp-flaky";
+
+/// Handle `PlaceOrder`: check it, then publish `OrderPlaced` (released once this succeeds).
+#[bus_core::handler]
+pub async fn place_order(
+    cmd: PlaceOrder,
+    ctx: MessageContext,
+    State(stats): State<ShopStats>,
+) -> Result<(), HandlerError> {
+    if cmd.sku == FLAKY_SKU && ctx.attempt() == 1 {
+        line(
+            &ctx,
+            format!(
+                "order #{} inventory lookup timed out (transient)",
+                cmd.order_id
+            ),
+        );
+        return Err(HandlerError::new("inventory service timed out"));
+    }
+    if cmd.quantity == 0 {
+        line(
+            &ctx,
+            format!("order #{} rejected: quantity 0", cmd.order_id),
+        );
+        return Err(HandlerError::new(format!(
+            "order #{} has quantity 0",
+            cmd.order_id
+        )));
+    }
+    let total_cents = cmd.unit_price_cents * u64::from(cmd.quantity);
+    ctx.publish(OrderPlaced {
+        order_id: cmd.order_id,
+        customer: cmd.customer.clone(),
+        sku: cmd.sku.clone(),
+        quantity: cmd.quantity,
+        total_cents,
+    })
+    .await?;
+    stats.order();
+    line(
+        &ctx,
+        format!(
+            "order #{} accepted for {} ({} x {}) -> OrderPlaced",
+            cmd.order_id, cmd.customer, cmd.quantity, cmd.sku
+        ),
+    );
+    Ok(())
+}

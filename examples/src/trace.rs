@@ -1,0 +1,66 @@
+//! A readable trace of the flow, and the counters behind the demo's summary.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bus_core::MessageContext;
+
+/// Counters shared by the services of one process.
+#[derive(Clone, Default, Debug)]
+pub struct ShopStats {
+    inner: Arc<Counters>,
+}
+
+#[derive(Default, Debug)]
+struct Counters {
+    orders: AtomicU64,
+    invoices: AtomicU64,
+    parcels_prepared: AtomicU64,
+    shipments: AtomicU64,
+}
+
+impl ShopStats {
+    /// Count an accepted order.
+    pub fn order(&self) {
+        self.inner.orders.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Count an invoice.
+    pub fn invoice(&self) {
+        self.inner.invoices.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Count a prepared parcel.
+    pub fn parcel(&self) {
+        self.inner.parcels_prepared.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Count a shipment.
+    pub fn shipment(&self) {
+        self.inner.shipments.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Orders accepted.
+    pub fn orders(&self) -> u64 {
+        self.inner.orders.load(Ordering::Relaxed)
+    }
+    /// Invoices created.
+    pub fn invoices(&self) -> u64 {
+        self.inner.invoices.load(Ordering::Relaxed)
+    }
+    /// Parcels prepared.
+    pub fn parcels(&self) -> u64 {
+        self.inner.parcels_prepared.load(Ordering::Relaxed)
+    }
+    /// Orders shipped.
+    pub fn shipments(&self) -> u64 {
+        self.inner.shipments.load(Ordering::Relaxed)
+    }
+}
+
+/// Print one line of the trace: endpoint, correlation id, attempt, what happened.
+pub fn line(ctx: &MessageContext, what: impl std::fmt::Display) {
+    println!(
+        "  [{:<8}] corr={:<10} attempt={} {}",
+        ctx.endpoint(),
+        ctx.correlation_id().unwrap_or("-"),
+        ctx.attempt(),
+        what
+    );
+}
