@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -445,6 +445,7 @@ impl BusBuilder {
                 abort: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 started: AtomicBool::new(false),
+                consumers: Arc::new(AtomicUsize::new(0)),
                 grace: self.shutdown_grace,
             }),
         })
@@ -552,7 +553,28 @@ struct BusInner {
     abort: CancellationToken,
     tracker: TaskTracker,
     started: AtomicBool,
+    consumers: Arc<AtomicUsize>,
     grace: Duration,
+}
+
+/// Readiness of a bus: connected, and consuming every hosted endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// Whether [`Bus::start`] was called and [`Bus::shutdown`] was not.
+    pub running: bool,
+    /// Whether the transport is connected to its broker.
+    pub transport_connected: bool,
+    /// Endpoints hosted.
+    pub endpoints: usize,
+    /// Endpoint consumers currently taking messages.
+    pub consumers_running: usize,
+}
+
+impl Health {
+    /// Ready to handle messages: running, connected, every endpoint consuming.
+    pub fn is_ready(&self) -> bool {
+        self.running && self.transport_connected && self.consumers_running == self.endpoints
+    }
 }
 
 /// What [`Bus::shutdown`] did.
@@ -716,6 +738,7 @@ impl Bus {
                 self.inner.stop.clone(),
                 self.inner.abort.clone(),
                 self.inner.tracker.clone(),
+                self.inner.consumers.clone(),
             ));
         }
         tracing::info!(
@@ -744,6 +767,16 @@ impl Bus {
         ShutdownReport {
             drained,
             elapsed: started.elapsed(),
+        }
+    }
+
+    /// Readiness: transport connected and every endpoint consuming.
+    pub fn health(&self) -> Health {
+        Health {
+            running: self.inner.started.load(Ordering::SeqCst) && !self.inner.stop.is_cancelled(),
+            transport_connected: self.inner.shared.transport.is_connected(),
+            endpoints: self.inner.endpoints.len(),
+            consumers_running: self.inner.consumers.load(Ordering::SeqCst),
         }
     }
 

@@ -66,7 +66,7 @@ mod message;
 mod receive;
 mod transport;
 
-pub use bus::{Bus, BusBuilder, BusStats, SendOptions, ShutdownReport};
+pub use bus::{Bus, BusBuilder, BusStats, Health, SendOptions, ShutdownReport};
 pub use codec::{decode, decode_any, decode_envelope, encode, Codec, Codecs, JsonCodec, JSON};
 pub use context::MessageContext;
 pub use endpoint::{EndpointConfig, Recoverability};

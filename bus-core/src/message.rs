@@ -34,6 +34,11 @@ impl MessageKind {
 ///
 /// Messages are plain data: `Clone` lets the in-memory transport hand one value to several
 /// subscribers and to retries without a serialization round trip.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a bus message",
+    label = "not a message type",
+    note = "derive it with `#[derive(Command)]` or `#[derive(Event)]` (plus `Serialize, Deserialize, Clone, Debug`)"
+)]
 pub trait Message:
     AnyMessage + Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static
 {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -39,7 +39,9 @@ pub(crate) async fn consume(
     stop: CancellationToken,
     abort: CancellationToken,
     tracker: TaskTracker,
+    running: Arc<AtomicUsize>,
 ) {
+    running.fetch_add(1, Ordering::SeqCst);
     let slots = Arc::new(Semaphore::new(ep.config.concurrency));
     loop {
         let permit = tokio::select! {
@@ -74,6 +76,7 @@ pub(crate) async fn consume(
             }
         }
     }
+    running.fetch_sub(1, Ordering::SeqCst);
     tracing::debug!(endpoint = %ep.name, "stopped taking messages");
 }
 

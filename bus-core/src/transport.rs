@@ -89,6 +89,11 @@ pub trait Transport: Send + Sync + 'static {
         false
     }
 
+    /// Whether the transport is connected to its broker right now (always for in-process).
+    fn is_connected(&self) -> bool {
+        true
+    }
+
     /// Create (idempotently) the queues, error queues and event bindings of the endpoints.
     async fn declare(&self, topology: &Topology) -> Result<(), TransportError>;
 

@@ -1,6 +1,6 @@
 //! `#[handler]`: turns an async fn into a registered handler descriptor.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, LitStr, ReturnType, Type};
@@ -122,7 +122,12 @@ fn generate(func: &ItemFn, args: &Args, message: &Type, extractors: &[&Type]) ->
         ReturnType::Type(_, ty) => ty.span(),
         ReturnType::Default => ident.span(),
     };
-    let call = quote_spanned! {output_span=> #p::into_result(#ident(__bus_msg #(, #vals)*).await) };
+    // The conversion is a separate expression made only of tokens at the return type (even the
+    // path and the variable, which is bound and used with that one span), so a bad return type
+    // is one error, there.
+    let ret = Ident::new("__bus_ret", output_span);
+    let call = quote! { let #ret = #ident(__bus_msg #(, #vals)*).await; };
+    let convert = quote_spanned! {output_span=> ::bus_core::__private::into_result(#ret) };
     let descriptor = quote_spanned! {message.span()=> #p::descriptor::<#message, _, _> };
     quote! {
         #func
@@ -139,6 +144,7 @@ fn generate(func: &ItemFn, args: &Args, message: &Type, extractors: &[&Type]) ->
                     move |__bus_msg: #message, __bus_ctx: #p::MessageContext| async move {
                         #(#extracts)*
                         #call
+                        #convert
                     },
                 )
             }

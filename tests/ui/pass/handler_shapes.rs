@@ -49,6 +49,18 @@ async fn io_error(_evt: OrderPlaced) -> Result<(), std::io::Error> {
     Ok(())
 }
 
+// A handler written by a `macro_rules!` macro (its tokens carry that macro's hygiene).
+macro_rules! handler_for {
+    ($name:ident, $msg:ty) => {
+        #[bus_core::handler]
+        async fn $name(_msg: $msg, _ctx: MessageContext) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    };
+}
+
+handler_for!(from_macro, OrderPlaced);
+
 fn main() {
     // The functions stay callable as written.
     let _ = zero(PlaceOrder { id: 1 });

@@ -1,0 +1,4 @@
+#[bus_core::handler]
+struct Sales;
+
+fn main() {}
