@@ -1,6 +1,8 @@
 //! Test kit shared by the cross-crate tests: a ledger of what handlers saw, and waiting with a
 //! deadline (a hang is a failure, never a stuck CI job).
 
+pub mod broker;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
