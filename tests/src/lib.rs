@@ -2,6 +2,8 @@
 //! deadline (a hang is a failure, never a stuck CI job).
 
 pub mod broker;
+pub mod messages;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,82 @@
+//! A worker process for multi-process tests: hosts one endpoint that handles `tests.Work`,
+//! appends each handled `n` (with its attempt) to a file, and shuts down gracefully on SIGTERM.
+//!
+//! Settings from the environment: `WORKER_AMQP_URL`, `WORKER_PREFIX` (queue name prefix),
+//! `WORKER_ENDPOINT`, `WORKER_OUT` (file), `WORKER_DELAY_MS` (handler time, default 0).
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bus_core::{Bus, HandlerError, MessageContext, State};
+use bus_tests::messages::Work;
+use bus_transport_amqp::{AmqpConfig, AmqpTransport, Naming};
+
+#[derive(Clone)]
+struct Out(Arc<Mutex<std::fs::File>>, u64);
+
+async fn work(cmd: Work, ctx: MessageContext, State(out): State<Out>) -> Result<(), HandlerError> {
+    if out.1 > 0 {
+        tokio::time::sleep(Duration::from_millis(out.1)).await;
+    }
+    if ctx.attempt() <= cmd.fail_first {
+        return Err(HandlerError::new("failing as asked"));
+    }
+    let mut f = out.0.lock().unwrap();
+    writeln!(f, "{} {}", cmd.n, ctx.attempt())?;
+    f.flush()?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set"));
+    let prefix = var("WORKER_PREFIX");
+    let endpoint = var("WORKER_ENDPOINT");
+    let delay = std::env::var("WORKER_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(var("WORKER_OUT"))
+        .expect("open the output file");
+    let naming = Naming {
+        queue_prefix: prefix.clone(),
+        events_exchange: format!("{prefix}bus.events"),
+        ..Naming::default()
+    };
+    let transport = AmqpTransport::connect(
+        AmqpConfig::new(var("WORKER_AMQP_URL"))
+            .connection_name("worker")
+            .naming(naming),
+    )
+    .await
+    .expect("connect");
+    let bus = Bus::builder()
+        .transport(transport.clone())
+        .without_discovery()
+        .handler(endpoint.clone(), work)
+        .route::<Work>(endpoint.clone())
+        .state(Out(Arc::new(Mutex::new(file)), delay))
+        .endpoint(endpoint, |e| {
+            e.concurrency(8)
+                .prefetch(50)
+                .immediate_retries(0)
+                .delayed_retries(0, Duration::ZERO)
+        })
+        .shutdown_grace(Duration::from_secs(5))
+        .start()
+        .await
+        .expect("start the bus");
+    println!("ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    bus.shutdown().await;
+    let _ = transport.close().await;
+}
