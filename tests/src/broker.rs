@@ -10,7 +10,8 @@ use lapin::{Connection, ConnectionProperties};
 
 /// The RabbitMQ the tests use: `BUS_TEST_AMQP_URL`, by default the local broker.
 pub fn amqp_url() -> String {
-    std::env::var("BUS_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("BUS_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// Whether brokers are required (CI): an unreachable broker then fails the test.
@@ -85,7 +86,9 @@ impl AmqpScope {
 
     /// A connected transport in this scope.
     pub async fn transport(&self, name: &str) -> AmqpTransport {
-        AmqpTransport::connect(self.config(name)).await.expect("connect to RabbitMQ")
+        AmqpTransport::connect(self.config(name))
+            .await
+            .expect("connect to RabbitMQ")
     }
 
     /// A raw lapin connection to the broker.
@@ -135,12 +138,17 @@ impl AmqpScope {
         };
         for name in names {
             if let Ok(ch) = conn.create_channel().await {
-                let _ = ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await;
+                let _ = ch
+                    .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                    .await;
             }
         }
         if let Ok(ch) = conn.create_channel().await {
             let _ = ch
-                .exchange_delete(self.naming.events_exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .exchange_delete(
+                    self.naming.events_exchange.as_str().into(),
+                    ExchangeDeleteOptions::default(),
+                )
                 .await;
         }
         let _ = conn.close(200, "cleanup".into()).await;
