@@ -528,3 +528,56 @@ async fn a_plain_amqp_client_can_send_commands_and_read_events() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_with_a_delivery_limit_work_end_to_end() {
+    scoped("amqp quorum queues", |scope| async move {
+        let ledger = Ledger::new();
+        let transport = AmqpTransport::connect(scope.config("quorum").quorum_queues(5))
+            .await
+            .unwrap();
+        let bus = Bus::builder()
+            .transport(transport.clone())
+            .without_discovery()
+            .handler("quorum-ep", record)
+            .route::<Work>("quorum-ep")
+            .state(ledger.clone())
+            .endpoint("quorum-ep", |e| {
+                e.immediate_retries(1).delayed_retries(0, Duration::ZERO)
+            })
+            .start()
+            .await
+            .unwrap();
+        for n in 0..50 {
+            bus.send(Work {
+                n,
+                fail_first: u32::from(n == 7),
+            })
+            .await
+            .unwrap();
+        }
+        assert!(
+            eventually(Duration::from_secs(20), || ledger.distinct() == 50).await,
+            "handled {}",
+            ledger.distinct()
+        );
+        bus.shutdown().await;
+        transport.close().await.unwrap();
+        assert_eq!(ledger.duplicates(), 0);
+
+        // The broker really made a quorum queue.
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["list_queues", "-q", "--no-table-headers", "name", "type"])
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let queue = scope.naming.queue("quorum-ep");
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [queue.as_str(), "quorum"]),
+            "{listing}"
+        );
+    })
+    .await;
+}
