@@ -78,6 +78,12 @@ pub(crate) async fn consume(
     }
     running.fetch_sub(1, Ordering::SeqCst);
     tracing::debug!(endpoint = %ep.name, "stopped taking messages");
+    // Keep the subscription open until the in-flight handlers are done (or abandoned), so their
+    // deliveries can still be acked on it.
+    sub.cancel().await;
+    let all = u32::try_from(ep.config.concurrency).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
+    drop(sub);
 }
 
 /// Everything that happens to one delivery.

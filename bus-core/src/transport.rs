@@ -123,6 +123,11 @@ pub trait Subscription: Send {
     /// The next delivery; `None` once the subscription is closed. Cancel-safe: dropping the
     /// future loses no message.
     async fn next(&mut self) -> Option<Result<Delivery, TransportError>>;
+
+    /// Stop receiving new deliveries, while the ones handed out can still be settled. The
+    /// runtime calls it at shutdown, waits for in-flight handlers, then drops the subscription
+    /// (which returns anything received but not handed out).
+    async fn cancel(&mut self) {}
 }
 
 /// The transport side of settling one delivery. Transports implement it; the runtime uses it

@@ -10,8 +10,9 @@ use bus_core::{
 };
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -564,6 +565,14 @@ fn bus_core_tag() -> String {
 
 #[async_trait]
 impl Subscription for AmqpSubscription {
+    async fn cancel(&mut self) {
+        if let (Some(ch), Some(consumer)) = (&self.channel, &self.consumer) {
+            let tag = consumer.tag();
+            let limit = self.transport.inner.config.connect_timeout;
+            let _ = timeout(limit, ch.basic_cancel(tag, BasicCancelOptions::default())).await;
+        }
+    }
+
     async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
         loop {
             if self.consumer.is_none() {
