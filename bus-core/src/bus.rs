@@ -73,6 +73,8 @@ pub struct BusStats {
     pub delayed_retries: u64,
     /// Messages moved to an error queue.
     pub dead_lettered: u64,
+    /// Duplicates acked without handling, thanks to an inbox.
+    pub duplicates_skipped: u64,
 }
 
 #[derive(Default)]
@@ -81,6 +83,7 @@ pub(crate) struct Counters {
     pub(crate) failed_attempts: AtomicU64,
     pub(crate) delayed_retries: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    pub(crate) duplicates_skipped: AtomicU64,
 }
 
 /// What every part of a running bus shares.
@@ -817,6 +820,7 @@ impl Bus {
             failed_attempts: c.failed_attempts.load(Ordering::Relaxed),
             delayed_retries: c.delayed_retries.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            duplicates_skipped: c.duplicates_skipped.load(Ordering::Relaxed),
         }
     }
 }

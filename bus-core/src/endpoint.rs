@@ -1,6 +1,9 @@
 //! Per-endpoint settings: concurrency, prefetch, handler timeout and recoverability.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::inbox::Inbox;
 
 /// How failed messages are retried before they go to the error queue.
 ///
@@ -81,7 +84,7 @@ impl Recoverability {
 ///     .handler_timeout(Duration::from_secs(5));
 /// assert_eq!(config.recoverability.delayed_retries, 3);
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone)]
 pub struct EndpointConfig {
     /// Handlers running at once on this endpoint, per bus instance.
     pub concurrency: usize,
@@ -91,6 +94,20 @@ pub struct EndpointConfig {
     pub handler_timeout: Option<Duration>,
     /// Retry policy.
     pub recoverability: Recoverability,
+    /// Idempotent consumer: skip messages whose id this endpoint already handled.
+    pub inbox: Option<Arc<dyn Inbox>>,
+}
+
+impl std::fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("concurrency", &self.concurrency)
+            .field("prefetch", &self.prefetch)
+            .field("handler_timeout", &self.handler_timeout)
+            .field("recoverability", &self.recoverability)
+            .field("inbox", &self.inbox.is_some())
+            .finish()
+    }
 }
 
 impl Default for EndpointConfig {
@@ -100,6 +117,7 @@ impl Default for EndpointConfig {
             prefetch: 32,
             handler_timeout: Some(Duration::from_secs(60)),
             recoverability: Recoverability::default(),
+            inbox: None,
         }
     }
 }
@@ -141,6 +159,13 @@ impl EndpointConfig {
     pub fn delayed_retries(mut self, n: u32, initial_delay: Duration) -> Self {
         self.recoverability.delayed_retries = n;
         self.recoverability.initial_delay = initial_delay;
+        self
+    }
+
+    /// Make the endpoint an idempotent consumer: a message whose id is in the inbox is acked
+    /// without running its handlers again.
+    pub fn inbox(mut self, inbox: impl Inbox) -> Self {
+        self.inbox = Some(Arc::new(inbox));
         self
     }
 

@@ -62,6 +62,7 @@ mod error;
 mod extract;
 mod failure;
 mod handler;
+mod inbox;
 mod message;
 mod receive;
 mod transport;
@@ -78,6 +79,7 @@ pub use handler::{
     BoxFuture, Handler, HandlerDescriptor, HandlerRegistration, IntoHandlerResult, MessageInfo,
     MessageRegistration, StateRequirement,
 };
+pub use inbox::{Inbox, MemoryInbox};
 pub use message::{AnyMessage, Command, DynMessage, Event, Message, MessageKind};
 pub use transport::{
     Acker, Delivery, Destination, EndpointTopology, Outgoing, SubscribeOptions, Subscription,

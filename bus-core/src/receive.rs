@@ -154,6 +154,27 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
         }
     }
 
+    if let Some(inbox) = &ep.config.inbox {
+        match inbox.contains(&ep.name, &headers.message_id).await {
+            Ok(true) => {
+                ep.shared
+                    .counters
+                    .duplicates_skipped
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(endpoint = %ep.name, message_id = %headers.message_id, "already handled; acking the duplicate");
+                if let Err(error) = delivery.ack().await {
+                    tracing::warn!(endpoint = %ep.name, %error, "ack of a duplicate failed");
+                }
+                return;
+            }
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(endpoint = %ep.name, %error, "inbox unavailable; returning the message to the queue");
+                return requeue_later(delivery).await;
+            }
+        }
+    }
+
     // Attempts: a round of immediate retries; after it, a delayed retry or the error queue.
     let policy = &ep.config.recoverability;
     let round = headers.delayed_retries();
@@ -176,6 +197,11 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
         {
             Ok(()) => {
                 ep.shared.counters.handled.fetch_add(1, Ordering::Relaxed);
+                if let Some(inbox) = &ep.config.inbox {
+                    if let Err(error) = inbox.record(&ep.name, &headers.message_id).await {
+                        tracing::warn!(endpoint = %ep.name, message_id = %headers.message_id, %error, "could not record the message in the inbox; a redelivery would run again");
+                    }
+                }
                 if let Err(error) = delivery.ack().await {
                     tracing::warn!(endpoint = %ep.name, message_id = %headers.message_id, %error, "ack failed; the message may be redelivered");
                 }

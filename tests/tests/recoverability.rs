@@ -524,3 +524,42 @@ async fn a_context_used_after_its_handler_finished_refuses_to_send() {
     let err = ctx.publish(Ordered { id: 9 }).await.unwrap_err();
     assert!(matches!(err, bus_core::BusError::ContextClosed), "{err}");
 }
+
+// ---- idempotent consumer -----------------------------------------------------------------
+
+#[tokio::test]
+async fn with_an_inbox_a_message_delivered_twice_has_its_side_effect_once() {
+    let ledger = Ledger::new();
+    async fn count(cmd: Ship, State(ledger): State<Ledger>) -> Result<(), HandlerError> {
+        ledger.record(cmd.id.to_string(), "inbox");
+        Ok(())
+    }
+    let bus = Bus::builder()
+        .transport(MemoryTransport::new())
+        .without_discovery()
+        .handler("t-outbox-ship", count)
+        .state(ledger.clone())
+        .endpoint("t-outbox-ship", |e| {
+            e.inbox(bus_core::MemoryInbox::new(1_000))
+        })
+        .start()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        bus.send_with(Ship { id: 5 }, SendOptions::new().message_id("same-id"))
+            .await
+            .unwrap();
+    }
+    bus.send_with(Ship { id: 6 }, SendOptions::new().message_id("other-id"))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || bus.stats().duplicates_skipped
+            == 2
+            && ledger.total() == 2)
+        .await
+    );
+    bus.shutdown().await;
+    assert_eq!(ledger.count("5"), 1, "side effect once");
+    assert_eq!(ledger.count("6"), 1);
+}
