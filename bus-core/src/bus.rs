@@ -429,6 +429,7 @@ impl BusBuilder {
                 config,
                 handlers: table,
                 shared: shared.clone(),
+                in_flight: std::sync::Mutex::new(HashSet::new()),
             }));
         }
 

@@ -80,6 +80,8 @@ pub use handler::{
     MessageRegistration, StateRequirement,
 };
 pub use inbox::{Inbox, MemoryInbox};
+#[cfg(feature = "postgres")]
+pub use inbox::postgres;
 pub use message::{AnyMessage, Command, DynMessage, Event, Message, MessageKind};
 pub use transport::{
     Acker, Delivery, Destination, EndpointTopology, Outgoing, SubscribeOptions, Subscription,

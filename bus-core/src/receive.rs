@@ -2,10 +2,10 @@
 //! release their outgoing messages, then ack, schedule a delayed retry, or move it to the error
 //! queue. [`classify`]-style decisions live in one place: [`handle_delivery`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
@@ -28,6 +28,31 @@ pub(crate) struct EndpointRuntime {
     pub(crate) config: EndpointConfig,
     pub(crate) handlers: HashMap<String, Vec<HandlerDescriptor>>,
     pub(crate) shared: Arc<Shared>,
+    /// Message ids being handled now (only tracked for endpoints with an inbox).
+    pub(crate) in_flight: Mutex<HashSet<String>>,
+}
+
+/// A message id claimed as in flight at an endpoint, released on drop.
+struct InFlight<'a> {
+    ep: &'a EndpointRuntime,
+    id: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn claim(ep: &'a EndpointRuntime, id: &str) -> Option<Self> {
+        let mut set = ep.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(id.to_string()).then(|| InFlight { ep, id: id.to_string() })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.ep
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// Pull deliveries and hand each to a task, at most `concurrency` at once, until `stop`.
@@ -154,6 +179,17 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
         }
     }
 
+    let _claim = match &ep.config.inbox {
+        Some(_) => match InFlight::claim(ep, &headers.message_id) {
+            Some(claim) => Some(claim),
+            None => {
+                // A copy of this message is being handled right now; once it is done the
+                // inbox will know it, so return this one for later.
+                return requeue_later(delivery).await;
+            }
+        },
+        None => None,
+    };
     if let Some(inbox) = &ep.config.inbox {
         match inbox.contains(&ep.name, &headers.message_id).await {
             Ok(true) => {

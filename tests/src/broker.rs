@@ -154,3 +154,33 @@ impl AmqpScope {
         let _ = conn.close(200, "cleanup".into()).await;
     }
 }
+
+/// The PostgreSQL the tests use: `BUS_TEST_POSTGRES`, by default the local server's `test` db.
+pub fn postgres_config() -> String {
+    std::env::var("BUS_TEST_POSTGRES").unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
+}
+
+/// `Some(config)` when PostgreSQL accepts connections; otherwise skip (or panic when brokers
+/// are required).
+pub async fn postgres_or_skip(test: &str) -> Option<String> {
+    let config = postgres_config();
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_postgres::connect(&config, tokio_postgres::NoTls),
+    )
+    .await;
+    match attempt {
+        Ok(Ok(_)) => Some(config),
+        other => {
+            let why = match other {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no answer within 5 s".into(),
+            };
+            if brokers_required() {
+                panic!("{test}: PostgreSQL at 127.0.0.1:5432 is unreachable ({why}) and BUS_REQUIRE_BROKERS=1");
+            }
+            eprintln!("skipping {test}: PostgreSQL is unreachable ({why}); set BUS_REQUIRE_BROKERS=1 to fail instead");
+            None
+        }
+    }
+}
