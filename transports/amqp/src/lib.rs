@@ -15,6 +15,8 @@ mod error;
 mod transport;
 mod wire;
 
+pub use wire::{decode as decode_amqp_message, encode as encode_amqp_properties};
+
 pub use config::{AmqpConfig, Naming, QueueType};
 pub use error::AmqpError;
 pub use transport::AmqpTransport;

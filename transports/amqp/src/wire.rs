@@ -20,8 +20,18 @@ const BROKER_HEADERS: &[&str] = &[
     "x-last-death-reason",
 ];
 
-/// AMQP properties for an envelope: persistent, with the well-known headers as native
+/// AMQP properties for an envelope's headers: persistent, with the well-known headers as native
 /// properties and the rest in the headers table as long strings.
+pub fn encode(headers: &Headers) -> Result<BasicProperties, TransportError> {
+    properties(headers)
+}
+
+/// The envelope the transport makes of a received AMQP message (properties and body), as the
+/// runtime then sees it. Never fails: what is missing is left empty for the runtime to reject.
+pub fn decode(props: &BasicProperties, data: Vec<u8>) -> Envelope {
+    envelope(props, data)
+}
+
 pub(crate) fn properties(headers: &Headers) -> Result<BasicProperties, TransportError> {
     let mut table = FieldTable::default();
     for (k, v) in &headers.custom {
@@ -74,7 +84,7 @@ pub(crate) fn envelope(props: &BasicProperties, data: Vec<u8>) -> Envelope {
         correlation_id: text(props.correlation_id()),
         sent_at: props
             .timestamp()
-            .map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+            .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s))),
         custom,
     };
     Envelope::from_bytes(headers, data)
