@@ -20,3 +20,14 @@ pub struct Noticed {
     /// Identifies the event.
     pub n: u64,
 }
+
+/// A command whose handler misbehaves on request, for recoverability tests.
+#[derive(Command, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[command(name = "tests.Risky")]
+pub struct Risky {
+    /// Identifies the command.
+    pub n: u64,
+    /// `ok`, `panic`, `hang`, `fail` (always), or `send-then-fail` (sends a `Work` for the same
+    /// `n`, then fails the first two attempts).
+    pub mode: String,
+}
