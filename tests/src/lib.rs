@@ -2,8 +2,10 @@
 //! deadline (a hang is a failure, never a stuck CI job).
 
 pub mod broker;
+pub mod faulty;
 pub mod messages;
 pub mod proxy;
+pub mod reliability;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
