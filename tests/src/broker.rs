@@ -157,7 +157,8 @@ impl AmqpScope {
 
 /// The PostgreSQL the tests use: `BUS_TEST_POSTGRES`, by default the local server's `test` db.
 pub fn postgres_config() -> String {
-    std::env::var("BUS_TEST_POSTGRES").unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
+    std::env::var("BUS_TEST_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
 }
 
 /// `Some(config)` when PostgreSQL accepts connections; otherwise skip (or panic when brokers

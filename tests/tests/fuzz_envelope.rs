@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use bus_core::{decode_any, Bus, Destination, Envelope, HandlerError, Headers, JsonCodec, Outgoing, State, Transport};
+use bus_core::{
+    decode_any, Bus, Destination, Envelope, HandlerError, Headers, JsonCodec, Outgoing, State,
+    Transport,
+};
 use bus_tests::messages::Work;
 use bus_tests::{eventually, Ledger};
 use bus_transport_amqp::{decode_amqp_message, encode_amqp_properties};
@@ -23,13 +26,15 @@ fn amqp_value() -> impl Strategy<Value = AMQPValue> {
         any::<i64>().prop_map(AMQPValue::LongLongInt),
         any::<f64>().prop_map(AMQPValue::Double),
         any::<u64>().prop_map(AMQPValue::Timestamp),
-        proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| AMQPValue::LongString(LongString::from(b))),
+        proptest::collection::vec(any::<u8>(), 0..64)
+            .prop_map(|b| AMQPValue::LongString(LongString::from(b))),
         "[a-z]{0,20}".prop_map(|s| AMQPValue::ShortString(ShortString::from(s))),
         Just(AMQPValue::Void),
     ];
     leaf.prop_recursive(2, 16, 4, |inner| {
         prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..4).prop_map(|v| AMQPValue::FieldArray(v.into())),
+            proptest::collection::vec(inner.clone(), 0..4)
+                .prop_map(|v| AMQPValue::FieldArray(v.into())),
             proptest::collection::vec(("[a-z-]{1,12}", inner), 0..4).prop_map(|kv| {
                 let mut t = FieldTable::default();
                 for (k, v) in kv {

@@ -30,27 +30,77 @@ async fn start(transport: &MemoryTransport, inbox: PostgresInbox, ledger: &Ledge
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_is_skipped_even_after_a_restart() {
-    let Some(config) = postgres_or_skip("postgres inbox").await else { return };
+    let Some(config) = postgres_or_skip("postgres inbox").await else {
+        return;
+    };
     let table = unique("inbox").replace('-', "_");
     let transport = MemoryTransport::new();
     let ledger = Ledger::new();
 
-    let bus = start(&transport, PostgresInbox::connect(&config, &table).await.unwrap(), &ledger).await;
+    let bus = start(
+        &transport,
+        PostgresInbox::connect(&config, &table).await.unwrap(),
+        &ledger,
+    )
+    .await;
     for _ in 0..2 {
-        bus.send_with(Work { n: 1, fail_first: 0 }, SendOptions::new().message_id("dup-1")).await.unwrap();
+        bus.send_with(
+            Work {
+                n: 1,
+                fail_first: 0,
+            },
+            SendOptions::new().message_id("dup-1"),
+        )
+        .await
+        .unwrap();
     }
-    assert!(eventually(Duration::from_secs(10), || bus.stats().duplicates_skipped == 1).await);
+    assert!(
+        eventually(Duration::from_secs(10), || bus.stats().duplicates_skipped
+            == 1)
+        .await
+    );
     bus.shutdown().await;
 
     // A new instance, with a fresh connection to the same inbox, sees the id as handled.
-    let bus = start(&transport, PostgresInbox::connect(&config, &table).await.unwrap(), &ledger).await;
-    bus.send_with(Work { n: 1, fail_first: 0 }, SendOptions::new().message_id("dup-1")).await.unwrap();
-    bus.send_with(Work { n: 2, fail_first: 0 }, SendOptions::new().message_id("new-2")).await.unwrap();
-    assert!(eventually(Duration::from_secs(10), || bus.stats().duplicates_skipped == 1 && ledger.count("2") == 1).await);
+    let bus = start(
+        &transport,
+        PostgresInbox::connect(&config, &table).await.unwrap(),
+        &ledger,
+    )
+    .await;
+    bus.send_with(
+        Work {
+            n: 1,
+            fail_first: 0,
+        },
+        SendOptions::new().message_id("dup-1"),
+    )
+    .await
+    .unwrap();
+    bus.send_with(
+        Work {
+            n: 2,
+            fail_first: 0,
+        },
+        SendOptions::new().message_id("new-2"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || bus.stats().duplicates_skipped
+            == 1
+            && ledger.count("2") == 1)
+        .await
+    );
     bus.shutdown().await;
     assert_eq!(ledger.count("1"), 1, "side effect once across the restart");
 
-    let (client, conn) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    client.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
+    client
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
 }
