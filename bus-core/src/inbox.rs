@@ -43,8 +43,11 @@ pub trait Inbox: Send + Sync + 'static {
 /// ```
 pub struct MemoryInbox {
     capacity: usize,
-    state: Mutex<(HashSet<(String, String)>, VecDeque<(String, String)>)>,
+    state: Mutex<Remembered>,
 }
+
+/// (endpoint, message id) pairs: a set to look up, and their order to forget the oldest.
+type Remembered = (HashSet<(String, String)>, VecDeque<(String, String)>);
 
 impl MemoryInbox {
     /// An inbox keeping at most `capacity` ids.

@@ -3,14 +3,15 @@
 //! queue. [`classify`]-style decisions live in one place: [`handle_delivery`].
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 use crate::bus::Shared;
@@ -21,6 +22,33 @@ use crate::envelope::{header, Body, Envelope, Headers};
 use crate::failure::{Failure, FailureReason};
 use crate::handler::HandlerDescriptor;
 use crate::transport::{Delivery, Destination, Outgoing, Subscription};
+
+/// A one-way signal (stop taking messages, abandon handlers) checked with one atomic load.
+/// Waiting for it goes through a `CancellationToken`, whose own check takes a lock that every
+/// worker thread and every sender would share.
+#[derive(Clone, Default)]
+pub(crate) struct Signal {
+    fired: Arc<AtomicBool>,
+    token: CancellationToken,
+}
+
+impl Signal {
+    /// Fire it; idempotent.
+    pub(crate) fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// Whether it fired.
+    pub(crate) fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Completes once it fired.
+    fn fired(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+}
 
 /// One hosted endpoint.
 pub(crate) struct EndpointRuntime {
@@ -55,60 +83,93 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Pull deliveries and hand each to a task, at most `concurrency` at once, until `stop`.
-/// A task still running when `abort` fires is dropped, and with it its delivery, which the
-/// transport then redelivers.
+/// Take deliveries with `concurrency` worker tasks, each handling one delivery at a time,
+/// until `stop`. A handler still running when `abort` fires is dropped, and with it its
+/// delivery, which the transport then redelivers.
+///
+/// Long-lived workers rather than a task per delivery: a spawn and two cross-task wake-ups per
+/// message cost more than the in-memory transport's whole hand-over, and workers still spread
+/// over the runtime's threads like spawned tasks do.
 pub(crate) async fn consume(
     ep: Arc<EndpointRuntime>,
-    mut sub: Box<dyn Subscription>,
-    stop: CancellationToken,
-    abort: CancellationToken,
+    sub: Box<dyn Subscription>,
+    stop: Signal,
+    abort: Signal,
     tracker: TaskTracker,
     running: Arc<AtomicUsize>,
 ) {
     running.fetch_add(1, Ordering::SeqCst);
-    let slots = Arc::new(Semaphore::new(ep.config.concurrency));
+    let sub = Arc::new(tokio::sync::Mutex::new(sub));
+    let workers: Vec<_> = (0..ep.config.concurrency.max(1))
+        .map(|_| tracker.spawn(work(ep.clone(), sub.clone(), stop.clone(), abort.clone())))
+        .collect();
+    let mut all_done = std::pin::pin!(futures_util::future::join_all(workers));
+    let ended = tokio::select! {
+        _ = stop.fired() => false,
+        _ = &mut all_done => true,
+    };
+    running.fetch_sub(1, Ordering::SeqCst);
+    tracing::debug!(endpoint = %ep.name, "stopped taking messages");
+    if !ended {
+        // Keep the subscription open until the in-flight handlers are done (or abandoned), so
+        // their deliveries can still be acked on it. Workers let go of it once `stop` fired.
+        sub.lock().await.cancel().await;
+        all_done.await;
+    }
+    drop(sub);
+}
+
+/// One worker: take a delivery, handle it, repeat, until `stop` (or the subscription ends).
+async fn work(
+    ep: Arc<EndpointRuntime>,
+    sub: Arc<tokio::sync::Mutex<Box<dyn Subscription>>>,
+    stop: Signal,
+    abort: Signal,
+) {
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let next = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            next = sub.next() => next,
+        let next = {
+            let Some(mut taking) = unless_cancelled(&stop, sub.lock()).await else {
+                break;
+            };
+            match unless_cancelled(&stop, taking.next()).await {
+                Some(next) => next,
+                None => break,
+            }
         };
         match next {
             None => break,
             Some(Err(error)) => {
                 tracing::warn!(endpoint = %ep.name, %error, "receive failed; retrying shortly");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                let pause = tokio::time::sleep(Duration::from_millis(200));
+                if unless_cancelled(&stop, pause).await.is_none() {
+                    break;
+                }
             }
             Some(Ok(delivery)) => {
-                let ep = ep.clone();
-                let abort = abort.clone();
-                tracker.spawn(async move {
-                    tokio::select! {
-                        _ = abort.cancelled() => {}
-                        _ = handle_delivery(&ep, delivery) => {}
-                    }
-                    drop(permit);
-                });
+                // Dropping the handler drops its delivery unsettled: redelivered.
+                let _ = unless_cancelled(&abort, handle_delivery(&ep, delivery)).await;
             }
         }
     }
-    running.fetch_sub(1, Ordering::SeqCst);
-    tracing::debug!(endpoint = %ep.name, "stopped taking messages");
-    // Keep the subscription open until the in-flight handlers are done (or abandoned), so their
-    // deliveries can still be acked on it.
-    sub.cancel().await;
-    let all = u32::try_from(ep.config.concurrency).unwrap_or(u32::MAX);
-    let _ = slots.acquire_many(all).await;
-    drop(sub);
+}
+
+/// Run `work` unless `signal` fires first (or already did); `None` then, and `work` is dropped.
+///
+/// Like a biased `select!` on the signal, without registering a waiter on it for work that is
+/// ready at once (the common case on a busy endpoint): that registration takes a lock.
+async fn unless_cancelled<F: Future>(signal: &Signal, work: F) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
+    let mut cancelled = std::pin::pin!(signal.fired());
+    std::future::poll_fn(|cx| {
+        if signal.is_fired() {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        cancelled.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Everything that happens to one delivery.

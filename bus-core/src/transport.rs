@@ -124,9 +124,10 @@ pub trait Subscription: Send {
     /// future loses no message.
     async fn next(&mut self) -> Option<Result<Delivery, TransportError>>;
 
-    /// Stop receiving new deliveries, while the ones handed out can still be settled. The
-    /// runtime calls it at shutdown, waits for in-flight handlers, then drops the subscription
-    /// (which returns anything received but not handed out).
+    /// Stop receiving new deliveries, while the ones handed out can still be settled; `next`
+    /// returns `None` from then on. The runtime calls it at shutdown, waits for in-flight
+    /// handlers, then drops the subscription (which returns anything received but not handed
+    /// out).
     async fn cancel(&mut self) {}
 }
 

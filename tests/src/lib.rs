@@ -2,9 +2,11 @@
 //! deadline (a hang is a failure, never a stuck CI job).
 
 pub mod broker;
+pub mod conformance;
 pub mod faulty;
 pub mod messages;
 pub mod proxy;
+pub mod redis_broker;
 pub mod reliability;
 
 use std::collections::HashMap;

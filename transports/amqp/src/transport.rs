@@ -505,6 +505,7 @@ impl Transport for AmqpTransport {
             prefetch: u16::try_from(options.prefetch).unwrap_or(u16::MAX).max(1),
             channel: None,
             consumer: None,
+            cancelled: false,
         };
         sub.open().await?;
         Ok(Box::new(sub))
@@ -517,6 +518,7 @@ struct AmqpSubscription {
     prefetch: u16,
     channel: Option<Channel>,
     consumer: Option<Consumer>,
+    cancelled: bool,
 }
 
 impl AmqpSubscription {
@@ -566,6 +568,9 @@ fn bus_core_tag() -> String {
 #[async_trait]
 impl Subscription for AmqpSubscription {
     async fn cancel(&mut self) {
+        // Deliveries lapin already buffered are not handed out; they return to the queue
+        // when the channel closes on drop.
+        self.cancelled = true;
         if let (Some(ch), Some(consumer)) = (&self.channel, &self.consumer) {
             let tag = consumer.tag();
             let limit = self.transport.inner.config.connect_timeout;
@@ -575,6 +580,9 @@ impl Subscription for AmqpSubscription {
 
     async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
         loop {
+            if self.cancelled {
+                return None;
+            }
             if self.consumer.is_none() {
                 if let Err(e) = self.open().await {
                     return Some(Err(e));

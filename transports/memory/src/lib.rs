@@ -29,7 +29,7 @@ use bus_core::{
     async_trait, Acker, Delivery, Destination, Envelope, Outgoing, SubscribeOptions, Subscription,
     Topology, Transport, TransportError,
 };
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 /// The in-memory transport. Clones share the same queues.
 #[derive(Clone)]
@@ -166,13 +166,20 @@ impl MemoryTransport {
 
     async fn enqueue(&self, queue: &Queue, envelope: Envelope) -> Result<(), TransportError> {
         if let Some(room) = &queue.room {
-            let permit = tokio::time::timeout(self.inner.send_timeout, room.acquire())
-                .await
-                .map_err(|_| TransportError::Timeout {
-                    operation: "waiting for room in a full in-memory queue",
-                    after: self.inner.send_timeout,
-                })?
-                .map_err(|_| TransportError::Closed)?;
+            // Room at once is the common case: no timer for it.
+            let permit = match room.try_acquire() {
+                Ok(permit) => permit,
+                Err(TryAcquireError::Closed) => return Err(TransportError::Closed),
+                Err(TryAcquireError::NoPermits) => {
+                    tokio::time::timeout(self.inner.send_timeout, room.acquire())
+                        .await
+                        .map_err(|_| TransportError::Timeout {
+                            operation: "waiting for room in a full in-memory queue",
+                            after: self.inner.send_timeout,
+                        })?
+                        .map_err(|_| TransportError::Closed)?
+                }
+            };
             // The slot is given back when the message is acked.
             permit.forget();
         }
@@ -222,6 +229,16 @@ impl Transport for MemoryTransport {
     }
 
     async fn send(&self, message: Outgoing) -> Result<(), TransportError> {
+        if let (Destination::Endpoint(e), None) = (
+            &message.destination,
+            message.delay.filter(|d| !d.is_zero()),
+        ) {
+            // One queue, now: no list of targets, no copy of the envelope.
+            let q = self
+                .queue(e)
+                .ok_or_else(|| TransportError::Unroutable(e.clone()))?;
+            return self.enqueue(&q, message.envelope).await;
+        }
         let targets = self.targets(&message.destination)?;
         if let Some(delay) = message.delay.filter(|d| !d.is_zero()) {
             let this = self.clone();
@@ -235,8 +252,16 @@ impl Transport for MemoryTransport {
             });
             return Ok(());
         }
-        for q in &targets {
-            self.enqueue(q, message.envelope.clone()).await?;
+        let mut envelope = Some(message.envelope);
+        for (i, q) in targets.iter().enumerate() {
+            let copy = if i + 1 == targets.len() {
+                envelope.take()
+            } else {
+                envelope.clone()
+            };
+            if let Some(copy) = copy {
+                self.enqueue(q, copy).await?;
+            }
         }
         Ok(())
     }
@@ -292,6 +317,14 @@ impl Queue {
         self.available.notify_one();
     }
 
+    /// Take the oldest ready message, counted as unacked; and whether more are ready.
+    fn pop(&self) -> Option<(Stored, bool)> {
+        let mut state = self.lock();
+        let stored = state.ready.pop_front()?;
+        state.unacked += 1;
+        Some((stored, !state.ready.is_empty()))
+    }
+
     fn settle(&self, requeue: Option<Stored>) {
         {
             let mut state = self.lock();
@@ -315,43 +348,45 @@ struct MemorySubscription {
 
 #[async_trait]
 impl Subscription for MemorySubscription {
+    async fn cancel(&mut self) {
+        // No more deliveries: `next` returns `None` from now on. Deliveries already handed out
+        // keep their permits and are settled as usual.
+        self.prefetch.close();
+    }
+
     async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
         let permit = self.prefetch.clone().acquire_owned().await.ok()?;
         loop {
+            // Ready messages are taken without registering for a wake-up first.
+            if let Some(popped) = self.queue.pop() {
+                return Some(Ok(self.deliver(popped, permit)));
+            }
             let notified = self.queue.available.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let popped = {
-                let mut state = self.queue.lock();
-                let popped = state.ready.pop_front();
-                if popped.is_some() {
-                    state.unacked += 1;
-                }
-                popped
-            };
-            if let Some(mut stored) = popped {
-                // Pass the wake-up on if more is waiting, so other consumers are not starved.
-                if !self.queue.lock().ready.is_empty() {
-                    self.queue.available.notify_one();
-                }
-                stored.delivery_count += 1;
-                let redelivered = stored.delivery_count > 1;
-                let count = stored.delivery_count;
-                let envelope = stored.envelope.clone();
-                let acker = MemoryAcker {
-                    queue: self.queue.clone(),
-                    delivery_count: count,
-                    _permit: permit,
-                };
-                return Some(Ok(Delivery::new(
-                    envelope,
-                    Box::new(acker),
-                    redelivered,
-                    count,
-                )));
+            // A push between the look above and `enable` would be missed without this one.
+            if let Some(popped) = self.queue.pop() {
+                return Some(Ok(self.deliver(popped, permit)));
             }
             notified.await;
         }
+    }
+}
+
+impl MemorySubscription {
+    fn deliver(&self, (mut stored, more): (Stored, bool), permit: OwnedSemaphorePermit) -> Delivery {
+        // Pass the wake-up on if more is waiting, so other consumers are not starved.
+        if more {
+            self.queue.available.notify_one();
+        }
+        stored.delivery_count += 1;
+        let count = stored.delivery_count;
+        let acker = MemoryAcker {
+            queue: self.queue.clone(),
+            delivery_count: count,
+            _permit: permit,
+        };
+        Delivery::new(stored.envelope, Box::new(acker), count > 1, count)
     }
 }
 

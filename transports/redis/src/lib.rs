@@ -1,0 +1,72 @@
+//! # bus-transport-redis: Redis Streams for bus-core
+//!
+//! [`RedisTransport`] carries the bus over Redis Streams (Redis 6.2 or later; 7 recommended),
+//! on the `redis` crate with a reconnecting connection manager and a timeout on every call.
+//!
+//! ## Keys and groups
+//! Every key starts with a prefix (`bus` by default; see [`Keys`]):
+//! - `bus:ep:E`, the input stream of endpoint `E`, read by the consumer group `E`. Each
+//!   subscription is a consumer of its own (`<consumer_name>-<pid>-<random>-<n>`), so the
+//!   instances of an endpoint compete for its entries. Acked entries are deleted (`XACK` +
+//!   `XDEL`): one group reads the stream, so what remains is what is still to be done.
+//! - `bus:endpoints`, the set of declared endpoints. A command is appended to its endpoint's
+//!   stream by a script that checks this set first, so a command to an endpoint nobody
+//!   declared is [`bus_core::TransportError::Unroutable`], not a write to a stream no one
+//!   reads. Declaring creates the group (reading from the stream's start, so nothing sent in
+//!   between is skipped) before registering the endpoint.
+//! - `bus:subs:W`, the set of endpoints subscribed to event `W`, maintained by declare. A
+//!   publish appends the event to the stream of every member, in one script: fan-out across
+//!   endpoints, competition within each. An event with no subscriber goes nowhere, which is
+//!   fine. Subscriptions are never removed automatically (as with AMQP bindings).
+//! - `bus:ep:E:error`, the error stream: failed messages, body and headers kept, plus the
+//!   failure headers. Nobody consumes it; read it with `XRANGE`.
+//! - `bus:delayed:E`, delayed messages (delayed retries) in a sorted set scored by due time
+//!   in milliseconds of the Redis server's clock. The subscriptions of `E` move due ones into
+//!   the stream with a script that appends and removes each in one step, so none is lost or
+//!   doubled however many instances run it. A due message waits at most the block timeout.
+//!
+//! ## Deliveries
+//! A subscription reads with `XREADGROUP ... COUNT <free prefetch slots> BLOCK
+//! <block_timeout>` on a connection of its own. The delivery count is 1 for a new entry;
+//! entries taken over come with their count from the pending list (`XPENDING`).
+//! - Ack: `XACK` and `XDEL`, atomically.
+//! - Nack (and a delivery dropped unsettled): the entry stays pending, marked idle since long
+//!   ago (`XCLAIM ... TIME 1 JUSTID`); the next `XAUTOCLAIM` of any consumer of the group
+//!   takes it over, which counts a delivery. A nack also makes its own subscription look at
+//!   once; others look every `claim_interval`.
+//! - Crashed consumers: their pending entries, idle longer than `reclaim_idle`, are taken over
+//!   by `XAUTOCLAIM`. A live subscription renews the idle time of its deliveries still in
+//!   progress every third of `reclaim_idle`, so a slow handler keeps its message.
+//! - Consumers that left with nothing pending are removed from the group (atomically checked).
+//!
+//! ## What survives a Redis restart
+//! Redis's own persistence settings decide: with RDB snapshots or AOF, streams, pending
+//! lists, registries and delayed messages come back as of the last write saved; with
+//! persistence off (`--save "" --appendonly no`), everything not yet consumed is lost. A send
+//! returns `Ok` once Redis executed the write, not once it reached disk (`appendfsync` decides
+//! that). After a restart that lost the data, subscriptions find their group missing and
+//! declare again what their transport declared, so consuming resumes by itself; senders see
+//! unroutable commands until then.
+//!
+//! ## Wire format
+//! One stream entry per message: the body in field `body`, byte for byte, and one field per
+//! header (`message_id`, `type`, `content_type`, `correlation_id`, `timestamp` in ms, then
+//! custom headers by name). See the `wire` module.
+//!
+//! ## Where things live
+//! - `config`: [`RedisConfig`] (URL, timeouts, reclaim settings) and [`Keys`].
+//! - `transport`: [`RedisTransport`]: connect, declare, send.
+//! - `subscription`: the reader task of a subscription, and its ackers.
+//! - `scripts`: the Lua scripts for the steps that must be atomic.
+//! - `wire`: envelope to stream entry and back; reading stream replies.
+
+mod config;
+mod error;
+mod scripts;
+mod subscription;
+mod transport;
+mod wire;
+
+pub use config::{Keys, RedisConfig};
+pub use error::RedisError;
+pub use transport::RedisTransport;

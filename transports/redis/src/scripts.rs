@@ -1,0 +1,149 @@
+//! The Lua scripts: each does, atomically inside Redis, a step that must not be split (check
+//! a registry and write; move a due message and remove it from the delay set). Times come
+//! from the server's clock (`TIME`), so instances with skewed clocks agree on due times.
+//!
+//! Scripts name only their own keys in `KEYS`, except the publish script, which writes to the
+//! streams of the subscribers it reads from the registry: fine on a single Redis, and on a
+//! cluster when the key prefix is a hash tag.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Send to an endpoint, if it is declared: append to its stream, or, with a delay, add to its
+/// delay set scored by the due time.
+///
+/// `KEYS[1]` the endpoint registry, `KEYS[2]` the stream or the delay set;
+/// `ARGV[1]` the endpoint, `ARGV[2]` the delay in ms or empty, then the fields
+/// (`XADD`) or the delay-set member.
+/// Returns 1, or 0 when the endpoint is not declared (unroutable).
+pub(crate) static SEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+if ARGV[2] == '' then
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+else
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
+end
+return 1
+"#,
+    )
+});
+
+/// Publish an event: append it to the stream of every endpoint in the event's subscriber set.
+///
+/// `KEYS[1]` the subscriber set; `ARGV[1]` the prefix of stream keys, then the fields.
+/// Returns the number of subscribers.
+pub(crate) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local subscribers = redis.call('SMEMBERS', KEYS[1])
+for _, endpoint in ipairs(subscribers) do
+  redis.call('XADD', ARGV[1] .. endpoint, '*', unpack(ARGV, 2))
+end
+return #subscribers
+"#,
+    )
+});
+
+/// Move due delayed messages to the stream, each in the same step as its removal from the
+/// delay set, so none is lost or doubled whichever instance runs it. A member that does not
+/// decode (not written by this transport) goes to the error stream as it is.
+///
+/// `KEYS[1]` the delay set, `KEYS[2]` the stream, `KEYS[3]` the error stream; `ARGV[1]` the
+/// most to move. Returns `{moved, ms until the next one is due or -1}`.
+pub(crate) static MOVE_DUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local function decode(s)
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local colon = string.find(s, ':', i, true)
+    if not colon then return nil end
+    local len = tonumber(string.sub(s, i, colon - 1))
+    if not len then return nil end
+    local stop = colon + len
+    if string.sub(s, stop + 1, stop + 1) ~= ',' then return nil end
+    out[#out + 1] = string.sub(s, colon + 1, stop)
+    i = stop + 2
+  end
+  return out
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, member in ipairs(due) do
+  local parts = decode(member)
+  if parts and #parts >= 3 and (#parts - 1) % 2 == 0 then
+    redis.call('XADD', KEYS[2], '*', unpack(parts, 2))
+  else
+    redis.call('XADD', KEYS[3], '*', 'body', member,
+      'bus-failure-reason', 'deserialization-failed',
+      'bus-failure-error', 'a delayed entry could not be decoded')
+  end
+  redis.call('ZREM', KEYS[1], member)
+end
+local next = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = -1
+if next[2] then
+  wait = math.max(0, tonumber(next[2]) - now)
+end
+return {#due, wait}
+"#,
+    )
+});
+
+/// Renew deliveries in progress: reset the idle time of those entries that are still pending
+/// on this consumer, so no other consumer takes them over while their handler runs. Entries
+/// taken over meanwhile stay with their new owner, and nacked ones (marked idle since long
+/// ago, beyond `ARGV[3]`) stay claimable.
+///
+/// `KEYS[1]` the stream; `ARGV[1]` the group, `ARGV[2]` the consumer, `ARGV[3]` the idle time
+/// (ms) past which an entry counts as nacked, then entry ids. Returns how many were renewed.
+pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local renewed = 0
+for i = 4, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)[1]
+  if p and p[2] == ARGV[2] and p[3] < tonumber(ARGV[3]) then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    renewed = renewed + 1
+  end
+end
+return renewed
+"#,
+    )
+});
+
+/// Remove consumers that hold no pending entries and have been idle for a while, so names of
+/// stopped instances do not pile up. Checked and removed in one step: removing a consumer
+/// drops its pending entries, so one that took an entry in between must be kept.
+///
+/// `KEYS[1]` the stream; `ARGV[1]` the group, `ARGV[2]` the least idle time (ms), `ARGV[3]`
+/// one consumer to consider, or empty for all. Returns how many were removed.
+pub(crate) static FORGET_IDLE_CONSUMERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local removed = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local name, pending, idle
+  for i = 1, #c, 2 do
+    if c[i] == 'name' then name = c[i + 1]
+    elseif c[i] == 'pending' then pending = c[i + 1]
+    elseif c[i] == 'idle' then idle = c[i + 1] end
+  end
+  if pending == 0 and idle >= tonumber(ARGV[2]) and (ARGV[3] == '' or ARGV[3] == name) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+    removed = removed + 1
+  end
+end
+return removed
+"#,
+    )
+});

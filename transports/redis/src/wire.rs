@@ -1,0 +1,383 @@
+//! The wire format: how an envelope maps onto the fields of a stream entry, and how the
+//! replies of the stream commands are read.
+//!
+//! An entry carries the well-known headers under fixed field names, every custom header as a
+//! field of its own name, and the body, byte for byte, in `body`:
+//!
+//! | field | header | notes |
+//! |---|---|---|
+//! | `message_id` | message id | required on receive |
+//! | `type` | message type (wire name) | required on receive |
+//! | `content_type` | content type | required on receive |
+//! | `correlation_id` | correlation id | optional |
+//! | `timestamp` | sent time | RFC 3339, UTC, nanoseconds (`2026-01-02T03:04:05.123456789Z`); on receive also milliseconds since the Unix epoch; optional |
+//! | `body` | the serialized message | binary-safe |
+//! | any other | custom header, e.g. `bus-conversation-id` | UTF-8 text |
+//!
+//! A custom header may not use one of the field names above. Missing required fields become
+//! empty headers, which the runtime moves to the error queue with the reason.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bus_core::{Body, Envelope, Headers, TransportError};
+use redis::Value;
+
+/// The field holding the body.
+pub(crate) const BODY: &str = "body";
+const MESSAGE_ID: &str = "message_id";
+const TYPE: &str = "type";
+const CONTENT_TYPE: &str = "content_type";
+const CORRELATION_ID: &str = "correlation_id";
+const TIMESTAMP: &str = "timestamp";
+const RESERVED: &[&str] = &[
+    BODY,
+    MESSAGE_ID,
+    TYPE,
+    CONTENT_TYPE,
+    CORRELATION_ID,
+    TIMESTAMP,
+];
+
+/// The field-value list of an entry for an envelope, flattened: `[f1, v1, f2, v2, ...]`.
+pub(crate) fn fields(envelope: &Envelope) -> Result<Vec<Vec<u8>>, TransportError> {
+    let h = &envelope.headers;
+    let body = match &envelope.body {
+        Body::Bytes(b) => b.to_vec(),
+        Body::Message(m) => {
+            return Err(TransportError::Other(format!(
+                "message `{}` has a typed in-process body; the Redis transport needs bytes",
+                m.message_name()
+            )))
+        }
+    };
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(12 + 2 * h.custom.len());
+    let mut put = |k: &str, v: &[u8]| {
+        out.push(k.as_bytes().to_vec());
+        out.push(v.to_vec());
+    };
+    put(MESSAGE_ID, h.message_id.as_bytes());
+    put(TYPE, h.message_type.as_bytes());
+    put(CONTENT_TYPE, h.content_type.as_bytes());
+    if let Some(c) = &h.correlation_id {
+        put(CORRELATION_ID, c.as_bytes());
+    }
+    // RFC 3339 covers the years 1970 to 9999; a time outside them is not sent.
+    if let Some(t) = h.sent_at.filter(|t| {
+        t.duration_since(UNIX_EPOCH)
+            .is_ok_and(|d| d.as_secs() < 253_402_300_800)
+    }) {
+        put(
+            TIMESTAMP,
+            humantime::format_rfc3339_nanos(t).to_string().as_bytes(),
+        );
+    }
+    for (k, v) in &h.custom {
+        if RESERVED.contains(&k.as_str()) {
+            return Err(TransportError::Other(format!(
+                "custom header `{k}` clashes with a field of the Redis wire format; rename it"
+            )));
+        }
+        put(k, v.as_bytes());
+    }
+    put(BODY, &body);
+    Ok(out)
+}
+
+/// The envelope of a received entry. Fields are read leniently: text that is not UTF-8 is
+/// converted lossily, a missing body is empty.
+pub(crate) fn envelope(fields: Vec<(Vec<u8>, Vec<u8>)>) -> Envelope {
+    let mut headers = Headers::default();
+    let mut custom = BTreeMap::new();
+    let mut body = Vec::new();
+    let text = |v: Vec<u8>| String::from_utf8(v).unwrap_or_else(|e| lossy(e.as_bytes()));
+    for (k, v) in fields {
+        match k.as_slice() {
+            b"body" => body = v,
+            b"message_id" => headers.message_id = text(v),
+            b"type" => headers.message_type = text(v),
+            b"content_type" => headers.content_type = text(v),
+            b"correlation_id" => headers.correlation_id = Some(text(v)),
+            b"timestamp" => headers.sent_at = timestamp(&text(v)),
+            _ => {
+                custom.insert(text(k), text(v));
+            }
+        }
+    }
+    headers.custom = custom;
+    Envelope::from_bytes(headers, body)
+}
+
+/// A sent time: RFC 3339, or milliseconds since the Unix epoch (what many clients write).
+fn timestamp(text: &str) -> Option<SystemTime> {
+    match text.parse::<u64>() {
+        Ok(ms) => UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
+        Err(_) => humantime::parse_rfc3339(text).ok(),
+    }
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A delayed message as stored in the sorted set: netstrings (`<len>:<bytes>,`) of a unique
+/// token, then of every field and value. The token keeps two equal messages apart; the move
+/// script decodes the rest back into the `XADD` arguments.
+pub(crate) fn delayed_member(token: &str, fields: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + fields.iter().map(|f| f.len() + 8).sum::<usize>());
+    for part in std::iter::once(token.as_bytes()).chain(fields.iter().map(Vec::as_slice)) {
+        out.extend_from_slice(part.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(part);
+        out.push(b',');
+    }
+    out
+}
+
+/// One entry of a stream reply. `fields` is `None` when the entry was deleted while pending.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    pub(crate) id: String,
+    pub(crate) fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+/// The entries of an `XREADGROUP` reply over one stream (nil when the block timed out).
+pub(crate) fn read_reply(v: Value) -> Result<Vec<Entry>, String> {
+    match v {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(streams) => {
+            let mut out = Vec::new();
+            for s in streams {
+                match s {
+                    Value::Array(mut pair) if pair.len() == 2 => {
+                        out.extend(entries(pair.pop().unwrap_or(Value::Nil))?)
+                    }
+                    other => return Err(format!("unexpected XREADGROUP stream item: {other:?}")),
+                }
+            }
+            Ok(out)
+        }
+        Value::Map(streams) => {
+            let mut out = Vec::new();
+            for (_, v) in streams {
+                out.extend(entries(v)?);
+            }
+            Ok(out)
+        }
+        other => Err(format!("unexpected XREADGROUP reply: {other:?}")),
+    }
+}
+
+/// A list of `[id, [field, value, ...]]` entries.
+pub(crate) fn entries(v: Value) -> Result<Vec<Entry>, String> {
+    let items = match v {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(items) => items,
+        other => return Err(format!("unexpected entry list: {other:?}")),
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(mut parts) = item else {
+            return Err(format!("unexpected entry: {item:?}"));
+        };
+        if parts.len() != 2 {
+            return Err(format!("unexpected entry of {} parts", parts.len()));
+        }
+        let raw = parts.pop().unwrap_or(Value::Nil);
+        let id = text(parts.pop().unwrap_or(Value::Nil)).ok_or("entry without id")?;
+        let fields = match raw {
+            Value::Nil => None,
+            Value::Array(flat) => {
+                let mut pairs = Vec::with_capacity(flat.len() / 2);
+                let mut it = flat.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    pairs.push((bytes(k), bytes(v)));
+                }
+                Some(pairs)
+            }
+            Value::Map(map) => Some(map.into_iter().map(|(k, v)| (bytes(k), bytes(v))).collect()),
+            other => return Err(format!("unexpected entry fields: {other:?}")),
+        };
+        out.push(Entry { id, fields });
+    }
+    Ok(out)
+}
+
+/// An `XAUTOCLAIM` reply: the next cursor and the claimed entries (the ids of entries deleted
+/// meanwhile, which Redis 7 lists third and drops from the pending list itself, are ignored).
+pub(crate) fn autoclaim_reply(v: Value) -> Result<(String, Vec<Entry>), String> {
+    let Value::Array(parts) = v else {
+        return Err(format!("unexpected XAUTOCLAIM reply: {v:?}"));
+    };
+    let mut it = parts.into_iter();
+    let cursor = it
+        .next()
+        .and_then(text)
+        .ok_or("XAUTOCLAIM without cursor")?;
+    let claimed = entries(it.next().unwrap_or(Value::Nil))?;
+    Ok((cursor, claimed))
+}
+
+/// Delivery counts by id from an extended `XPENDING` reply (`[[id, consumer, idle, count]]`).
+pub(crate) fn pending_counts(v: Value) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    if let Value::Array(rows) = v {
+        for row in rows {
+            if let Value::Array(cols) = row {
+                let mut it = cols.into_iter();
+                let id = it.next().and_then(text);
+                let count = it.nth(2).and_then(int);
+                if let (Some(id), Some(count)) = (id, count) {
+                    out.insert(id, u32::try_from(count).unwrap_or(u32::MAX));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn bytes(v: Value) -> Vec<u8> {
+    match v {
+        Value::BulkString(b) => b,
+        Value::SimpleString(s) => s.into_bytes(),
+        Value::Int(n) => n.to_string().into_bytes(),
+        Value::VerbatimString { text, .. } => text.into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+pub(crate) fn text(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+        Value::SimpleString(s) => Some(s),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+pub(crate) fn int(v: Value) -> Option<i64> {
+    match v {
+        Value::Int(n) => Some(n),
+        Value::BulkString(b) => std::str::from_utf8(&b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn pairs(flat: Vec<Vec<u8>>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        flat.chunks(2)
+            .map(|c| (c[0].clone(), c[1].clone()))
+            .collect()
+    }
+
+    #[test]
+    fn an_envelope_survives_the_round_trip() {
+        let mut h = Headers {
+            message_id: "m-1".into(),
+            message_type: "tests.Work".into(),
+            content_type: "application/octet-stream".into(),
+            correlation_id: Some("c-1".into()),
+            sent_at: Some(UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789)),
+            custom: BTreeMap::new(),
+        };
+        h.custom
+            .insert("bus-conversation-id".into(), "ünï €".into());
+        h.custom.insert("empty".into(), String::new());
+        let body: Vec<u8> = (0..=255).collect();
+        let env = Envelope::from_bytes(h.clone(), body.clone());
+        let back = envelope(pairs(fields(&env).unwrap()));
+        assert_eq!(*back.headers, h);
+        match back.body {
+            Body::Bytes(b) => assert_eq!(b.as_ref(), body.as_slice()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sent_times_are_read_in_both_forms() {
+        assert_eq!(
+            timestamp("1700000000123"),
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+        );
+        assert_eq!(
+            timestamp("2023-11-14T22:13:20.5Z"),
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_500))
+        );
+        assert_eq!(timestamp("soon"), None);
+        let before_1970 = Envelope::from_bytes(
+            Headers {
+                sent_at: UNIX_EPOCH.checked_sub(Duration::from_secs(5)),
+                ..Headers::default()
+            },
+            Vec::new(),
+        );
+        let f = fields(&before_1970).unwrap();
+        assert!(!f.iter().any(|x| x == b"timestamp"));
+    }
+
+    #[test]
+    fn a_custom_header_may_not_shadow_a_field() {
+        let mut h = Headers::default();
+        h.custom.insert("body".into(), "x".into());
+        let env = Envelope {
+            headers: Arc::new(h),
+            body: Body::Bytes(Default::default()),
+        };
+        assert!(fields(&env).is_err());
+    }
+
+    #[test]
+    fn missing_fields_become_empty_headers() {
+        let env = envelope(vec![(b"other".to_vec(), vec![0xff, 0xfe])]);
+        assert_eq!(env.headers.message_id, "");
+        assert_eq!(env.headers.get("other"), Some("\u{fffd}\u{fffd}"));
+    }
+
+    #[test]
+    fn delayed_members_are_netstrings() {
+        let m = delayed_member("t1", &[b"body".to_vec(), b"a,b:c".to_vec()]);
+        assert_eq!(m, b"2:t1,4:body,5:a,b:c,".to_vec());
+    }
+
+    #[test]
+    fn replies_are_parsed() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("bus:ep:a"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk("1-0"),
+                    Value::Array(vec![bulk("body"), bulk("x")]),
+                ]),
+                Value::Array(vec![bulk("2-0"), Value::Nil]),
+            ]),
+        ])]);
+        let got = read_reply(reply).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].id, "1-0");
+        assert_eq!(got[0].fields, Some(vec![(b"body".to_vec(), b"x".to_vec())]));
+        assert_eq!(got[1].fields, None);
+        assert!(read_reply(Value::Nil).unwrap().is_empty());
+
+        let claim = Value::Array(vec![
+            bulk("0-0"),
+            Value::Array(vec![]),
+            Value::Array(vec![]),
+        ]);
+        assert_eq!(autoclaim_reply(claim).unwrap(), ("0-0".to_string(), vec![]));
+
+        let pending = Value::Array(vec![Value::Array(vec![
+            bulk("5-1"),
+            bulk("c"),
+            Value::Int(10),
+            Value::Int(3),
+        ])]);
+        assert_eq!(pending_counts(pending).get("5-1"), Some(&3));
+    }
+}
