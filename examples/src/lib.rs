@@ -6,9 +6,17 @@
 //!
 //! The sales module does not mention billing or shipping: adding a subscriber changes nothing
 //! upstream. [`messages`] holds the contracts (the wire names) all of them share.
+//!
+//! The binaries: `shop` runs the three services in one process (on the in-memory transport
+//! unless configured otherwise); `order-service`, `invoice-service` and `shipping-service` run
+//! one service each as its own process, and `place-orders` sends orders to them, all over a
+//! broker chosen by configuration (`BUS_TRANSPORT`, `bus.toml`). [`service`] holds what they
+//! share, [`client`] the order client.
 
 pub mod billing;
+pub mod client;
 pub mod messages;
 pub mod sales;
+pub mod service;
 pub mod shipping;
 pub mod trace;

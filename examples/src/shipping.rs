@@ -31,7 +31,7 @@ pub async fn ship_order(
     ctx: MessageContext,
     State(stats): State<ShopStats>,
 ) -> Result<(), HandlerError> {
-    let tracking = format!("TRK{:06}", evt.order_id * 7919 % 1_000_000);
+    let tracking = format!("TRK{:06}", u64::from(evt.order_id) * 7919 % 1_000_000);
     ctx.publish(OrderShipped {
         order_id: evt.order_id,
         tracking: tracking.clone(),

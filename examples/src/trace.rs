@@ -52,6 +52,18 @@ impl ShopStats {
     pub fn shipments(&self) -> u64 {
         self.inner.shipments.load(Ordering::Relaxed)
     }
+    /// The counters an endpoint of the shop moves, labelled, for a service's summary.
+    pub fn of_endpoint(&self, endpoint: &str) -> Vec<(&'static str, u64)> {
+        match endpoint {
+            "sales" => vec![("orders accepted", self.orders())],
+            "billing" => vec![("invoices", self.invoices())],
+            "shipping" => vec![
+                ("parcels packed", self.parcels()),
+                ("shipments", self.shipments()),
+            ],
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Print one line of the trace: endpoint, correlation id, attempt, what happened.

@@ -1,0 +1,6 @@
+//! The ShippingService (endpoint `shipping`) as its own process, on the configured broker.
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    bus_examples::service::run("shipping-service", "shipping").await
+}

@@ -1,0 +1,218 @@
+//! What every binary of the shop shares: the bus they build, the configured transport, and the
+//! life of a service process (start, run until Ctrl-C or SIGTERM, shut down gracefully, sum up).
+//!
+//! The service binaries are one line each:
+//!
+//! ```no_run
+//! # async fn demo() -> std::process::ExitCode {
+//! bus_examples::service::run("invoice-service", "billing").await
+//! # }
+//! ```
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus_core::{Bus, BusBuilder, Transport};
+use bus_transport_config::{ConfiguredTransport, TransportSettings};
+
+use crate::trace::ShopStats;
+
+/// How the shop's endpoints are set up, whichever process hosts them: shared counters as
+/// state, and for `sales` one immediate retry then one delayed retry (200 ms), so a transient
+/// failure recovers and a poison order reaches the error queue quickly.
+///
+/// ```
+/// use bus_examples::{service::shop_bus, trace::ShopStats};
+/// use bus_transport_memory::MemoryTransport;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let bus = shop_bus(std::sync::Arc::new(MemoryTransport::new()), &ShopStats::default())
+///     .host(["billing"])
+///     .start()
+///     .await?;
+/// bus.shutdown().await;
+/// # Ok::<(), bus_core::BusError>(())
+/// # }).unwrap();
+/// ```
+pub fn shop_bus(transport: Arc<dyn Transport>, stats: &ShopStats) -> BusBuilder {
+    Bus::builder()
+        .transport_arc(transport)
+        .state(stats.clone())
+        .endpoint("sales", |e| {
+            e.immediate_retries(1)
+                .delayed_retries(1, Duration::from_millis(200))
+        })
+}
+
+/// Log output on stderr, filtered by `RUST_LOG` (else `default_filter`, e.g. `off` or
+/// `warn,lapin=off`: the bus's own warnings, without the AMQP client's echo of them).
+pub fn init_tracing(default_filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .compact()
+        .init();
+}
+
+/// The log filter of the service binaries when `RUST_LOG` is unset.
+pub const SERVICE_LOG: &str = "warn,lapin=off";
+
+/// The transport settings of a program that talks to other processes: loaded from
+/// `bus.toml` and `BUS_*`, and never the in-memory transport, which cannot reach another
+/// process. On failure, says why on stderr and returns the exit code to end with.
+pub fn broker_settings(program: &str) -> Result<TransportSettings, ExitCode> {
+    let settings = TransportSettings::load().map_err(|e| {
+        eprintln!("{program}: {e}");
+        ExitCode::from(2)
+    })?;
+    if settings.is_memory() {
+        eprintln!(
+            "{program}: the configured transport is `memory` (the default when BUS_TRANSPORT is unset).\n\
+             The in-memory transport lives inside one process: {program} could not exchange a single\n\
+             message with the other services. Point every process at the same broker, e.g.\n\
+             \n    BUS_TRANSPORT=amqp://guest:guest@127.0.0.1:5672/%2f cargo run -p bus-examples --bin {program}\n\
+             \nor run all the services in one process on the in-memory transport:\n\
+             \n    cargo run -p bus-examples --bin shop"
+        );
+        return Err(ExitCode::from(2));
+    }
+    Ok(settings)
+}
+
+/// Open the configured transport, saying where on stdout, or why not on stderr.
+pub async fn open_transport(
+    program: &str,
+    settings: &TransportSettings,
+) -> Result<ConfiguredTransport, ExitCode> {
+    match settings.open(program).await {
+        Ok(transport) => {
+            println!(
+                "{program}: connected to {} ({} transport)",
+                settings.redacted_url(),
+                transport.name()
+            );
+            Ok(transport)
+        }
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Wait for Ctrl-C or, on Unix, SIGTERM; returns which one came.
+pub async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "Ctrl-C",
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(e) => {
+                eprintln!("cannot listen for SIGTERM ({e}); stop with Ctrl-C");
+                let _ = tokio::signal::ctrl_c().await;
+                "Ctrl-C"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
+/// Run one service of the shop as its own process: host `endpoint` on the configured broker,
+/// print a line per handled message, and on Ctrl-C or SIGTERM stop taking messages, let the
+/// ones in flight finish (what is left stays queued for the other instances), print a summary
+/// and exit. A second signal during shutdown exits at once; unfinished messages are then
+/// redelivered by the broker.
+pub async fn run(program: &str, endpoint: &str) -> ExitCode {
+    init_tracing(SERVICE_LOG);
+    let settings = match broker_settings(program) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let transport = match open_transport(program, &settings).await {
+        Ok(transport) => transport,
+        Err(code) => return code,
+    };
+    let stats = ShopStats::default();
+    let bus = match shop_bus(transport.shared(), &stats)
+        .host([endpoint])
+        .start()
+        .await
+    {
+        Ok(bus) => bus,
+        Err(e) => {
+            eprintln!("{program}: could not start endpoint `{endpoint}`: {e}");
+            let _ = transport.close().await;
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{program}: hosting endpoint `{endpoint}`; Ctrl-C to stop");
+    let watch = tokio::spawn(watch_health(program.to_string(), bus.clone()));
+
+    let signal = shutdown_signal().await;
+    println!(
+        "{program}: {signal} received; finishing the messages in flight, leaving the rest queued"
+    );
+    let program_name = program.to_string();
+    tokio::spawn(async move {
+        let again = shutdown_signal().await;
+        eprintln!(
+            "{program_name}: {again} again; exiting now (unfinished messages will be redelivered)"
+        );
+        std::process::exit(130);
+    });
+    watch.abort();
+    let report = bus.shutdown().await;
+    if let Err(e) = transport.close().await {
+        eprintln!("{program}: closing the connection: {e}");
+    }
+
+    let s = bus.stats();
+    println!("\n{program}: summary");
+    println!("  messages handled  {}", s.handled);
+    for (what, n) in stats.of_endpoint(endpoint) {
+        println!("  {what:<17} {n}");
+    }
+    println!("  failed attempts   {}", s.failed_attempts);
+    println!("  delayed retries   {}", s.delayed_retries);
+    println!("  to error queue    {}", s.dead_lettered);
+    println!(
+        "  shutdown          {} in {:?}",
+        if report.drained {
+            "drained"
+        } else {
+            "abandoned in-flight work (it will be redelivered)"
+        },
+        report.elapsed
+    );
+    ExitCode::SUCCESS
+}
+
+/// Say when the bus stops being ready (broker connection lost) and when it is ready again.
+async fn watch_health(program: String, bus: Bus) {
+    let mut ready = true;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = bus.health().is_ready();
+        if now != ready {
+            if now {
+                println!("{program}: connected again; consuming");
+            } else {
+                println!("{program}: not ready (connection to the broker lost?); recovering");
+            }
+            ready = now;
+        }
+    }
+}
