@@ -5,8 +5,10 @@ pub mod broker;
 pub mod conformance;
 pub mod faulty;
 pub mod messages;
+pub mod nats_broker;
 pub mod proxy;
 pub mod redis_broker;
+pub mod redis_server;
 pub mod reliability;
 
 use std::collections::HashMap;

@@ -1,0 +1,79 @@
+//! # bus-transport-nats: NATS JetStream for bus-core
+//!
+//! [`NatsTransport`] carries the bus over NATS JetStream with async-nats: file-backed streams,
+//! publish acks awaited on every send, deduplication by `Nats-Msg-Id`, one durable pull
+//! consumer per endpoint shared by all its instances (competing consumers), explicit and
+//! confirmed acks, progress signals for long handlers, a delivery limit, delayed retries that
+//! survive a restart, an error stream per endpoint, automatic reconnect, and credentials in
+//! the URL that never show up in logs or errors. It needs a server with JetStream (`-js`);
+//! it works with 2.9 and later (it uses no feature of 2.10+).
+//!
+//! ## Topology (default names; see [`Naming`])
+//!
+//! | what | subject | stream |
+//! |---|---|---|
+//! | commands to endpoint `E` | `bus.cmd.E` | `BUS_EP_E` (work queue) |
+//! | event with wire name `W` | `bus.evt.W` | `BUS_EVT_W` (kept [`NatsConfig::event_max_age`]), sourced into `BUS_EP_E` of every endpoint `E` subscribing to `W` |
+//! | delayed retries of `E` while they wait | `bus.delay.E` | `BUS_DELAY_E` (work queue) |
+//! | error queue of `E` | `bus.error.E` | `BUS_ERR_E` |
+//!
+//! Each endpoint stream has one durable pull consumer, `bus`, that every instance of the
+//! endpoint pulls from: each message goes to one instance, and events reach each subscribing
+//! endpoint once (fan-out across endpoints, competing within one). Why sources instead of one
+//! consumer filtering several subjects: JetStream puts a subject in one stream only, and
+//! filtering a consumer on several subjects needs server 2.10. A command to an endpoint whose
+//! stream does not exist is [`bus_core::TransportError::Unroutable`]; an event no endpoint
+//! subscribes to is accepted (there is no stream for it until someone subscribes) and dropped.
+//! Both are known when no stream answers a publish and JetStream confirms that no stream holds
+//! the subject. A plain (non-JetStream) subscriber on these subjects, such as a monitoring
+//! `nats sub`, sees every message too; where no stream exists it swallows the publish request,
+//! so the answer then comes after [`NatsConfig::request_timeout`].
+//!
+//! ## Headers
+//!
+//! NATS has no message properties: every bus header is a NATS header (`wire` module docs):
+//! `bus-message-id`, `bus-message-type`, `bus-content-type`, `bus-correlation-id`,
+//! `bus-sent-time` (RFC 3339 UTC, nanoseconds), and custom headers under their own names
+//! (`bus-conversation-id`, `bus-failure-*`, ...). Values that a NATS header cannot carry as
+//! they are (line breaks, leading or trailing blanks) travel as RFC 2047 encoded words
+//! (`=?UTF-8?B?...?=`). Headers named `Nats-*` belong to the server and client library.
+//!
+//! `Nats-Msg-Id` is the deduplication key, *not* the message id: it is the message id for
+//! commands and events, `<id>/retry-<n>` for the n-th delayed retry (else JetStream would drop
+//! the retry as a duplicate of the original), and `<id>/error/<failure time>` for error-queue
+//! entries. Sending twice the same message id to the same endpoint within
+//! [`NatsConfig::duplicate_window`] stores it once. A plain NATS client may send a command
+//! by publishing to `bus.cmd.E` with `bus-message-type`, `bus-content-type` and either
+//! `bus-message-id` or just `Nats-Msg-Id`.
+//!
+//! ## Delayed retries
+//!
+//! See the `delay` module: the copy waits in the delay stream with a `bus-deliver-at` header
+//! (milliseconds since the Unix epoch); the instances of the endpoint park it with a delayed
+//! nak until it is due, then republish it to the command subject. Nothing waits in memory.
+//!
+//! ## Where things live
+//! - `config`: [`NatsConfig`] (URL, credentials, timeouts, limits) and [`Naming`].
+//! - `transport`: [`NatsTransport`]: connecting, declaring, sending.
+//! - `topology`: streams, sources and consumers of an endpoint.
+//! - `subscription`: pulling with prefetch, acks, progress signals.
+//! - `delay`: moving due delayed retries; `limit`: messages past the delivery limit.
+//! - `wire`: envelope to NATS headers and back.
+
+mod config;
+mod delay;
+mod error;
+mod limit;
+mod subscription;
+mod topology;
+mod transport;
+mod wire;
+
+pub use config::{Naming, NatsConfig};
+pub use error::NatsError;
+pub use limit::DELIVERY_LIMIT_REASON;
+pub use transport::NatsTransport;
+
+/// The NATS client library, for direct access through [`NatsTransport::client`] and
+/// [`NatsTransport::jetstream`] (reading error streams, tools, tests) without a second copy.
+pub use async_nats;

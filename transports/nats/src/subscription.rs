@@ -1,0 +1,385 @@
+//! Subscriptions: pulling an endpoint's deliveries from its shared durable consumer, bounded by
+//! prefetch, and settling them.
+//!
+//! A background task pulls batches no larger than the free prefetch slots and passes messages
+//! through a channel, so [`Subscription::next`] is cancel-safe: dropping it loses nothing.
+//! From the moment a message is pulled until it is settled, a progress ticker tells JetStream
+//! that work is going on, so a long handler (or a message waiting for a free handler) is not
+//! redelivered to another instance at the end of the ack wait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::{jetstream, Client, Subject};
+use bus_core::{
+    async_trait, Acker, Bytes, Delivery, Envelope, SubscribeOptions, Subscription, TransportError,
+};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+use crate::config::check_subject_part;
+use crate::topology::{ensure_consumer, ConsumerKind};
+use crate::transport::NatsTransport;
+use crate::{delay, limit, wire};
+
+/// Largest pull request.
+const MAX_BATCH: usize = 256;
+/// First pause after a failed pull; doubles up to [`PAUSE_MAX`].
+const PAUSE_MIN: Duration = Duration::from_millis(100);
+const PAUSE_MAX: Duration = Duration::from_secs(5);
+
+const ACK: &[u8] = b"+ACK";
+const NAK: &[u8] = b"-NAK";
+const PROGRESS: &[u8] = b"+WPI";
+
+/// A subscription on an endpoint's input consumer.
+pub(crate) struct NatsSubscription {
+    rx: mpsc::Receiver<Pulled>,
+    stop: watch::Sender<bool>,
+}
+
+impl NatsSubscription {
+    /// Check the endpoint's consumer exists, then start pulling, moving due delayed retries,
+    /// and watching for messages past the delivery limit.
+    pub(crate) async fn start(
+        transport: NatsTransport,
+        endpoint: &str,
+        options: SubscribeOptions,
+    ) -> Result<Self, TransportError> {
+        check_subject_part("endpoint name", endpoint)?;
+        let inner = &transport.inner;
+        let consumer =
+            ensure_consumer(&inner.js, &inner.config, endpoint, ConsumerKind::Input).await?;
+        let prefetch = options.prefetch.max(1);
+        let (tx, rx) = mpsc::channel(prefetch);
+        let (stop, stop_rx) = watch::channel(false);
+        let permits = Arc::new(Semaphore::new(prefetch));
+        tokio::spawn(pull_loop(
+            transport.clone(),
+            endpoint.to_string(),
+            consumer,
+            tx,
+            permits,
+            stop_rx.clone(),
+        ));
+        tokio::spawn(delay::move_due(
+            transport.clone(),
+            endpoint.to_string(),
+            stop_rx.clone(),
+        ));
+        tokio::spawn(limit::watch_delivery_limit(
+            transport.clone(),
+            endpoint.to_string(),
+            stop_rx,
+        ));
+        Ok(NatsSubscription { rx, stop })
+    }
+
+    /// Stop the background tasks and return every message pulled but not handed out.
+    fn stop_and_return(&mut self) {
+        self.stop.send_replace(true);
+        self.rx.close();
+        while let Ok(pulled) = self.rx.try_recv() {
+            pulled.inflight.abandon();
+        }
+    }
+}
+
+impl Drop for NatsSubscription {
+    fn drop(&mut self) {
+        self.stop_and_return();
+    }
+}
+
+#[async_trait]
+impl Subscription for NatsSubscription {
+    async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
+        let Pulled { message, inflight } = self.rx.recv().await?;
+        let delivered = message
+            .info()
+            .map(|i| u32::try_from(i.delivered.max(1)).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        let envelope = wire::envelope(message.headers.as_ref(), message.payload.clone());
+        Some(Ok(Delivery::new(
+            envelope,
+            Box::new(NatsAcker { inflight }),
+            delivered > 1,
+            delivered,
+        )))
+    }
+
+    async fn cancel(&mut self) {
+        self.stop_and_return();
+    }
+}
+
+/// A message pulled and not yet handed out.
+struct Pulled {
+    message: jetstream::Message,
+    inflight: Inflight,
+}
+
+/// What it takes to settle one pulled message: its ack subject, its prefetch slot, and the
+/// progress ticker that keeps it from being redelivered meanwhile.
+pub(crate) struct Inflight {
+    client: Client,
+    reply: Subject,
+    request_timeout: Duration,
+    ticker: Option<JoinHandle<()>>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Inflight {
+    /// Track a pulled message; `progress_every` starts a progress ticker.
+    pub(crate) fn new(
+        client: Client,
+        reply: Subject,
+        request_timeout: Duration,
+        progress_every: Option<Duration>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        let ticker = progress_every.map(|every| {
+            let client = client.clone();
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(error) = client
+                        .publish(reply.clone(), Bytes::from_static(PROGRESS))
+                        .await
+                    {
+                        tracing::debug!(%error, "progress signal not sent");
+                    }
+                }
+            })
+        });
+        Inflight {
+            client,
+            reply,
+            request_timeout,
+            ticker,
+            _permit: permit,
+        }
+    }
+
+    fn stop_ticker(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+    }
+
+    /// Send an ack kind and wait for the server to confirm it.
+    pub(crate) async fn settle(mut self, kind: &'static [u8]) -> Result<(), TransportError> {
+        self.stop_ticker();
+        let limit = self.request_timeout;
+        let request = self
+            .client
+            .request(self.reply.clone(), Bytes::from_static(kind));
+        match timeout(limit, request).await {
+            Err(_) => Err(TransportError::Timeout {
+                operation: "settling a delivery (JetStream will redeliver it)",
+                after: limit,
+            }),
+            Ok(Err(e)) => Err(TransportError::Connection(format!(
+                "settling a delivery failed: {e}; JetStream will redeliver it"
+            ))),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// Send an ack kind without waiting for a confirmation.
+    pub(crate) async fn signal(mut self, kind: Bytes) {
+        self.stop_ticker();
+        if let Err(error) = self.client.publish(self.reply.clone(), kind).await {
+            tracing::debug!(%error, "ack signal not sent; JetStream redelivers after the ack wait");
+        }
+    }
+
+    /// Return the message for redelivery now, from a context that cannot wait.
+    pub(crate) fn abandon(mut self) {
+        self.stop_ticker();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(self.signal(Bytes::from_static(NAK)));
+        }
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.stop_ticker();
+    }
+}
+
+struct NatsAcker {
+    inflight: Inflight,
+}
+
+#[async_trait]
+impl Acker for NatsAcker {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        self.inflight.settle(ACK).await
+    }
+
+    async fn nack(self: Box<Self>, _envelope: Envelope) -> Result<(), TransportError> {
+        self.inflight.settle(NAK).await
+    }
+
+    fn abandon(self: Box<Self>, _envelope: Envelope) {
+        self.inflight.abandon();
+    }
+}
+
+/// Wait until the stop flag is raised (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Sleep, unless the stop comes first; returns whether it did.
+pub(crate) async fn pause_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = stopped(stop) => true,
+        _ = tokio::time::sleep(pause) => false,
+    }
+}
+
+pub(crate) fn is_stopped(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
+/// The progress interval for the configured ack wait, when progress signals are on.
+pub(crate) fn progress_every(transport: &NatsTransport) -> Option<Duration> {
+    let c = &transport.inner.config;
+    c.progress
+        .then(|| (c.ack_wait / 2).max(Duration::from_millis(100)))
+}
+
+/// Pull batches as prefetch slots free up, until stopped.
+async fn pull_loop(
+    transport: NatsTransport,
+    endpoint: String,
+    consumer: PullConsumer,
+    tx: mpsc::Sender<Pulled>,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let inner = &transport.inner;
+    let config = &inner.config;
+    let progress = progress_every(&transport);
+    let mut consumer = Some(consumer);
+    let mut pause = PAUSE_MIN;
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let mut held = vec![first];
+        while held.len() < MAX_BATCH {
+            match permits.clone().try_acquire_owned() {
+                Ok(p) => held.push(p),
+                Err(_) => break,
+            }
+        }
+        let c = match &consumer {
+            Some(c) => c.clone(),
+            None => {
+                match ensure_consumer(&inner.js, config, &endpoint, ConsumerKind::Input).await {
+                    Ok(c) => {
+                        consumer = Some(c.clone());
+                        c
+                    }
+                    Err(error) => {
+                        tracing::warn!(%endpoint, %error, "cannot reach the endpoint's consumer; retrying");
+                        drop(held);
+                        if pause_or_stop(pause, &mut stop).await {
+                            break;
+                        }
+                        pause = (pause * 2).min(PAUSE_MAX);
+                        continue;
+                    }
+                }
+            }
+        };
+        let request = c
+            .batch()
+            .max_messages(held.len())
+            .expires(config.fetch_wait)
+            .messages();
+        let mut batch = match timeout(config.request_timeout, request).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(error)) => {
+                tracing::warn!(%endpoint, %error, "pull request failed; retrying");
+                consumer = None;
+                drop(held);
+                if pause_or_stop(pause, &mut stop).await {
+                    break;
+                }
+                pause = (pause * 2).min(PAUSE_MAX);
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(%endpoint, "pull request not sent in time; retrying");
+                drop(held);
+                if pause_or_stop(pause, &mut stop).await {
+                    break;
+                }
+                pause = (pause * 2).min(PAUSE_MAX);
+                continue;
+            }
+        };
+        let mut failed = false;
+        // The batch ends by itself (server timeout, or a timer in the client when the server
+        // went silent); the outer limit only guards against a stalled client.
+        let limit = config.fetch_wait + Duration::from_secs(10);
+        loop {
+            let item = match timeout(limit, batch.next()).await {
+                Err(_) | Ok(None) => break,
+                Ok(Some(item)) => item,
+            };
+            match item {
+                Ok(message) => {
+                    let Some(reply) = message.reply.clone() else {
+                        continue;
+                    };
+                    let inflight = Inflight::new(
+                        inner.client.clone(),
+                        reply,
+                        config.request_timeout,
+                        progress,
+                        held.pop(),
+                    );
+                    if is_stopped(&stop) {
+                        inflight.abandon();
+                        continue;
+                    }
+                    if let Err(mpsc::error::SendError(p)) =
+                        tx.send(Pulled { message, inflight }).await
+                    {
+                        p.inflight.abandon();
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%endpoint, %error, "pull ended with an error");
+                    failed = true;
+                }
+            }
+        }
+        drop(held);
+        if failed {
+            consumer = None;
+            if pause_or_stop(pause, &mut stop).await {
+                break;
+            }
+            pause = (pause * 2).min(PAUSE_MAX);
+        } else {
+            pause = PAUSE_MIN;
+        }
+    }
+    tracing::debug!(%endpoint, "stopped pulling");
+}

@@ -1,0 +1,372 @@
+//! Declaring the JetStream topology of an endpoint: its streams and its durable consumers.
+//!
+//! JetStream cannot put one subject in two streams, and servers before 2.10 let a consumer
+//! filter on one subject only. So, as an AMQP queue with bindings, every endpoint owns a
+//! work-queue stream that holds its command subject and *sources* the event streams it
+//! subscribes to (one stream per event type): the server copies each event into every
+//! subscribing endpoint's stream, and one durable pull consumer per endpoint hands out
+//! everything the endpoint must handle. A source added later starts after the event stream's
+//! last message, as a new AMQP binding only sees later events. Sources are never removed by
+//! a declaration (as bindings are never unbound): another version of the service may still
+//! rely on them.
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::{
+    ConsumerInfoError, ConsumerInfoErrorKind, CreateStreamErrorKind, GetStreamErrorKind,
+};
+use async_nats::jetstream::stream::{
+    self, ConsumerErrorKind, RetentionPolicy, Source, StorageType,
+};
+use async_nats::jetstream::{Context, ErrorCode};
+use bus_core::{EndpointTopology, TransportError};
+use tokio::time::timeout;
+
+use crate::config::{check_subject_part, NatsConfig};
+
+/// Most delayed retries an endpoint may have parked in its delay consumer at once; more wait
+/// in the delay stream until some are moved.
+const DELAY_MAX_ACK_PENDING: i64 = 100_000;
+
+/// The consumers of an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConsumerKind {
+    /// The endpoint's input: commands and events.
+    Input,
+    /// Delayed retries waiting to be due.
+    Delay,
+}
+
+/// Create (idempotently) every stream and consumer of one endpoint.
+pub(crate) async fn declare_endpoint(
+    js: &Context,
+    config: &NatsConfig,
+    ep: &EndpointTopology,
+) -> Result<(), TransportError> {
+    check_subject_part("endpoint name", &ep.name)?;
+    let naming = &config.naming;
+    let mut sources = Vec::with_capacity(ep.events.len());
+    for event in &ep.events {
+        check_subject_part("event wire name", event)?;
+        let last = ensure_event_stream(js, config, event).await?;
+        sources.push(Source {
+            name: naming.event_stream(event),
+            start_sequence: Some(last + 1),
+            ..Source::default()
+        });
+    }
+    ensure_endpoint_stream(js, config, &ep.name, sources).await?;
+    ensure_stream(
+        js,
+        config,
+        stream::Config {
+            name: naming.delay_stream(&ep.name),
+            subjects: vec![naming.delay_subject(&ep.name)],
+            retention: RetentionPolicy::WorkQueue,
+            duplicate_window: config.duplicate_window,
+            description: Some(format!("delayed retries of endpoint `{}`", ep.name)),
+            ..base_stream()
+        },
+    )
+    .await?;
+    ensure_stream(
+        js,
+        config,
+        stream::Config {
+            name: naming.error_stream(&ep.name),
+            subjects: vec![naming.error_subject(&ep.name)],
+            retention: RetentionPolicy::Limits,
+            duplicate_window: config.duplicate_window,
+            description: Some(format!("error queue of endpoint `{}`", ep.name)),
+            ..base_stream()
+        },
+    )
+    .await?;
+    ensure_consumer(js, config, &ep.name, ConsumerKind::Input).await?;
+    ensure_consumer(js, config, &ep.name, ConsumerKind::Delay).await?;
+    Ok(())
+}
+
+fn base_stream() -> stream::Config {
+    stream::Config {
+        storage: StorageType::File,
+        num_replicas: 1,
+        ..stream::Config::default()
+    }
+}
+
+/// The stream of one event type; returns its last sequence (where a new source starts).
+async fn ensure_event_stream(
+    js: &Context,
+    config: &NatsConfig,
+    wire_name: &str,
+) -> Result<u64, TransportError> {
+    let naming = &config.naming;
+    let info = ensure_stream(
+        js,
+        config,
+        stream::Config {
+            name: naming.event_stream(wire_name),
+            subjects: vec![naming.event_subject(wire_name)],
+            retention: RetentionPolicy::Limits,
+            max_age: config.event_max_age,
+            duplicate_window: config.duplicate_window,
+            description: Some(format!("events `{wire_name}`")),
+            ..base_stream()
+        },
+    )
+    .await?;
+    Ok(info.state.last_sequence)
+}
+
+/// The endpoint's input stream: its command subject, plus a source per subscribed event.
+async fn ensure_endpoint_stream(
+    js: &Context,
+    config: &NatsConfig,
+    endpoint: &str,
+    sources: Vec<Source>,
+) -> Result<(), TransportError> {
+    let naming = &config.naming;
+    let name = naming.endpoint_stream(endpoint);
+    let subject = naming.command_subject(endpoint);
+    for _ in 0..3 {
+        match get_stream(js, config, &name).await? {
+            None => {
+                let wanted = stream::Config {
+                    name: name.clone(),
+                    subjects: vec![subject.clone()],
+                    retention: RetentionPolicy::WorkQueue,
+                    duplicate_window: config.duplicate_window,
+                    description: Some(format!("input of endpoint `{endpoint}`")),
+                    sources: (!sources.is_empty()).then(|| sources.clone()),
+                    ..base_stream()
+                };
+                match create_stream(js, config, wanted).await {
+                    Ok(_) => return Ok(()),
+                    // Another instance created it meanwhile: merge into theirs.
+                    Err(e) if is_name_in_use(&e) => continue,
+                    Err(e) => return Err(e.into_error(&name)),
+                }
+            }
+            Some(info) => {
+                let mut cfg = info.config;
+                let mut changed = false;
+                if !cfg.subjects.contains(&subject) {
+                    cfg.subjects.push(subject.clone());
+                    changed = true;
+                }
+                let mut all = cfg.sources.take().unwrap_or_default();
+                for s in &sources {
+                    if !all.iter().any(|have| have.name == s.name) {
+                        all.push(s.clone());
+                        changed = true;
+                    }
+                }
+                cfg.sources = (!all.is_empty()).then_some(all);
+                if !changed {
+                    return Ok(());
+                }
+                let limit = config.connect_timeout;
+                return match timeout(limit, js.update_stream(&cfg)).await {
+                    Err(_) => Err(TransportError::Timeout {
+                        operation: "updating an endpoint stream",
+                        after: limit,
+                    }),
+                    Ok(Err(e)) => Err(api_error(&format!("updating stream `{name}`"), e)),
+                    Ok(Ok(_)) => Ok(()),
+                };
+            }
+        }
+    }
+    Err(TransportError::Other(format!(
+        "stream `{name}` keeps changing while it is declared; try again"
+    )))
+}
+
+/// A stream with this configuration, created if missing; an existing one is left as it is.
+async fn ensure_stream(
+    js: &Context,
+    config: &NatsConfig,
+    wanted: stream::Config,
+) -> Result<stream::Info, TransportError> {
+    let name = wanted.name.clone();
+    if let Some(info) = get_stream(js, config, &name).await? {
+        return Ok(info);
+    }
+    match create_stream(js, config, wanted).await {
+        Ok(info) => Ok(info),
+        Err(e) if is_name_in_use(&e) => get_stream(js, config, &name)
+            .await?
+            .ok_or_else(|| TransportError::Other(format!("stream `{name}` vanished"))),
+        Err(e) => Err(e.into_error(&name)),
+    }
+}
+
+/// Stream info, `None` when it does not exist.
+pub(crate) async fn get_stream(
+    js: &Context,
+    config: &NatsConfig,
+    name: &str,
+) -> Result<Option<stream::Info>, TransportError> {
+    let limit = config.request_timeout;
+    match timeout(limit, js.get_stream(name)).await {
+        Err(_) => Err(TransportError::Timeout {
+            operation: "reading a stream",
+            after: limit,
+        }),
+        Ok(Ok(s)) => Ok(Some(s.cached_info().clone())),
+        Ok(Err(e)) => match e.kind() {
+            GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                Ok(None)
+            }
+            _ => Err(api_error(&format!("reading stream `{name}`"), e)),
+        },
+    }
+}
+
+async fn create_stream(
+    js: &Context,
+    config: &NatsConfig,
+    wanted: stream::Config,
+) -> Result<stream::Info, CreateOutcome> {
+    let limit = config.connect_timeout;
+    match timeout(limit, js.create_stream(wanted)).await {
+        Err(_) => Err(CreateOutcome::Timeout(limit)),
+        Ok(Err(e)) => Err(CreateOutcome::Failed(e.kind(), e.to_string())),
+        Ok(Ok(s)) => Ok(s.cached_info().clone()),
+    }
+}
+
+/// Why a stream could not be created.
+enum CreateOutcome {
+    Timeout(Duration),
+    Failed(CreateStreamErrorKind, String),
+}
+
+impl CreateOutcome {
+    fn into_error(self, stream: &str) -> TransportError {
+        match self {
+            CreateOutcome::Timeout(after) => TransportError::Timeout {
+                operation: "creating a stream",
+                after,
+            },
+            CreateOutcome::Failed(_, text) => {
+                api_error(&format!("creating stream `{stream}`"), text)
+            }
+        }
+    }
+}
+
+fn is_name_in_use(e: &CreateOutcome) -> bool {
+    matches!(e, CreateOutcome::Failed(CreateStreamErrorKind::JetStream(j), _)
+        if j.error_code() == ErrorCode::STREAM_NAME_EXIST)
+}
+
+/// The settings of an endpoint's consumer.
+fn consumer_config(config: &NatsConfig, kind: ConsumerKind) -> pull::Config {
+    let base = pull::Config {
+        durable_name: Some(config.naming.consumer.clone()),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait: config.ack_wait,
+        ..pull::Config::default()
+    };
+    match kind {
+        ConsumerKind::Input => pull::Config {
+            max_deliver: config.max_deliver,
+            max_ack_pending: config.max_ack_pending,
+            description: Some("every instance of the endpoint pulls from it".into()),
+            ..base
+        },
+        // Parking a retry until it is due is a nak with a delay, which counts as a delivery:
+        // no delivery limit here.
+        ConsumerKind::Delay => pull::Config {
+            max_deliver: -1,
+            max_ack_pending: DELAY_MAX_ACK_PENDING,
+            description: Some("moves delayed retries back to the endpoint when due".into()),
+            ..base
+        },
+    }
+}
+
+/// The stream a consumer kind reads.
+pub(crate) fn consumer_stream(config: &NatsConfig, endpoint: &str, kind: ConsumerKind) -> String {
+    match kind {
+        ConsumerKind::Input => config.naming.endpoint_stream(endpoint),
+        ConsumerKind::Delay => config.naming.delay_stream(endpoint),
+    }
+}
+
+/// The durable consumer, created if missing (an existing one keeps its settings).
+/// [`TransportError::Unroutable`] when the endpoint's stream does not exist.
+pub(crate) async fn ensure_consumer(
+    js: &Context,
+    config: &NatsConfig,
+    endpoint: &str,
+    kind: ConsumerKind,
+) -> Result<PullConsumer, TransportError> {
+    let stream_name = consumer_stream(config, endpoint, kind);
+    let limit = config.request_timeout;
+    let timed_out = || TransportError::Timeout {
+        operation: "reading or creating a consumer",
+        after: limit,
+    };
+    let stream = match timeout(limit, js.get_stream_no_info(&stream_name)).await {
+        Err(_) => return Err(timed_out()),
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(api_error(&format!("reading stream `{stream_name}`"), e)),
+    };
+    let name = config.naming.consumer.as_str();
+    match timeout(limit, stream.get_consumer::<pull::Config>(name)).await {
+        Err(_) => return Err(timed_out()),
+        Ok(Ok(c)) => return Ok(c),
+        Ok(Err(e)) => {
+            match e
+                .downcast_ref::<ConsumerInfoError>()
+                .map(ConsumerInfoError::kind)
+            {
+                Some(ConsumerInfoErrorKind::NotFound) => {}
+                Some(ConsumerInfoErrorKind::StreamNotFound) => {
+                    return Err(TransportError::Unroutable(format!(
+                        "endpoint `{endpoint}` (stream `{stream_name}` does not exist)"
+                    )))
+                }
+                _ => {
+                    return Err(api_error(
+                        &format!("reading consumer of `{stream_name}`"),
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+    match timeout(limit, stream.create_consumer(consumer_config(config, kind))).await {
+        Err(_) => Err(timed_out()),
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => {
+            let missing_stream = matches!(e.kind(), ConsumerErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND);
+            if missing_stream {
+                return Err(TransportError::Unroutable(format!(
+                    "endpoint `{endpoint}` (stream `{stream_name}` does not exist)"
+                )));
+            }
+            Err(api_error(
+                &format!("creating consumer of `{stream_name}`"),
+                e,
+            ))
+        }
+    }
+}
+
+/// A JetStream call failed: a refusal when the server answered with an error, else a
+/// connection problem.
+pub(crate) fn api_error(what: &str, e: impl Display) -> TransportError {
+    let text = e.to_string();
+    if text.contains("jetstream error") || text.contains("JetStream error") {
+        TransportError::Refused(format!("{what}: {text}"))
+    } else {
+        TransportError::Connection(format!("{what}: {text}"))
+    }
+}
