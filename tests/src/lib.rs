@@ -8,6 +8,7 @@ pub mod messages;
 pub mod nats_broker;
 pub mod proxy;
 pub mod redis_broker;
+pub mod redis_server;
 pub mod reliability;
 
 use std::collections::HashMap;

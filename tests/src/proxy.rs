@@ -1,4 +1,5 @@
-//! A small TCP proxy between the bus and the broker, to cut connections on demand.
+//! A small TCP proxy between the bus and the broker, to cut connections on demand: all of them
+//! for good ([`Proxy::cut`]), or the current ones only ([`Proxy::drop_connections`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,20 @@ impl Proxy {
     /// The local address to connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Drop every forwarded connection, but keep listening: clients see their connections
+    /// reset and can connect again at once. Returns how many connections were dropped.
+    pub fn drop_connections(&self) -> usize {
+        let mut tasks = self.tasks.lock().unwrap();
+        let mut dropped = 0;
+        for t in tasks.drain(..) {
+            if !t.is_finished() {
+                dropped += 1;
+            }
+            t.abort();
+        }
+        dropped
     }
 
     /// Stop listening and drop every forwarded connection: the broker becomes unreachable.

@@ -3,6 +3,10 @@
 //!
 //! Settings from the environment: `WORKER_AMQP_URL`, `WORKER_PREFIX` (queue name prefix),
 //! `WORKER_ENDPOINT`, `WORKER_OUT` (file), `WORKER_DELAY_MS` (handler time, default 0).
+//!
+//! With `WORKER_REDIS_URL` set, the worker runs on Redis Streams instead (`WORKER_AMQP_URL` is
+//! then not needed): `WORKER_PREFIX` is the key prefix, and `WORKER_RECLAIM_IDLE_MS` (default
+//! 30000) how long the deliveries of a dead consumer wait before another takes them over.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -11,6 +15,7 @@ use std::time::Duration;
 use bus_core::{Bus, HandlerError, MessageContext, State};
 use bus_tests::messages::Work;
 use bus_transport_amqp::{AmqpConfig, AmqpTransport, Naming};
+use bus_transport_redis::{RedisConfig, RedisTransport};
 
 #[derive(Clone)]
 struct Out(Arc<Mutex<std::fs::File>>, u64);
@@ -42,6 +47,10 @@ async fn main() {
         .append(true)
         .open(var("WORKER_OUT"))
         .expect("open the output file");
+    let out = Out(Arc::new(Mutex::new(file)), delay);
+    if let Ok(url) = std::env::var("WORKER_REDIS_URL") {
+        return run_on_redis(url, prefix, endpoint, out).await;
+    }
     let naming = Naming {
         queue_prefix: prefix.clone(),
         events_exchange: format!("{prefix}bus.events"),
@@ -59,7 +68,7 @@ async fn main() {
         .without_discovery()
         .handler(endpoint.clone(), work)
         .route::<Work>(endpoint.clone())
-        .state(Out(Arc::new(Mutex::new(file)), delay))
+        .state(out)
         .endpoint(endpoint, |e| {
             e.concurrency(8)
                 .prefetch(50)
@@ -79,4 +88,46 @@ async fn main() {
     }
     bus.shutdown().await;
     let _ = transport.close().await;
+}
+
+/// The same worker on Redis Streams.
+async fn run_on_redis(url: String, prefix: String, endpoint: String, out: Out) {
+    let reclaim_idle = std::env::var("WORKER_RECLAIM_IDLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(30), Duration::from_millis);
+    let transport = RedisTransport::connect(
+        RedisConfig::new(url)
+            .key_prefix(prefix)
+            .consumer_name("worker")
+            .reclaim_idle(reclaim_idle)
+            .claim_interval(Duration::from_millis(500))
+            .block_timeout(Duration::from_millis(200)),
+    )
+    .await
+    .expect("connect");
+    let bus = Bus::builder()
+        .transport(transport)
+        .without_discovery()
+        .handler(endpoint.clone(), work)
+        .route::<Work>(endpoint.clone())
+        .state(out)
+        .endpoint(endpoint, |e| {
+            e.concurrency(8)
+                .prefetch(50)
+                .immediate_retries(0)
+                .delayed_retries(0, Duration::ZERO)
+        })
+        .shutdown_grace(Duration::from_secs(5))
+        .start()
+        .await
+        .expect("start the bus");
+    println!("ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    bus.shutdown().await;
 }

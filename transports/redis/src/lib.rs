@@ -38,6 +38,11 @@
 //!   by `XAUTOCLAIM`. A live subscription renews the idle time of its deliveries still in
 //!   progress every third of `reclaim_idle`, so a slow handler keeps its message.
 //! - Consumers that left with nothing pending are removed from the group (atomically checked).
+//! - An ack or nack that fails on the connection (dropped, or Redis still loading its data
+//!   after a restart) is tried again until it succeeds or the operation timeout is spent, so a
+//!   brief outage does not turn handled messages into redeliveries. A subscription never hands
+//!   out again a delivery it still holds, even when `XAUTOCLAIM` returns it because its
+//!   renewal failed during an outage longer than `reclaim_idle`.
 //!
 //! ## What survives a Redis restart
 //! Redis's own persistence settings decide: with RDB snapshots or AOF, streams, pending
@@ -46,7 +51,9 @@
 //! returns `Ok` once Redis executed the write, not once it reached disk (`appendfsync` decides
 //! that). After a restart that lost the data, subscriptions find their group missing and
 //! declare again what their transport declared, so consuming resumes by itself; senders see
-//! unroutable commands until then.
+//! unroutable commands until then. While Redis loads its data after a restart it answers
+//! `LOADING`: calls then fail with [`bus_core::TransportError::Connection`], as when it is
+//! unreachable.
 //!
 //! ## Wire format
 //! One stream entry per message: the body in field `body`, byte for byte, and one field per

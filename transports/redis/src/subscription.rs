@@ -13,13 +13,14 @@
 //! it are returned at once.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bus_core::{async_trait, Acker, Delivery, Envelope, Subscription, TransportError};
 use redis::aio::ConnectionManager;
-use redis::Value;
+use redis::{RedisResult, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,9 @@ use tokio_util::sync::CancellationToken;
 use crate::scripts;
 use crate::transport::{CallError, RedisTransport};
 use crate::wire::{self, Entry};
+
+/// The pause before an ack or nack that failed on the connection is tried again.
+const SETTLE_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Delayed messages moved per script call.
 const MOVE_BATCH: usize = 100;
@@ -49,6 +53,42 @@ struct Shared {
 }
 
 impl Shared {
+    /// Run a settling call (ack or nack; both may be repeated without harm) on the shared
+    /// connection, again after a short pause when the connection failed, until it succeeds or
+    /// the operation timeout is spent. A connection that drops under an ack would otherwise
+    /// leave the entry pending until the reclaim time, and then deliver it a second time.
+    async fn settle<T, F, Fut>(&self, operation: &'static str, call: F) -> Result<T, TransportError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let limit = self.transport.config().operation_timeout;
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .transport
+                .run_within(operation, left, call(self.transport.conn()))
+                .await
+            {
+                Ok(v) => return Ok(v),
+                Err(CallError::Transport(TransportError::Timeout { .. })) => {
+                    return Err(TransportError::Timeout {
+                        operation,
+                        after: limit,
+                    })
+                }
+                Err(CallError::Transport(TransportError::Connection(reason)))
+                    if deadline.saturating_duration_since(Instant::now()) > SETTLE_RETRY_PAUSE =>
+                {
+                    tracing::debug!(endpoint = %self.endpoint, %reason, operation, "settling failed on the connection; trying again");
+                    tokio::time::sleep(SETTLE_RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e.into_transport()),
+            }
+        }
+    }
+
     fn settled(&self, id: &str) {
         self.in_flight
             .lock()
@@ -367,10 +407,27 @@ impl Reader {
                     cmd.query_async(&mut self.conn),
                 )
                 .await?;
+            let taken_before = taken.len();
             let (next, entries) = wire::autoclaim_reply(reply).map_err(|e| {
                 CallError::Transport(TransportError::Other(format!("XAUTOCLAIM: {e}")))
             })?;
-            taken.extend(entries);
+            // Deliveries of this very subscription that are still in progress (waiting for a
+            // handler, or being acked) come back when their renewal failed for longer than the
+            // idle time, e.g. while Redis was unreachable: taking them over just renewed them;
+            // handing them out again would handle them twice.
+            let before = entries.len();
+            {
+                let mine = self
+                    .shared
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                taken.extend(entries.into_iter().filter(|e| !mine.contains(&e.id)));
+            }
+            let kept = before - (taken.len() - taken_before);
+            if kept > 0 {
+                tracing::debug!(endpoint = %self.shared.endpoint, kept, "deliveries in progress here were idle past the reclaim time; kept, not handed out again");
+            }
             if taken.len() >= want || next == "0-0" {
                 break;
             }
@@ -484,7 +541,6 @@ impl Acker for RedisAcker {
     /// `XACK` and `XDEL` together: one group reads the stream, so an acked entry is of no
     /// further use, and the stream holds only what is still to be done.
     async fn ack(self: Box<Self>) -> Result<(), TransportError> {
-        self.shared.settled(&self.id);
         let s = &self.shared;
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -497,10 +553,15 @@ impl Acker for RedisAcker {
             .arg(&s.stream)
             .arg(&self.id)
             .ignore();
-        let mut conn = s.transport.conn();
-        s.transport
-            .run("acking", pipe.query_async::<()>(&mut conn))
-            .await
+        let pipe = &pipe;
+        // Still renewed while the ack is retried, so nobody takes the entry over meanwhile.
+        let result = s
+            .settle("acking", |mut conn| async move {
+                pipe.query_async::<()>(&mut conn).await
+            })
+            .await;
+        s.settled(&self.id);
+        result
     }
 
     /// The entry stays pending, marked as idle since long ago, so the next look for
@@ -508,22 +569,20 @@ impl Acker for RedisAcker {
     async fn nack(self: Box<Self>, _envelope: Envelope) -> Result<(), TransportError> {
         self.shared.settled(&self.id);
         let s = &self.shared;
-        let mut conn = s.transport.conn();
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&s.stream)
+            .arg(&s.group)
+            .arg(&s.consumer)
+            .arg(0)
+            .arg(&self.id)
+            .arg("TIME")
+            .arg(1)
+            .arg("JUSTID");
+        let cmd = &cmd;
         let result = s
-            .transport
-            .run(
-                "nacking",
-                redis::cmd("XCLAIM")
-                    .arg(&s.stream)
-                    .arg(&s.group)
-                    .arg(&s.consumer)
-                    .arg(0)
-                    .arg(&self.id)
-                    .arg("TIME")
-                    .arg(1)
-                    .arg("JUSTID")
-                    .query_async::<Value>(&mut conn),
-            )
+            .settle("nacking", |mut conn| async move {
+                cmd.query_async::<Value>(&mut conn).await
+            })
             .await
             .map(drop);
         s.claim_now.store(true, Ordering::SeqCst);

@@ -10,7 +10,7 @@ use bus_core::{
     Transport, TransportError,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, ErrorKind, RedisResult};
+use redis::{AsyncConnectionConfig, ErrorKind, RedisResult, ServerErrorKind};
 use tokio::time::timeout;
 
 use crate::config::RedisConfig;
@@ -193,7 +193,7 @@ impl RedisTransport {
         let text = self.inner.config.scrub(&format!("{operation}: {e}"));
         if e.kind() == ErrorKind::AuthenticationFailed {
             TransportError::Refused(text)
-        } else if is_connection_error(e) {
+        } else if is_connection_error(e) || is_unavailable(e) {
             TransportError::Connection(text)
         } else if matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension) {
             TransportError::Refused(text)
@@ -364,6 +364,30 @@ fn is_connection_error(e: &redis::RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
+/// Redis answers but does not serve for the moment: it is loading its data after a restart
+/// (`LOADING`), or `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`; also when it aborted a transaction
+/// for one of these. Worth trying again shortly, like a dropped connection.
+fn is_unavailable(e: &redis::RedisError) -> bool {
+    let transient = |kind: Option<ServerErrorKind>| {
+        matches!(
+            kind,
+            Some(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ClusterDown
+            )
+        )
+    };
+    match e.kind() {
+        ErrorKind::Server(kind) if transient(Some(kind)) => true,
+        _ => e
+            .clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, s)| transient(s.kind()))),
+    }
+}
+
 fn connect_error(config: &RedisConfig, e: &redis::RedisError) -> RedisError {
     let reason = config.scrub(&e.to_string());
     let url = config.redacted_url();
@@ -473,5 +497,24 @@ impl Transport for RedisTransport {
         let prefetch = options.prefetch.clamp(1, 65_536);
         let sub = RedisSubscription::start(self.clone(), endpoint, prefetch).await?;
         Ok(Box::new(sub))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_that_is_loading_counts_as_unavailable_not_as_a_refusal() {
+        let loading = redis::RedisError::from((
+            ErrorKind::Server(ServerErrorKind::BusyLoading),
+            "Redis is loading the dataset in memory",
+        ));
+        assert!(is_unavailable(&loading));
+        let wrong_type = redis::RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "WRONGTYPE",
+        ));
+        assert!(!is_unavailable(&wrong_type));
     }
 }
