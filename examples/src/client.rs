@@ -5,9 +5,12 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bus_core::{Bus, BusError, SendOptions, TransportError};
+use bus_transport_config::ConfiguredTransport;
 
 use crate::messages::PlaceOrder;
-use crate::service::{broker_settings, init_tracing, open_transport, SERVICE_LOG};
+use crate::service::{
+    broker_settings, error_queue_location, init_tracing, open_transport, SERVICE_LOG,
+};
 
 /// What `place-orders` was asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,12 +42,14 @@ pub const USAGE: &str = "\
 usage: place-orders [--count N] [--fail-every N] [--interval-ms MS] [--first-id N]
 
   --count N         orders to send (default 10)
-  --fail-every N    make every Nth order poison (quantity 0): it ends in the `sales.error` queue
+  --fail-every N    make every Nth order poison (quantity 0): it ends in the error queue of `sales`
   --interval-ms MS  pause between orders (default 100)
   --first-id N      number of the first order (default: taken from the clock)
 
 The transport comes from BUS_TRANSPORT or bus.toml, e.g.
-  BUS_TRANSPORT=amqp://guest:guest@127.0.0.1:5672/%2f cargo run -p bus-examples --bin place-orders -- --count 20";
+  BUS_TRANSPORT=amqp://guest:guest@127.0.0.1:5672/%2f cargo run -p bus-examples --bin place-orders -- --count 20
+  BUS_TRANSPORT=nats://127.0.0.1:4222 cargo run -p bus-examples --bin place-orders -- --count 20
+  BUS_TRANSPORT=redis://127.0.0.1:6379 cargo run -p bus-examples --bin place-orders -- --count 20";
 
 /// Parse the arguments (without the program name). `Ok(None)` means help was asked for.
 ///
@@ -159,7 +164,7 @@ pub async fn run(program: &str, args: impl IntoIterator<Item = String>) -> ExitC
         Ok(transport) => transport,
         Err(code) => return code,
     };
-    let code = send_orders(program, &options, &transport.shared()).await;
+    let code = send_orders(program, &options, &transport).await;
     if let Err(e) = transport.close().await {
         eprintln!("{program}: closing the connection: {e}");
     }
@@ -169,11 +174,11 @@ pub async fn run(program: &str, args: impl IntoIterator<Item = String>) -> ExitC
 async fn send_orders(
     program: &str,
     options: &Options,
-    transport: &std::sync::Arc<dyn bus_core::Transport>,
+    transport: &ConfiguredTransport,
 ) -> ExitCode {
     // A bus that hosts no endpoint: it only sends.
     let bus = match Bus::builder()
-        .transport_arc(transport.clone())
+        .transport_arc(transport.shared())
         .host(Vec::<String>::new())
         .start()
         .await
@@ -211,7 +216,7 @@ async fn send_orders(
         if let Err(e) = sent {
             if matches!(e, BusError::Transport(TransportError::Unroutable(_))) {
                 eprintln!(
-                    "{program}: the `sales` queue does not exist yet; start order-service once (it declares the queue), then place orders again"
+                    "{program}: the `sales` endpoint is not declared on this broker yet; start order-service once (it declares it), then place orders again"
                 );
             } else {
                 eprintln!("{program}: sending order #{order_id} failed: {e}");
@@ -224,7 +229,10 @@ async fn send_orders(
     let last = first.wrapping_add(options.count.saturating_sub(1));
     let poison = match poison {
         0 => String::new(),
-        n => format!("; {n} poison (they end in the `sales.error` queue)"),
+        n => format!(
+            "; {n} poison (they end in the {})",
+            error_queue_location(transport, "sales")
+        ),
     };
     println!(
         "{program}: sent {} order(s), #{first}..#{last}{poison}",

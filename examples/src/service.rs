@@ -77,7 +77,8 @@ pub fn broker_settings(program: &str) -> Result<TransportSettings, ExitCode> {
              The in-memory transport lives inside one process: {program} could not exchange a single\n\
              message with the other services. Point every process at the same broker, e.g.\n\
              \n    BUS_TRANSPORT=amqp://guest:guest@127.0.0.1:5672/%2f cargo run -p bus-examples --bin {program}\n\
-             \nor run all the services in one process on the in-memory transport:\n\
+             \n(or BUS_TRANSPORT=nats://127.0.0.1:4222, or BUS_TRANSPORT=redis://127.0.0.1:6379),\n\
+             or run all the services in one process on the in-memory transport:\n\
              \n    cargo run -p bus-examples --bin shop"
         );
         return Err(ExitCode::from(2));
@@ -103,6 +104,32 @@ pub async fn open_transport(
             eprintln!("{program}: {e}");
             Err(ExitCode::FAILURE)
         }
+    }
+}
+
+/// Where the error queue of `endpoint` lives on the transport, as its broker names it, for
+/// messages to the user (after "the").
+///
+/// ```
+/// use bus_examples::service::error_queue_location;
+/// use bus_transport_config::ConfiguredTransport;
+/// use bus_transport_memory::MemoryTransport;
+///
+/// let memory = ConfiguredTransport::Memory(MemoryTransport::new());
+/// assert_eq!(error_queue_location(&memory, "sales"), "in-memory error queue of `sales`");
+/// ```
+///
+/// On RabbitMQ that is the queue `sales.error`, on NATS the stream `BUS_ERR_sales`, on Redis
+/// the stream `bus:ep:sales:error` (with the default names).
+pub fn error_queue_location(transport: &ConfiguredTransport, endpoint: &str) -> String {
+    if let Some(amqp) = transport.as_amqp() {
+        format!("queue `{}`", amqp.config().naming.error_queue(endpoint))
+    } else if let Some(nats) = transport.as_nats() {
+        format!("stream `{}`", nats.config().naming.error_stream(endpoint))
+    } else if let Some(redis) = transport.as_redis() {
+        format!("stream `{}`", redis.config().keys.error_stream(endpoint))
+    } else {
+        format!("in-memory error queue of `{endpoint}`")
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bus_core::{decode_envelope, header, SendOptions};
 use bus_examples::messages::PlaceOrder;
 use bus_examples::sales::FLAKY_SKU;
-use bus_examples::service::{init_tracing, shop_bus};
+use bus_examples::service::{error_queue_location, init_tracing, shop_bus};
 use bus_examples::trace::ShopStats;
 use bus_transport_config::TransportSettings;
 
@@ -131,8 +131,9 @@ async fn main() -> ExitCode {
             // On a broker the error queue is a queue like any other: this run can tell how
             // many messages it moved there, and the broker shows them.
             println!(
-                "  to error queue    {} message(s) moved to `sales.error` by this run (browse it in the broker)",
-                bus_stats.dead_lettered
+                "  to error queue    {} message(s) moved to the {} by this run (browse it in the broker)",
+                bus_stats.dead_lettered,
+                error_queue_location(&transport, "sales")
             );
             bus_stats.dead_lettered == 1
         }

@@ -3,14 +3,23 @@
 use std::path::PathBuf;
 
 use bus_transport_amqp::AmqpError;
+use bus_transport_nats::NatsError;
+use bus_transport_redis::RedisError;
 
 /// The transport schemes this crate can open, as listed in error messages.
-pub const SUPPORTED_SCHEMES: &str = "memory, amqp, amqps";
+pub const SUPPORTED_SCHEMES: &str = "memory, amqp, amqps, nats, tls, redis";
+
+/// Schemes of transports that are recognised but cannot be opened (yet), and why.
+pub(crate) const NOT_YET: &[(&str, &str)] = &[(
+    "rediss",
+    "the Redis transport has no TLS; use redis:// on a trusted network or through a TLS tunnel",
+)];
 
 /// An error loading transport settings or opening the transport they name.
 ///
 /// No text of it ever contains a password: URLs are shown with `***` in place of the
-/// password, and errors about the configuration sources are scrubbed the same way.
+/// password (or of a NATS token), and errors about the configuration sources are scrubbed the
+/// same way.
 ///
 /// ```
 /// use bus_transport_config::{ConfigError, TransportSettings};
@@ -23,7 +32,7 @@ pub const SUPPORTED_SCHEMES: &str = "memory, amqp, amqps";
 /// assert!(matches!(error, ConfigError::UnknownScheme { .. }));
 /// assert_eq!(
 ///     error.to_string(),
-///     "unknown transport scheme `kafka` in `kafka://broker:9092`; supported: memory, amqp, amqps"
+///     "unknown transport scheme `kafka` in `kafka://broker:9092`; supported: memory, amqp, amqps, nats, tls, redis"
 /// );
 /// ```
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +52,9 @@ pub enum ConfigError {
         /// The transport setting, password redacted.
         url: String,
     },
-    /// The transport is a known kind that this crate cannot open yet.
-    #[error("the `{scheme}` transport is not supported yet; supported: {SUPPORTED_SCHEMES}")]
+    /// The transport is a known kind that this crate cannot open yet (`rediss://`: the Redis
+    /// transport has no TLS).
+    #[error("the `{scheme}` transport is not supported yet{}; supported: {SUPPORTED_SCHEMES}", why_not_yet(.scheme))]
     NotSupportedYet {
         /// The scheme found.
         scheme: String,
@@ -70,17 +80,70 @@ pub enum ConfigError {
     Connect {
         /// The broker URL, password redacted.
         url: String,
-        /// What the AMQP transport reported (its texts never hold the password either).
-        cause: AmqpError,
+        /// What the transport reported (its texts never hold the password either).
+        cause: ConnectCause,
     },
 }
 
-/// The AMQP error without repeating the URL the `Connect` message already shows.
-fn describe(cause: &AmqpError) -> String {
+/// What the transport reported when it could not connect, by transport.
+///
+/// ```
+/// use bus_transport_config::{ConfigError, ConnectCause, TransportSettings};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// // Nothing listens on port 1 of the loopback: the connection is refused at once.
+/// let settings = TransportSettings {
+///     url: "redis://:s3cret@127.0.0.1:1".into(),
+///     ..TransportSettings::default()
+/// };
+/// match settings.open("demo").await {
+///     Err(ConfigError::Connect { url, cause: ConnectCause::Redis(_) }) => {
+///         assert_eq!(url, "redis://:***@127.0.0.1:1");
+///     }
+///     other => panic!("expected a Redis connection error, got {other:?}"),
+/// }
+/// # });
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectCause {
+    /// From the AMQP transport.
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    /// From the NATS transport.
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    /// From the Redis transport.
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+}
+
+/// The reason a recognised scheme cannot be opened, as the tail of the error message.
+fn why_not_yet(scheme: &str) -> String {
+    NOT_YET
+        .iter()
+        .find(|(s, _)| *s == scheme)
+        .map(|(_, why)| format!(": {why}"))
+        .unwrap_or_default()
+}
+
+/// The transport's error without repeating the URL the `Connect` message already shows.
+fn describe(cause: &ConnectCause) -> String {
     match cause {
-        AmqpError::Connection { reason, .. } => reason.clone(),
-        AmqpError::Authentication { reason, .. } => {
+        ConnectCause::Amqp(AmqpError::Connection { reason, .. }) => reason.clone(),
+        ConnectCause::Amqp(AmqpError::Authentication { reason, .. }) => {
             format!("the broker refused the login ({reason}); check the user, password and vhost")
+        }
+        ConnectCause::Nats(NatsError::Connection { reason, .. }) => reason.clone(),
+        ConnectCause::Nats(NatsError::Authentication { reason, .. }) => {
+            format!("the server refused the login ({reason}); check the user and password or token")
+        }
+        ConnectCause::Nats(NatsError::JetStreamUnavailable { reason, .. }) => {
+            format!("JetStream is not available ({reason}); start nats-server with `-js`")
+        }
+        ConnectCause::Redis(RedisError::Connection { reason, .. }) => reason.clone(),
+        ConnectCause::Redis(RedisError::Authentication { reason, .. }) => {
+            format!("Redis refused the login ({reason}); check the user and password in the URL")
         }
         other => other.to_string(),
     }

@@ -1,10 +1,11 @@
 //! # bus-transport-config: choose the transport by configuration
 //!
-//! The same binary runs on the in-memory transport or on RabbitMQ without recompiling: the
-//! choice comes from the environment (`BUS_TRANSPORT=memory`,
-//! `BUS_TRANSPORT=amqp://user:password@host:5672/vhost`, `amqps://...`) and from a
-//! configuration file (`bus.toml` in the working directory, or the file `BUS_CONFIG` names),
-//! the environment winning. [`TransportSettings`] lists every setting.
+//! The same binary runs on the in-memory transport, on RabbitMQ, on NATS JetStream or on Redis
+//! Streams without recompiling: the choice comes from the environment (`BUS_TRANSPORT=memory`,
+//! `BUS_TRANSPORT=amqp://user:password@host:5672/vhost`, `amqps://...`,
+//! `BUS_TRANSPORT=nats://127.0.0.1:4222`, `tls://...`, `BUS_TRANSPORT=redis://127.0.0.1:6379`)
+//! and from a configuration file (`bus.toml` in the working directory, or the file
+//! `BUS_CONFIG` names), the environment winning. [`TransportSettings`] lists every setting.
 //!
 //! ```toml
 //! # bus.toml
@@ -32,9 +33,27 @@
 //! # drop(bus); Ok(()) }
 //! ```
 //!
-//! Credentials never appear in `Debug` output or in a [`ConfigError`]. Supported schemes:
-//! `memory`, `amqp`, `amqps`; `nats://` and `redis://` are recognised and reported as not
-//! supported yet.
+//! Credentials (passwords, NATS tokens) never appear in `Debug` output or in a
+//! [`ConfigError`]. Supported schemes: `memory`, `amqp`, `amqps`, `nats`, `tls` (NATS with
+//! TLS) and `redis`; `rediss://` is recognised and refused, since the Redis transport has no
+//! TLS.
+//!
+//! ```
+//! use bus_transport_config::{TransportKind, TransportSettings};
+//! use figment::providers::{Format, Toml};
+//! use figment::Figment;
+//!
+//! let figment = Figment::from(Toml::string(r#"
+//!     [transport]
+//!     url = "redis://:s3cret@redis.internal:6379/0"
+//!     connection_name = "billing-eu"   # the first part of the Redis consumer names
+//!     publish_timeout = "3s"           # the Redis operation timeout
+//! "#));
+//! let settings = TransportSettings::load_from(&figment)?;
+//! assert_eq!(settings.kind()?, TransportKind::Redis);
+//! assert_eq!(settings.redacted_url(), "redis://:***@redis.internal:6379/0");
+//! # Ok::<(), bus_transport_config::ConfigError>(())
+//! ```
 //!
 //! - `settings`: [`TransportSettings`], where it is read from, how it opens a transport.
 //! - `transport`: [`ConfiguredTransport`], the opened transport with its concrete type.
@@ -46,7 +65,7 @@ mod redact;
 mod settings;
 mod transport;
 
-pub use error::{ConfigError, SUPPORTED_SCHEMES};
+pub use error::{ConfigError, ConnectCause, SUPPORTED_SCHEMES};
 pub use settings::{
     transport_from_env, QueueKind, TransportKind, TransportSettings, DEFAULT_CONFIG_FILE,
     DEFAULT_DELIVERY_LIMIT,

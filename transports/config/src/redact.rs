@@ -1,9 +1,14 @@
 //! Keeping credentials out of everything this crate prints: URLs, `Debug` output and errors.
 
-/// A transport URL with its password replaced by `***`.
+/// Schemes whose URL user, when it comes without a password, is a secret token
+/// (`nats://token@host:4222`).
+const TOKEN_SCHEMES: &[&str] = &["nats", "tls"];
+
+/// A transport URL with its password (or NATS token) replaced by `***`.
 ///
 /// Works on text that does not parse as a URL too: with `://`, the password of the user info
-/// is hidden; without it, everything before an `@` is.
+/// is hidden; without it, everything before an `@` is. Lists of servers
+/// (`nats://u:p@a:4222,nats://u:p@b:4222`) lose every password.
 pub(crate) fn redact_url(url: &str) -> String {
     if url.contains("://") {
         return scrub_urls(url);
@@ -14,18 +19,27 @@ pub(crate) fn redact_url(url: &str) -> String {
     }
 }
 
-/// `text` with the password of every `scheme://user:password@host` in it replaced by `***`.
+/// `text` with the password of every `scheme://user:password@host` in it replaced by `***`,
+/// and the token of every `nats://token@host` (or `tls://`).
 pub(crate) fn scrub_urls(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
+        let scheme = scheme_before(&head[..i]);
         out.push_str(head);
-        let end = tail
+        let mut end = tail
             .find(|c: char| {
                 matches!(c, '/' | '?' | '#' | '"' | '\'' | '`' | '<' | '>') || c.is_whitespace()
             })
             .unwrap_or(tail.len());
+        // In a list of servers (`nats://a:4222,nats://b:4222`) the search stops inside the next
+        // URL's `://`: the authority ends at the comma before that URL's scheme.
+        if tail[end..].starts_with("//") && tail[..end].ends_with(':') {
+            if let Some(comma) = tail[..end].rfind(',') {
+                end = comma;
+            }
+        }
         let authority = &tail[..end];
         match authority.rfind('@') {
             Some(at) => {
@@ -34,6 +48,9 @@ pub(crate) fn scrub_urls(text: &str) -> String {
                     Some(colon) => {
                         out.push_str(&userinfo[..colon]);
                         out.push_str(":***");
+                    }
+                    None if TOKEN_SCHEMES.contains(&scheme.as_str()) && !userinfo.is_empty() => {
+                        out.push_str("***")
                     }
                     None => out.push_str(userinfo),
                 }
@@ -45,6 +62,14 @@ pub(crate) fn scrub_urls(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The scheme that ends `text` (what precedes a `://`), lower case.
+fn scheme_before(text: &str) -> String {
+    let start = text
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+        .map_or(0, |i| i + 1);
+    text[start..].to_ascii_lowercase()
 }
 
 /// A configuration error's text made safe to show: URL passwords and the given secrets
@@ -67,12 +92,31 @@ pub(crate) fn is_excerpt(line: &str) -> bool {
         .starts_with('|')
 }
 
-/// The password of a URL, percent-decoded, if it has one.
-pub(crate) fn url_password(url: &str) -> Option<String> {
-    let parsed = url::Url::parse(url.trim()).ok()?;
-    let password = parsed.password()?;
-    let decoded = percent_decode(password);
-    Some(decoded)
+/// The secrets of a transport URL, or of each URL of a comma-separated list: passwords, and
+/// NATS tokens, both as written and percent-decoded.
+pub(crate) fn url_secrets(url: &str) -> Vec<String> {
+    let url = url.trim();
+    let mut candidates = vec![url];
+    if url.contains(',') {
+        candidates.extend(url.split(',').map(str::trim));
+    }
+    let mut secrets = Vec::new();
+    for candidate in candidates {
+        let Ok(parsed) = url::Url::parse(candidate) else {
+            continue;
+        };
+        let secret = match parsed.password() {
+            Some(password) => password,
+            None if TOKEN_SCHEMES.contains(&parsed.scheme()) => parsed.username(),
+            None => continue,
+        };
+        for s in [percent_decode(secret), secret.to_string()] {
+            if !s.is_empty() && !secrets.contains(&s) {
+                secrets.push(s);
+            }
+        }
+    }
+    secrets
 }
 
 fn percent_decode(text: &str) -> String {
@@ -139,8 +183,56 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_decoded() {
-        assert_eq!(url_password("amqp://u:p%40ss@h/").as_deref(), Some("p@ss"));
-        assert_eq!(url_password("amqp://u@h/"), None);
+    fn nats_and_redis_urls_lose_their_secrets() {
+        assert_eq!(
+            redact_url("nats://app:s3cret@nats:4222"),
+            "nats://app:***@nats:4222"
+        );
+        assert_eq!(
+            redact_url("tls://app:s3cret@nats:4222"),
+            "tls://app:***@nats:4222"
+        );
+        // A user without a password is a token on NATS.
+        assert_eq!(redact_url("nats://t0ken@nats:4222"), "nats://***@nats:4222");
+        assert_eq!(redact_url("NATS://t0ken@nats:4222"), "NATS://***@nats:4222");
+        assert_eq!(redact_url("nats://nats:4222"), "nats://nats:4222");
+        assert_eq!(
+            redact_url("nats://a:one@n1:4222,nats://b:two@n2:4222, tls://t0ken@n3:4222"),
+            "nats://a:***@n1:4222,nats://b:***@n2:4222, tls://***@n3:4222"
+        );
+        assert_eq!(
+            redact_url("nats://a:o,ne@n1:4222,nats://n2:4222"),
+            "nats://a:***@n1:4222,nats://n2:4222"
+        );
+        assert_eq!(
+            redact_url("redis://:s3cret@redis:6379/0"),
+            "redis://:***@redis:6379/0"
+        );
+        assert_eq!(
+            redact_url("redis://app:s3cret@redis:6379"),
+            "redis://app:***@redis:6379"
+        );
+        assert_eq!(
+            redact_url("rediss://:s3cret@redis:6380"),
+            "rediss://:***@redis:6380"
+        );
+        assert_eq!(redact_url("redis://redis:6379/2"), "redis://redis:6379/2");
+        // Only NATS reads a lone user as a token.
+        assert_eq!(redact_url("redis://app@redis"), "redis://app@redis");
+    }
+
+    #[test]
+    fn secrets_are_found_decoded_and_as_written() {
+        assert_eq!(url_secrets("amqp://u:p%40ss@h/"), ["p@ss", "p%40ss"]);
+        assert!(url_secrets("amqp://u@h/").is_empty());
+        assert_eq!(url_secrets("amqp://u:pa,ss@h/"), ["pa,ss"]);
+        assert_eq!(url_secrets("redis://:pw@h:6379/1"), ["pw"]);
+        assert_eq!(url_secrets("nats://t0ken@h:4222"), ["t0ken"]);
+        assert_eq!(
+            url_secrets("nats://a:one@n1:4222,nats://b:two@n2:4222"),
+            ["one", "two"]
+        );
+        assert!(url_secrets("redis://app@h").is_empty());
+        assert!(url_secrets("memory").is_empty());
     }
 }

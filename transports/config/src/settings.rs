@@ -9,13 +9,15 @@ use std::time::Duration;
 use bus_core::Transport;
 use bus_transport_amqp::{AmqpConfig, AmqpTransport};
 use bus_transport_memory::MemoryTransport;
+use bus_transport_nats::{NatsConfig, NatsTransport};
+use bus_transport_redis::{RedisConfig, RedisTransport};
 use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
 use crate::env::{BusEnv, ENV_SOURCE, TABLE};
-use crate::error::ConfigError;
-use crate::redact::{is_excerpt, redact_url, scrub_error, url_password};
+use crate::error::{ConfigError, ConnectCause, NOT_YET};
+use crate::redact::{is_excerpt, redact_url, scrub_error, url_secrets};
 use crate::transport::ConfiguredTransport;
 
 /// The configuration file read when `BUS_CONFIG` is not set (in the working directory; a
@@ -49,6 +51,7 @@ pub enum QueueKind {
 /// assert_eq!(TransportSettings::default().kind().unwrap(), TransportKind::Memory);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TransportKind {
     /// The embedded in-memory transport (one process only).
     Memory,
@@ -56,10 +59,13 @@ pub enum TransportKind {
     Amqp,
     /// RabbitMQ over AMQP 0-9-1 with TLS (`amqps://`).
     Amqps,
+    /// NATS JetStream (`nats://`).
+    Nats,
+    /// NATS JetStream with TLS required (`tls://`, or a list of servers with one `tls://`).
+    NatsTls,
+    /// Redis Streams (`redis://`). `rediss://` (TLS) is refused: the Redis transport has no TLS.
+    Redis,
 }
-
-/// Schemes of transports that are planned but cannot be opened yet.
-const NOT_YET: &[&str] = &["nats", "redis", "rediss"];
 
 /// Which transport to run on, and its settings.
 ///
@@ -68,21 +74,33 @@ const NOT_YET: &[&str] = &["nats", "redis", "rediss"];
 ///
 /// | `bus.toml` key | environment | meaning | default |
 /// |---|---|---|---|
-/// | `url` | `BUS_TRANSPORT` | `memory`, `amqp://user:password@host:5672/vhost` or `amqps://...` | `memory` |
-/// | `connection_name` | `BUS_CONNECTION_NAME` | name shown by the broker | the program's name |
-/// | `publish_timeout` | `BUS_PUBLISH_TIMEOUT` | longest wait for a send to be accepted (`10s`, `500ms`, or seconds) | transport's (AMQP 10 s, memory 30 s) |
-/// | `connect_timeout` | `BUS_CONNECT_TIMEOUT` | longest wait to connect, declare, subscribe | 10 s |
+/// | `url` | `BUS_TRANSPORT` | the transport: see the schemes below | `memory` |
+/// | `connection_name` | `BUS_CONNECTION_NAME` | name shown by the broker (Redis: first part of the consumer names) | the program's name |
+/// | `publish_timeout` | `BUS_PUBLISH_TIMEOUT` | longest wait for a send to be accepted (`10s`, `500ms`, or seconds); on Redis it bounds every call | transport's (AMQP and NATS 10 s, Redis 5 s, memory 30 s) |
+/// | `connect_timeout` | `BUS_CONNECT_TIMEOUT` | longest wait to connect (AMQP, NATS: also to declare) | transport's (AMQP and NATS 10 s, Redis 5 s) |
 /// | `queue_type` | `BUS_QUEUE_TYPE` | `classic` or `quorum` (AMQP) | `classic` |
-/// | `delivery_limit` | `BUS_DELIVERY_LIMIT` | deliveries of one message before a quorum queue dead-letters it | 20 |
+/// | `delivery_limit` | `BUS_DELIVERY_LIMIT` | deliveries of one message before a quorum queue dead-letters it (AMQP) | 20 |
 /// | `memory_capacity` | `BUS_MEMORY_CAPACITY` | messages per in-memory queue | 10,000 |
-/// | `amqp_user` | `BUS_AMQP_USER` | user, instead of the URL's (set with `amqp_password`) | |
-/// | `amqp_password` | `BUS_AMQP_PASSWORD` | password, instead of the URL's | |
+/// | `amqp_user` | `BUS_AMQP_USER` | AMQP user, instead of the URL's (set with `amqp_password`) | |
+/// | `amqp_password` | `BUS_AMQP_PASSWORD` | AMQP password, instead of the URL's | |
+///
+/// The schemes of `url`:
+///
+/// | scheme | transport | example |
+/// |---|---|---|
+/// | `memory` | in-memory, one process only ([`TransportKind::Memory`]) | `memory` |
+/// | `amqp`, `amqps` | RabbitMQ; `amqps` with TLS | `amqp://user:password@host:5672/vhost` |
+/// | `nats`, `tls` | NATS JetStream; `tls` requires TLS; a comma-separated list names several servers | `nats://user:password@host:4222`, `nats://token@host:4222` |
+/// | `redis` | Redis Streams | `redis://:password@host:6379/0`, `redis://user:password@host:6379` |
+///
+/// `rediss://` is refused with [`ConfigError::NotSupportedYet`]: the Redis transport has no
+/// TLS. Settings a transport has no use for are ignored (`queue_type` on NATS, say).
 ///
 /// An empty environment variable counts as unset. Environment values are taken verbatim
 /// (a password `0042` stays `0042`). Unknown keys in the `[transport]` table are errors, so a
 /// typo does not go unnoticed; other tables of the file are left alone.
 ///
-/// `Debug` output never shows the password:
+/// `Debug` output never shows the password (nor a NATS token):
 ///
 /// ```
 /// use bus_transport_config::TransportSettings;
@@ -98,15 +116,18 @@ const NOT_YET: &[&str] = &["nats", "redis", "rediss"];
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportSettings {
-    /// `memory`, or the broker URL (`amqp://` or `amqps://`), credentials included.
+    /// `memory`, or the broker URL (`amqp://`, `amqps://`, `nats://`, `tls://`, `redis://`),
+    /// credentials included.
     pub url: String,
-    /// The connection name the broker shows; when unset, the name the program passes to
-    /// [`TransportSettings::connect`].
+    /// The connection name the broker shows (on Redis, the first part of the consumer names);
+    /// when unset, the name the program passes to [`TransportSettings::connect`].
     pub connection_name: Option<String>,
-    /// Longest wait for a send to be accepted; the transport's default when unset.
+    /// Longest wait for a send to be accepted; the transport's default when unset. On Redis,
+    /// the operation timeout, which bounds every call (send, ack, declare).
     #[serde(deserialize_with = "de::duration")]
     pub publish_timeout: Option<Duration>,
-    /// Longest wait to connect, declare or subscribe (AMQP); 10 s when unset.
+    /// Longest wait to connect (AMQP and NATS: also to declare); the transport's default
+    /// (AMQP and NATS 10 s, Redis 5 s) when unset.
     #[serde(deserialize_with = "de::duration")]
     pub connect_timeout: Option<Duration>,
     /// Queue type of endpoint queues (AMQP).
@@ -278,7 +299,10 @@ impl TransportSettings {
     /// let with = |url: &str| TransportSettings { url: url.into(), ..TransportSettings::default() };
     /// assert_eq!(with("memory").kind()?, TransportKind::Memory);
     /// assert_eq!(with("amqps://u:p@rabbit/vh").kind()?, TransportKind::Amqps);
-    /// assert!(matches!(with("nats://n:4222").kind(), Err(ConfigError::NotSupportedYet { .. })));
+    /// assert_eq!(with("nats://n1:4222,nats://n2:4222").kind()?, TransportKind::Nats);
+    /// assert_eq!(with("tls://app:pw@nats.internal:4222").kind()?, TransportKind::NatsTls);
+    /// assert_eq!(with("redis://:pw@127.0.0.1:6379/0").kind()?, TransportKind::Redis);
+    /// assert!(matches!(with("rediss://r:6380").kind(), Err(ConfigError::NotSupportedYet { .. })));
     /// # Ok::<(), ConfigError>(())
     /// ```
     pub fn kind(&self) -> Result<TransportKind, ConfigError> {
@@ -317,17 +341,53 @@ impl TransportSettings {
                         "expected a URL such as amqp://user:password@host:5672/vhost",
                     ));
                 }
-                let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
-                if parsed.host_str().is_none_or(str::is_empty) {
-                    return Err(invalid("the URL names no host"));
-                }
+                parse_with_host(url).map_err(|reason| invalid(&reason))?;
                 Ok(if scheme == "amqps" {
                     TransportKind::Amqps
                 } else {
                     TransportKind::Amqp
                 })
             }
-            s if NOT_YET.contains(&s) => Err(ConfigError::NotSupportedYet { scheme }),
+            "nats" | "tls" => {
+                if !url.contains("://") {
+                    return Err(invalid("expected a URL such as nats://host:4222"));
+                }
+                // One server, or a comma-separated list; one `tls://` asks TLS of them all.
+                let mut tls = false;
+                for server in url.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let parsed = parse_with_host(server).map_err(|reason| invalid(&reason))?;
+                    match parsed.scheme() {
+                        "nats" => {}
+                        "tls" => tls = true,
+                        other => {
+                            return Err(invalid(&format!(
+                                "`{other}://` in a list of NATS servers; use nats:// or tls://"
+                            )))
+                        }
+                    }
+                }
+                Ok(if tls {
+                    TransportKind::NatsTls
+                } else {
+                    TransportKind::Nats
+                })
+            }
+            "redis" => {
+                if !url.contains("://") {
+                    return Err(invalid("expected a URL such as redis://host:6379/0"));
+                }
+                let parsed = parse_with_host(url).map_err(|reason| invalid(&reason))?;
+                let database = parsed.path().trim_start_matches('/');
+                if !database.is_empty() && database.parse::<u32>().is_err() {
+                    return Err(invalid(
+                        "the path must be a database number, as in redis://host:6379/0",
+                    ));
+                }
+                Ok(TransportKind::Redis)
+            }
+            s if NOT_YET.iter().any(|(not_yet, _)| *not_yet == s) => {
+                Err(ConfigError::NotSupportedYet { scheme })
+            }
             _ => Err(ConfigError::UnknownScheme {
                 scheme,
                 url: redact_url(url),
@@ -392,7 +452,7 @@ impl TransportSettings {
     pub fn amqp_config(&self, connection_name: &str) -> Result<AmqpConfig, ConfigError> {
         match self.kind()? {
             TransportKind::Amqp | TransportKind::Amqps => {}
-            TransportKind::Memory => {
+            _ => {
                 return Err(ConfigError::InvalidUrl {
                     url: self.redacted_url(),
                     reason: "an AMQP configuration needs an amqp:// or amqps:// URL".into(),
@@ -420,9 +480,101 @@ impl TransportSettings {
         Ok(config)
     }
 
+    /// The NATS transport configuration these settings describe, to adjust further (naming,
+    /// limits, a CA file) before [`NatsTransport::connect`]: `connection_name` (used unless
+    /// the settings name one), `publish_timeout` and `connect_timeout`. Credentials come from
+    /// the URL (`nats://user:password@host` or `nats://token@host`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bus_transport_config::TransportSettings;
+    ///
+    /// let settings = TransportSettings {
+    ///     url: "nats://app:pw@nats.internal:4222".into(),
+    ///     publish_timeout: Some(Duration::from_secs(3)),
+    ///     ..Default::default()
+    /// };
+    /// let config = settings.nats_config("billing")?;
+    /// assert_eq!(config.connection_name, "billing");
+    /// assert_eq!(config.publish_timeout, Duration::from_secs(3));
+    /// assert_eq!(config.redacted_url(), "nats://app:***@nats.internal:4222");
+    /// # Ok::<(), bus_transport_config::ConfigError>(())
+    /// ```
+    pub fn nats_config(&self, connection_name: &str) -> Result<NatsConfig, ConfigError> {
+        match self.kind()? {
+            TransportKind::Nats | TransportKind::NatsTls => {}
+            _ => {
+                return Err(ConfigError::InvalidUrl {
+                    url: self.redacted_url(),
+                    reason: "a NATS configuration needs a nats:// or tls:// URL".into(),
+                })
+            }
+        }
+        self.validate()?;
+        let mut config = NatsConfig::new(self.url.trim()).connection_name(
+            self.connection_name
+                .clone()
+                .unwrap_or_else(|| connection_name.to_string()),
+        );
+        if let Some(timeout) = self.publish_timeout {
+            config = config.publish_timeout(timeout);
+        }
+        if let Some(timeout) = self.connect_timeout {
+            config = config.connect_timeout(timeout);
+        }
+        Ok(config)
+    }
+
+    /// The Redis transport configuration these settings describe, to adjust further (key
+    /// prefix, reclaim settings) before [`RedisTransport::connect`]: `connection_name` (used
+    /// unless the settings name one) is the first part of the consumer names,
+    /// `publish_timeout` the operation timeout (it bounds every call: send, ack, declare),
+    /// `connect_timeout` the connect timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bus_transport_config::TransportSettings;
+    ///
+    /// let settings = TransportSettings {
+    ///     url: "redis://:pw@redis.internal:6379/0".into(),
+    ///     publish_timeout: Some(Duration::from_secs(3)),
+    ///     ..Default::default()
+    /// };
+    /// let config = settings.redis_config("billing")?;
+    /// assert_eq!(config.consumer_name, "billing");
+    /// assert_eq!(config.operation_timeout, Duration::from_secs(3));
+    /// assert_eq!(config.redacted_url(), "redis://:***@redis.internal:6379/0");
+    /// # Ok::<(), bus_transport_config::ConfigError>(())
+    /// ```
+    pub fn redis_config(&self, connection_name: &str) -> Result<RedisConfig, ConfigError> {
+        match self.kind()? {
+            TransportKind::Redis => {}
+            _ => {
+                return Err(ConfigError::InvalidUrl {
+                    url: self.redacted_url(),
+                    reason: "a Redis configuration needs a redis:// URL".into(),
+                })
+            }
+        }
+        self.validate()?;
+        let mut config = RedisConfig::new(self.url.trim()).consumer_name(
+            self.connection_name
+                .clone()
+                .unwrap_or_else(|| connection_name.to_string()),
+        );
+        if let Some(timeout) = self.publish_timeout {
+            config = config.operation_timeout(timeout);
+        }
+        if let Some(timeout) = self.connect_timeout {
+            config = config.connect_timeout(timeout);
+        }
+        Ok(config)
+    }
+
     /// Open the configured transport: a new in-memory transport, or a connection to the
-    /// broker. `connection_name` names the connection unless the settings name one. Use it to
-    /// reach transport-specific features ([`ConfiguredTransport::as_memory`]), else prefer
+    /// broker (RabbitMQ, NATS or Redis). `connection_name` names the connection unless the
+    /// settings name one. Use it to reach transport-specific features
+    /// ([`ConfiguredTransport::as_memory`], [`ConfiguredTransport::as_nats`], ...), else prefer
     /// [`TransportSettings::connect`].
     ///
     /// ```
@@ -445,11 +597,29 @@ impl TransportSettings {
                 AmqpTransport::connect(config)
                     .await
                     .map(ConfiguredTransport::Amqp)
-                    .map_err(|cause| ConfigError::Connect {
-                        url: self.redacted_url(),
-                        cause,
-                    })
+                    .map_err(|cause| self.connect_error(cause.into()))
             }
+            TransportKind::Nats | TransportKind::NatsTls => {
+                let config = self.nats_config(connection_name)?;
+                NatsTransport::connect(config)
+                    .await
+                    .map(ConfiguredTransport::Nats)
+                    .map_err(|cause| self.connect_error(cause.into()))
+            }
+            TransportKind::Redis => {
+                let config = self.redis_config(connection_name)?;
+                RedisTransport::connect(config)
+                    .await
+                    .map(ConfiguredTransport::Redis)
+                    .map_err(|cause| self.connect_error(cause.into()))
+            }
+        }
+    }
+
+    fn connect_error(&self, cause: ConnectCause) -> ConfigError {
+        ConfigError::Connect {
+            url: self.redacted_url(),
+            cause,
         }
     }
 
@@ -483,6 +653,16 @@ impl TransportSettings {
 /// ```
 pub async fn transport_from_env(connection_name: &str) -> Result<Arc<dyn Transport>, ConfigError> {
     TransportSettings::load()?.connect(connection_name).await
+}
+
+/// A URL that parses and names a host; otherwise why not (texts without the URL, so without
+/// its password).
+fn parse_with_host(url: &str) -> Result<url::Url, String> {
+    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("the URL names no host".into());
+    }
+    Ok(parsed)
 }
 
 /// A figment error as one readable text per problem: where (the environment variable, or the
@@ -538,7 +718,7 @@ fn describe(error: figment::Error) -> String {
 /// Passwords the configuration holds, found as well as can be, to scrub from error texts.
 fn known_secrets(figment: &Figment) -> Vec<String> {
     let mut secrets = Vec::new();
-    let mut add_url = |url: &str| secrets.extend(url_password(url));
+    let mut add_url = |url: &str| secrets.extend(url_secrets(url));
     if let Ok(url) = std::env::var("BUS_TRANSPORT") {
         add_url(&url);
     }

@@ -187,19 +187,25 @@ fn unknown_schemes_list_the_supported_ones() {
     let e = with_url("mqtt://u:secret@broker").kind().unwrap_err();
     let text = e.to_string();
     assert!(matches!(e, ConfigError::UnknownScheme { .. }), "{text}");
-    assert!(text.contains("supported: memory, amqp, amqps"), "{text}");
+    assert!(
+        text.contains("supported: memory, amqp, amqps, nats, tls, redis"),
+        "{text}"
+    );
     assert!(!text.contains("secret"), "{text}");
 
-    for url in [
-        "nats://127.0.0.1:4222",
-        "redis://127.0.0.1:6379",
-        "rediss://r:6380",
-    ] {
+    for url in ["rediss://r:6380", "REDISS://:secret@r:6380/0"] {
         let e = with_url(url).kind().unwrap_err();
         let text = e.to_string();
-        assert!(matches!(e, ConfigError::NotSupportedYet { .. }), "{text}");
-        assert!(text.contains("not supported yet"), "{text}");
-        assert!(text.contains("memory, amqp, amqps"), "{text}");
+        assert!(
+            matches!(e, ConfigError::NotSupportedYet { ref scheme } if scheme == "rediss"),
+            "{text}"
+        );
+        assert_eq!(
+            text,
+            "the `rediss` transport is not supported yet: the Redis transport has no TLS; \
+             use redis:// on a trusted network or through a TLS tunnel; \
+             supported: memory, amqp, amqps, nats, tls, redis"
+        );
     }
 
     let e = with_url("rabbitmq").kind().unwrap_err();
@@ -227,6 +233,187 @@ fn memory_and_amqp_spellings() {
     assert!(matches!(e, ConfigError::InvalidUrl { .. }), "{e}");
     let e = with_url("guest:hunter2@localhost:5672").kind().unwrap_err();
     assert!(!e.to_string().contains("hunter2"), "{e}");
+}
+
+#[test]
+fn nats_and_redis_spellings() {
+    for (url, kind) in [
+        ("nats://127.0.0.1:4222", TransportKind::Nats),
+        (" NATS://app:pw@nats.internal ", TransportKind::Nats),
+        ("nats://t0ken@nats.internal:4222", TransportKind::Nats),
+        ("nats://n1:4222,nats://n2:4222", TransportKind::Nats),
+        ("nats://n1:4222, nats://n2:4222,", TransportKind::Nats),
+        ("tls://nats.internal:4222", TransportKind::NatsTls),
+        ("nats://n1:4222,tls://n2:4222", TransportKind::NatsTls),
+        ("redis://127.0.0.1:6379", TransportKind::Redis),
+        ("redis://127.0.0.1:6379/", TransportKind::Redis),
+        ("redis://:pw@127.0.0.1:6379/3", TransportKind::Redis),
+        ("Redis://user:pw@redis.internal", TransportKind::Redis),
+    ] {
+        assert_eq!(with_url(url).kind().unwrap(), kind, "{url}");
+    }
+    for url in [
+        "nats",
+        "nats://",
+        "tls://:4222",
+        "nats://n1:4222,redis://n2:6379",
+        "nats://n1:port",
+        "redis",
+        "redis://",
+        "redis://127.0.0.1:6379/zero",
+        "redis://127.0.0.1:6379/0/1",
+    ] {
+        let e = with_url(url).kind().unwrap_err();
+        assert!(matches!(e, ConfigError::InvalidUrl { .. }), "{url}: {e}");
+    }
+    let e = with_url(&format!("redis://:{SECRET}@127.0.0.1:6379/zero"))
+        .kind()
+        .unwrap_err();
+    assert!(!format!("{e} {e:?}").contains(SECRET), "{e}");
+    assert!(e.to_string().contains("database number"), "{e}");
+}
+
+#[test]
+fn nats_and_redis_come_from_the_environment() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file(
+            "bus.toml",
+            "[transport]\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\nconnect_timeout = \"2s\"",
+        )?;
+        jail.set_env("BUS_TRANSPORT", "nats://127.0.0.1:4222");
+        jail.set_env("BUS_PUBLISH_TIMEOUT", "750ms");
+        let s = TransportSettings::load().map_err(err)?;
+        assert_eq!(s.kind().map_err(err)?, TransportKind::Nats);
+        let nats = s.nats_config("order-service").map_err(err)?;
+        assert_eq!(nats.connection_name, "order-service");
+        assert_eq!(nats.publish_timeout, Duration::from_millis(750));
+        assert_eq!(nats.connect_timeout, Duration::from_secs(2)); // from the file
+        assert!(s.amqp_config("x").is_err());
+        assert!(s.redis_config("x").is_err());
+
+        jail.set_env("BUS_TRANSPORT", "tls://app:pw@nats.internal:4222");
+        let s = TransportSettings::load().map_err(err)?;
+        assert_eq!(s.kind().map_err(err)?, TransportKind::NatsTls);
+
+        jail.set_env("BUS_TRANSPORT", "redis://127.0.0.1:6379/0");
+        jail.set_env("BUS_CONNECTION_NAME", "billing-eu");
+        let s = TransportSettings::load().map_err(err)?;
+        assert_eq!(s.kind().map_err(err)?, TransportKind::Redis);
+        let redis = s.redis_config("ignored").map_err(err)?;
+        assert_eq!(redis.consumer_name, "billing-eu");
+        assert_eq!(redis.operation_timeout, Duration::from_millis(750));
+        assert_eq!(redis.connect_timeout, Duration::from_secs(2));
+        assert_eq!(redis.redacted_url(), "redis://127.0.0.1:6379/0");
+        assert!(s.nats_config("x").is_err());
+        assert!(!s.is_memory());
+
+        jail.set_env("BUS_TRANSPORT", "rediss://127.0.0.1:6380");
+        match TransportSettings::load() {
+            Err(ConfigError::NotSupportedYet { scheme }) => assert_eq!(scheme, "rediss"),
+            other => panic!("expected NotSupportedYet, got {other:?}"),
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn nats_and_redis_come_from_the_file() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file(
+            "bus.toml",
+            r#"
+            [transport]
+            url = "nats://n1:4222,nats://n2:4222"
+            connection_name = "billing"
+            connect_timeout = 4
+            "#,
+        )?;
+        let s = TransportSettings::load().map_err(err)?;
+        assert_eq!(s.kind().map_err(err)?, TransportKind::Nats);
+        let nats = s.nats_config("ignored").map_err(err)?;
+        assert_eq!(nats.connection_name, "billing");
+        assert_eq!(nats.connect_timeout, Duration::from_secs(4));
+        assert_eq!(nats.publish_timeout, Duration::from_secs(10)); // the transport's default
+
+        jail.create_file(
+            "bus.toml",
+            "[transport]\nurl = \"redis://redis.internal:6379/2\"",
+        )?;
+        let s = TransportSettings::load().map_err(err)?;
+        let redis = s.redis_config("shipping-service").map_err(err)?;
+        assert_eq!(redis.consumer_name, "shipping-service");
+        assert_eq!(redis.operation_timeout, Duration::from_secs(5)); // the transport's default
+        Ok(())
+    });
+}
+
+#[test]
+fn nats_and_redis_secrets_never_show() {
+    let urls = [
+        format!("nats://shop:{SECRET}@nats.internal:4222"),
+        format!("tls://shop:{SECRET}@nats.internal:4222"),
+        format!("nats://{SECRET}@nats.internal:4222"),
+        format!("nats://n0:4222,nats://shop:{SECRET}@n1:4222"),
+        format!("redis://:{SECRET}@redis.internal:6379/0"),
+        format!("redis://shop:{SECRET}@redis.internal:6379"),
+    ];
+    for url in &urls {
+        let s = with_url(url);
+        let shown = format!("{s:?} {s:#?} {}", s.redacted_url());
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert!(shown.contains("***@"), "{shown}");
+        if let Ok(config) = s.nats_config("x") {
+            assert!(!format!("{config:?}").contains(SECRET));
+        }
+        if let Ok(config) = s.redis_config("x") {
+            assert!(!format!("{config:?}").contains(SECRET));
+        }
+    }
+    assert_eq!(
+        with_url(&urls[2]).redacted_url(),
+        "nats://***@nats.internal:4222"
+    );
+    assert_eq!(
+        with_url(&urls[4]).redacted_url(),
+        "redis://:***@redis.internal:6379/0"
+    );
+    assert_eq!(
+        with_url(&urls[5]).redacted_url(),
+        "redis://shop:***@redis.internal:6379"
+    );
+
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        let check = |what: &str, result: Result<TransportSettings, ConfigError>| {
+            let e = result.expect_err(what);
+            let text = format!("{e} {e:?}");
+            assert!(!text.contains(SECRET), "{what}: {text}");
+        };
+        for url in &urls {
+            // A flat `transport = "..."` instead of the table: serde quotes the value it found.
+            jail.create_file("bus.toml", &format!("transport = \"{url}\""))?;
+            check("flat key", TransportSettings::load());
+            // The URL next to a bad value.
+            jail.create_file(
+                "bus.toml",
+                &format!("[transport]\nurl = \"{url}\"\nconnect_timeout = \"soon\""),
+            )?;
+            check("bad value next to the URL", TransportSettings::load());
+        }
+        jail.create_file("bus.toml", "")?;
+        for url in [
+            format!("nats://shop:{SECRET}@[bad-host"),
+            format!("nats://{SECRET}@n1:port"),
+            format!("redis://:{SECRET}@[bad-host"),
+            format!("rediss://:{SECRET}@redis:6380"),
+        ] {
+            jail.set_env("BUS_TRANSPORT", &url);
+            check(&url, TransportSettings::load());
+        }
+        Ok(())
+    });
 }
 
 #[test]
@@ -352,6 +539,49 @@ fn the_password_never_shows_in_connection_errors() {
 }
 
 #[test]
+fn the_password_never_shows_in_nats_and_redis_connection_errors() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (url, shown) in [
+        (
+            format!("nats://shop:{SECRET}@127.0.0.1:1"),
+            "nats://shop:***@127.0.0.1:1",
+        ),
+        (
+            format!("nats://{SECRET}@127.0.0.1:1"),
+            "nats://***@127.0.0.1:1",
+        ),
+        (
+            format!("redis://:{SECRET}@127.0.0.1:1/0"),
+            "redis://:***@127.0.0.1:1/0",
+        ),
+        (
+            format!("redis://shop:{SECRET}@127.0.0.1:1"),
+            "redis://shop:***@127.0.0.1:1",
+        ),
+    ] {
+        let s = TransportSettings {
+            url,
+            connect_timeout: Some(Duration::from_secs(5)),
+            ..TransportSettings::default()
+        };
+        let e = match rt.block_on(s.open("test")) {
+            Ok(_) => panic!("nothing should listen on 127.0.0.1:1"),
+            Err(e) => e,
+        };
+        let text = format!("{e} {e:?}");
+        assert!(matches!(e, ConfigError::Connect { .. }), "{text}");
+        assert!(!text.contains(SECRET), "{text}");
+        assert!(
+            text.starts_with(&format!("could not connect to {shown}: ")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
 fn memory_settings_open_a_memory_transport() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -365,6 +595,8 @@ fn memory_settings_open_a_memory_transport() {
     assert_eq!(transport.name(), "memory");
     assert!(transport.as_memory().is_some());
     assert!(transport.as_amqp().is_none());
+    assert!(transport.as_nats().is_none());
+    assert!(transport.as_redis().is_none());
     assert_eq!(transport.shared().name(), "memory");
     rt.block_on(transport.close()).unwrap();
 }

@@ -5,11 +5,14 @@ use std::sync::Arc;
 use bus_core::{Transport, TransportError};
 use bus_transport_amqp::AmqpTransport;
 use bus_transport_memory::MemoryTransport;
+use bus_transport_nats::NatsTransport;
+use bus_transport_redis::RedisTransport;
 
 /// The transport [`crate::TransportSettings::open`] opened.
 ///
 /// [`ConfiguredTransport::shared`] gives it to a bus; the variants reach what only one kind
-/// offers (the in-memory error queues, closing an AMQP connection).
+/// offers (the in-memory error queues, closing an AMQP or NATS connection, the NATS client,
+/// the Redis key names).
 ///
 /// ```
 /// use bus_transport_config::{ConfiguredTransport, TransportSettings};
@@ -35,6 +38,10 @@ pub enum ConfiguredTransport {
     Memory(MemoryTransport),
     /// RabbitMQ.
     Amqp(AmqpTransport),
+    /// NATS JetStream.
+    Nats(NatsTransport),
+    /// Redis Streams.
+    Redis(RedisTransport),
 }
 
 impl ConfiguredTransport {
@@ -44,14 +51,18 @@ impl ConfiguredTransport {
         match self {
             ConfiguredTransport::Memory(t) => Arc::new(t.clone()),
             ConfiguredTransport::Amqp(t) => Arc::new(t.clone()),
+            ConfiguredTransport::Nats(t) => Arc::new(t.clone()),
+            ConfiguredTransport::Redis(t) => Arc::new(t.clone()),
         }
     }
 
-    /// A short name for logs: `memory` or `amqp`.
+    /// A short name for logs: `memory`, `amqp`, `nats` or `redis`.
     pub fn name(&self) -> &str {
         match self {
             ConfiguredTransport::Memory(t) => t.name(),
             ConfiguredTransport::Amqp(t) => t.name(),
+            ConfiguredTransport::Nats(t) => t.name(),
+            ConfiguredTransport::Redis(t) => t.name(),
         }
     }
 
@@ -59,7 +70,7 @@ impl ConfiguredTransport {
     pub fn as_memory(&self) -> Option<&MemoryTransport> {
         match self {
             ConfiguredTransport::Memory(t) => Some(t),
-            ConfiguredTransport::Amqp(_) => None,
+            _ => None,
         }
     }
 
@@ -67,17 +78,36 @@ impl ConfiguredTransport {
     pub fn as_amqp(&self) -> Option<&AmqpTransport> {
         match self {
             ConfiguredTransport::Amqp(t) => Some(t),
-            ConfiguredTransport::Memory(_) => None,
+            _ => None,
         }
     }
 
-    /// Close the broker connection gracefully (after [`bus_core::Bus::shutdown`]); the
-    /// broker then returns anything still unacknowledged to its queue at once. Nothing to do
-    /// in memory.
+    /// The NATS transport, if that is what the configuration chose.
+    pub fn as_nats(&self) -> Option<&NatsTransport> {
+        match self {
+            ConfiguredTransport::Nats(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The Redis transport, if that is what the configuration chose.
+    pub fn as_redis(&self) -> Option<&RedisTransport> {
+        match self {
+            ConfiguredTransport::Redis(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Close the broker connection gracefully (after [`bus_core::Bus::shutdown`]): AMQP
+    /// returns anything still unacknowledged to its queue at once, NATS flushes what is
+    /// buffered and drains the connection. Nothing to do in memory, nor on Redis, whose
+    /// connections close when the last clone of the transport is dropped (its unsettled
+    /// deliveries are taken over by another consumer after the reclaim idle time).
     pub async fn close(&self) -> Result<(), TransportError> {
         match self {
-            ConfiguredTransport::Memory(_) => Ok(()),
+            ConfiguredTransport::Memory(_) | ConfiguredTransport::Redis(_) => Ok(()),
             ConfiguredTransport::Amqp(t) => t.close().await,
+            ConfiguredTransport::Nats(t) => t.close().await,
         }
     }
 }
