@@ -6,6 +6,7 @@ pub mod conformance;
 pub mod faulty;
 pub mod messages;
 pub mod nats_broker;
+pub mod nats_server;
 pub mod proxy;
 pub mod redis_broker;
 pub mod redis_server;

@@ -7,6 +7,11 @@
 //! With `WORKER_REDIS_URL` set, the worker runs on Redis Streams instead (`WORKER_AMQP_URL` is
 //! then not needed): `WORKER_PREFIX` is the key prefix, and `WORKER_RECLAIM_IDLE_MS` (default
 //! 30000) how long the deliveries of a dead consumer wait before another takes them over.
+//!
+//! With `WORKER_NATS_URL` set, the worker runs on NATS JetStream instead: `WORKER_PREFIX` is
+//! the subject prefix (streams are named with it in upper case), and `WORKER_ACK_WAIT_MS`
+//! (default 30000) the ack wait of the endpoint's consumer when the worker creates it: how
+//! long the deliveries of a dead consumer wait before JetStream hands them out again.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -15,6 +20,7 @@ use std::time::Duration;
 use bus_core::{Bus, HandlerError, MessageContext, State};
 use bus_tests::messages::Work;
 use bus_transport_amqp::{AmqpConfig, AmqpTransport, Naming};
+use bus_transport_nats::{NatsConfig, NatsTransport};
 use bus_transport_redis::{RedisConfig, RedisTransport};
 
 #[derive(Clone)]
@@ -50,6 +56,9 @@ async fn main() {
     let out = Out(Arc::new(Mutex::new(file)), delay);
     if let Ok(url) = std::env::var("WORKER_REDIS_URL") {
         return run_on_redis(url, prefix, endpoint, out).await;
+    }
+    if let Ok(url) = std::env::var("WORKER_NATS_URL") {
+        return run_on_nats(url, prefix, endpoint, out).await;
     }
     let naming = Naming {
         queue_prefix: prefix.clone(),
@@ -130,4 +139,50 @@ async fn run_on_redis(url: String, prefix: String, endpoint: String, out: Out) {
         _ = tokio::signal::ctrl_c() => {}
     }
     bus.shutdown().await;
+}
+
+/// The same worker on NATS JetStream.
+async fn run_on_nats(url: String, prefix: String, endpoint: String, out: Out) {
+    let ack_wait = std::env::var("WORKER_ACK_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(30), Duration::from_millis);
+    let naming = bus_transport_nats::Naming {
+        subject_prefix: prefix.clone(),
+        stream_prefix: prefix.to_uppercase(),
+        ..bus_transport_nats::Naming::default()
+    };
+    let transport = NatsTransport::connect(
+        NatsConfig::new(url)
+            .connection_name("worker")
+            .naming(naming)
+            .ack_wait(ack_wait),
+    )
+    .await
+    .expect("connect");
+    let bus = Bus::builder()
+        .transport(transport.clone())
+        .without_discovery()
+        .handler(endpoint.clone(), work)
+        .route::<Work>(endpoint.clone())
+        .state(out)
+        .endpoint(endpoint, |e| {
+            e.concurrency(8)
+                .prefetch(50)
+                .immediate_retries(0)
+                .delayed_retries(0, Duration::ZERO)
+        })
+        .shutdown_grace(Duration::from_secs(5))
+        .start()
+        .await
+        .expect("start the bus");
+    println!("ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    bus.shutdown().await;
+    let _ = transport.close().await;
 }

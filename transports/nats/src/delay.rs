@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::timeout;
 
-use crate::subscription::{is_stopped, pause_or_stop, Inflight};
+use crate::subscription::{is_stopped, pause_or_stop, reconnected, Inflight};
 use crate::topology::{ensure_consumer, ConsumerKind};
 use crate::transport::NatsTransport;
 use crate::wire;
@@ -38,6 +38,7 @@ pub(crate) async fn move_due(
 ) {
     let inner = &transport.inner;
     let config = &inner.config;
+    let mut connections = inner.connections.clone();
     let mut consumer: Option<PullConsumer> = None;
     let mut pause = Duration::from_millis(200);
     while !is_stopped(&stop) {
@@ -60,6 +61,8 @@ pub(crate) async fn move_due(
                 }
             }
         };
+        // As for the input: a reconnect ends the pull, which the server may have forgotten.
+        connections.mark_unchanged();
         let request = c
             .batch()
             .max_messages(BATCH)
@@ -78,7 +81,15 @@ pub(crate) async fn move_due(
         };
         pause = Duration::from_millis(200);
         let limit = config.fetch_wait + Duration::from_secs(10);
-        while let Ok(Some(item)) = timeout(limit, batch.next()).await {
+        loop {
+            let next = tokio::select! {
+                biased;
+                next = timeout(limit, batch.next()) => next,
+                () = reconnected(&mut connections) => break,
+            };
+            let Ok(Some(item)) = next else {
+                break;
+            };
             match item {
                 Ok(message) => move_one(&transport, &endpoint, message).await,
                 Err(error) => {

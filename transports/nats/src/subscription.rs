@@ -5,7 +5,9 @@
 //! through a channel, so [`Subscription::next`] is cancel-safe: dropping it loses nothing.
 //! From the moment a message is pulled until it is settled, a progress ticker tells JetStream
 //! that work is going on, so a long handler (or a message waiting for a free handler) is not
-//! redelivered to another instance at the end of the ack wait.
+//! redelivered to another instance at the end of the ack wait. When the client reconnects,
+//! the pull in progress ends and a new one starts at once: the server may have forgotten the
+//! old request (a restart) or dropped it while the connection was gone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -245,6 +247,14 @@ pub(crate) async fn pause_or_stop(pause: Duration, stop: &mut watch::Receiver<bo
     }
 }
 
+/// Wait for the next connection to be established (a reconnect); never returns once the
+/// client is gone.
+pub(crate) async fn reconnected(connections: &mut watch::Receiver<u64>) {
+    if connections.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 pub(crate) fn is_stopped(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow() || stop.has_changed().is_err()
 }
@@ -268,6 +278,7 @@ async fn pull_loop(
     let inner = &transport.inner;
     let config = &inner.config;
     let progress = progress_every(&transport);
+    let mut connections = inner.connections.clone();
     let mut consumer = Some(consumer);
     let mut pause = PAUSE_MIN;
     loop {
@@ -306,6 +317,11 @@ async fn pull_loop(
                 }
             }
         };
+        // A reconnect from here on ends this pull at once: a restarted server forgot the
+        // request, and a server that saw the connection go dropped it for lack of interest,
+        // so waiting for its end (the client's timer, fetch_wait + 5 s) would idle the
+        // endpoint that long after every reconnect.
+        connections.mark_unchanged();
         let request = c
             .batch()
             .max_messages(held.len())
@@ -338,7 +354,18 @@ async fn pull_loop(
         // went silent); the outer limit only guards against a stalled client.
         let limit = config.fetch_wait + Duration::from_secs(10);
         loop {
-            let item = match timeout(limit, batch.next()).await {
+            // Messages that arrived come first. The server skips a request whose inbox has
+            // no subscriber, so ending the pull strands nothing, short of a message already
+            // on its way, which comes back after the ack wait.
+            let next = tokio::select! {
+                biased;
+                next = timeout(limit, batch.next()) => next,
+                () = reconnected(&mut connections) => {
+                    tracing::debug!(%endpoint, "connection re-established; pulling again");
+                    break;
+                }
+            };
+            let item = match next {
                 Err(_) | Ok(None) => break,
                 Ok(Some(item)) => item,
             };

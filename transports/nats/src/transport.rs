@@ -12,6 +12,7 @@ use bus_core::{
     async_trait, Bytes, Destination, Outgoing, SubscribeOptions, Subscription, Topology, Transport,
     TransportError,
 };
+use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::config::{check_subject_part, Auth, NatsConfig};
@@ -50,6 +51,9 @@ pub(crate) struct Inner {
     pub(crate) config: NatsConfig,
     pub(crate) client: async_nats::Client,
     pub(crate) js: jetstream::Context,
+    /// Counts the connections established (the first and every reconnect), so pulls can
+    /// start over on a new connection instead of waiting out a request the server forgot.
+    pub(crate) connections: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for NatsTransport {
@@ -92,6 +96,7 @@ impl NatsTransport {
             Auth::Token(token) => ConnectOptions::with_token(token),
         };
         let scrubber = config.clone();
+        let (connected, connections) = watch::channel(0u64);
         options = options
             .name(&config.connection_name)
             .connection_timeout(config.connect_timeout)
@@ -102,6 +107,9 @@ impl NatsTransport {
                 Duration::from_millis(ms.min(2_000))
             })
             .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Connected) {
+                    connected.send_modify(|n| *n += 1);
+                }
                 let text = scrubber.scrub(&event.to_string());
                 async move {
                     match event {
@@ -166,7 +174,12 @@ impl NatsTransport {
         }
         tracing::info!(url = %url, name = %config.connection_name, "connected to NATS JetStream");
         Ok(NatsTransport {
-            inner: Arc::new(Inner { config, client, js }),
+            inner: Arc::new(Inner {
+                config,
+                client,
+                js,
+                connections,
+            }),
         })
     }
 
