@@ -73,6 +73,20 @@ pub fn encode<M: Message>(codec: &dyn Codec, message: &M) -> Result<Bytes, Codec
     codec.encode(message)
 }
 
+/// Encode with the built-in JSON codec, typed: the same bytes as [`JsonCodec::encode`] without
+/// going through `erased_serde` (a virtual call per field).
+pub(crate) fn encode_json<M: Message>(message: &M) -> Result<Bytes, CodecError> {
+    let mut out = Vec::with_capacity(256);
+    serde_json::to_writer(&mut out, message).map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(Bytes::from(out))
+}
+
+/// Decode with the built-in JSON codec, typed: what [`decode`] does with [`JsonCodec`] without
+/// going through `erased_serde`.
+pub(crate) fn decode_json<M: Message>(body: &[u8]) -> Result<M, CodecError> {
+    serde_json::from_slice(body).map_err(|e| CodecError::Decode(e.to_string()))
+}
+
 /// Decode a message of a known type.
 pub fn decode<M: Message>(codec: &dyn Codec, body: &[u8]) -> Result<M, CodecError> {
     let mut out = None;
@@ -88,6 +102,8 @@ pub fn decode<M: Message>(codec: &dyn Codec, body: &[u8]) -> Result<M, CodecErro
 pub struct Codecs {
     default: Arc<dyn Codec>,
     by_type: HashMap<String, Arc<dyn Codec>>,
+    /// The built-in JSON codec, recognised by identity so typed code can skip the type erasure.
+    json: Arc<dyn Codec>,
 }
 
 impl Default for Codecs {
@@ -96,8 +112,9 @@ impl Default for Codecs {
         let mut by_type = HashMap::new();
         by_type.insert(JSON.to_string(), json.clone());
         Codecs {
-            default: json,
+            default: json.clone(),
             by_type,
+            json,
         }
     }
 }
@@ -115,6 +132,11 @@ impl Codecs {
     /// The codec for outgoing messages.
     pub fn default_codec(&self) -> &Arc<dyn Codec> {
         &self.default
+    }
+
+    /// Whether `codec` is the built-in [`JsonCodec`] (not a replacement registered for JSON).
+    pub(crate) fn is_builtin_json(&self, codec: &Arc<dyn Codec>) -> bool {
+        Arc::ptr_eq(codec, &self.json)
     }
 
     /// The codec for a content type. Parameters such as `; charset=utf-8` are ignored.

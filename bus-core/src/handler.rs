@@ -59,7 +59,8 @@ pub struct StateRequirement {
     pub type_name: &'static str,
 }
 
-type DecodeFn = fn(&Body, &dyn Codec) -> Result<Box<dyn Any + Send>, CodecError>;
+/// Decodes a body for the handler; the flag says the codec is the built-in JSON one.
+type DecodeFn = fn(&Body, &dyn Codec, bool) -> Result<Box<dyn Any + Send>, CodecError>;
 type InvokeFn = dyn Fn(Box<dyn Any + Send>, MessageContext) -> BoxFuture<Result<(), HandlerError>>
     + Send
     + Sync;
@@ -137,12 +138,15 @@ impl HandlerDescriptor {
         self
     }
 
+    /// Decode a body for this handler; `builtin_json` says `codec` is the built-in JSON codec,
+    /// which is then called typed.
     pub(crate) fn decode(
         &self,
         body: &Body,
         codec: &dyn Codec,
+        builtin_json: bool,
     ) -> Result<Box<dyn Any + Send>, CodecError> {
-        (self.decode)(body, codec)
+        (self.decode)(body, codec, builtin_json)
     }
 
     pub(crate) fn invoke(
@@ -157,6 +161,7 @@ impl HandlerDescriptor {
 fn decode_body<M: Message>(
     body: &Body,
     codec: &dyn Codec,
+    builtin_json: bool,
 ) -> Result<Box<dyn Any + Send>, CodecError> {
     match body {
         Body::Message(m) => match m.downcast_ref::<M>() {
@@ -167,6 +172,7 @@ fn decode_body<M: Message>(
                 M::NAME
             ))),
         },
+        Body::Bytes(bytes) if builtin_json => Ok(Box::new(codec::decode_json::<M>(bytes)?)),
         Body::Bytes(bytes) => Ok(Box::new(codec::decode::<M>(codec, bytes)?)),
     }
 }

@@ -121,7 +121,9 @@ pub mod postgres {
 
     impl std::fmt::Debug for PostgresInbox {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("PostgresInbox").field("table", &self.table).finish()
+            f.debug_struct("PostgresInbox")
+                .field("table", &self.table)
+                .finish()
         }
     }
 
@@ -164,7 +166,10 @@ pub mod postgres {
         /// Run `f` on a live client, reconnecting once if the connection was lost.
         async fn with_client<T>(
             &self,
-            f: impl for<'c> Fn(&'c Client) -> futures_util::future::BoxFuture<'c, Result<T, tokio_postgres::Error>>,
+            f: impl for<'c> Fn(
+                &'c Client,
+            )
+                -> futures_util::future::BoxFuture<'c, Result<T, tokio_postgres::Error>>,
         ) -> Result<T, TransportError> {
             let mut guard = self.client.lock().await;
             if guard.as_ref().is_none_or(Client::is_closed) {
@@ -191,7 +196,10 @@ pub mod postgres {
     #[async_trait]
     impl Inbox for PostgresInbox {
         async fn contains(&self, endpoint: &str, message_id: &str) -> Result<bool, TransportError> {
-            let sql = format!("SELECT 1 FROM {} WHERE endpoint = $1 AND message_id = $2", self.table);
+            let sql = format!(
+                "SELECT 1 FROM {} WHERE endpoint = $1 AND message_id = $2",
+                self.table
+            );
             let rows = self
                 .with_client(|c| {
                     let sql = sql.clone();

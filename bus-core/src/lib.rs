@@ -79,9 +79,9 @@ pub use handler::{
     BoxFuture, Handler, HandlerDescriptor, HandlerRegistration, IntoHandlerResult, MessageInfo,
     MessageRegistration, StateRequirement,
 };
-pub use inbox::{Inbox, MemoryInbox};
 #[cfg(feature = "postgres")]
 pub use inbox::postgres;
+pub use inbox::{Inbox, MemoryInbox};
 pub use message::{AnyMessage, Command, DynMessage, Event, Message, MessageKind};
 pub use transport::{
     Acker, Delivery, Destination, EndpointTopology, Outgoing, SubscribeOptions, Subscription,

@@ -2,7 +2,7 @@
 //! release their outgoing messages, then ack, schedule a delayed retry, or move it to the error
 //! queue. [`classify`]-style decisions live in one place: [`handle_delivery`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
-use crate::bus::Shared;
+use crate::bus::{NameMap, Shared};
 use crate::codec::Codec;
 use crate::context::MessageContext;
 use crate::endpoint::EndpointConfig;
@@ -54,7 +54,7 @@ impl Signal {
 pub(crate) struct EndpointRuntime {
     pub(crate) name: Arc<str>,
     pub(crate) config: EndpointConfig,
-    pub(crate) handlers: HashMap<String, Vec<HandlerDescriptor>>,
+    pub(crate) handlers: NameMap<Vec<HandlerDescriptor>>,
     pub(crate) shared: Arc<Shared>,
     /// Message ids being handled now (only tracked for endpoints with an inbox).
     pub(crate) in_flight: Mutex<HashSet<String>>,
@@ -69,7 +69,10 @@ struct InFlight<'a> {
 impl<'a> InFlight<'a> {
     fn claim(ep: &'a EndpointRuntime, id: &str) -> Option<Self> {
         let mut set = ep.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        set.insert(id.to_string()).then(|| InFlight { ep, id: id.to_string() })
+        set.insert(id.to_string()).then(|| InFlight {
+            ep,
+            id: id.to_string(),
+        })
     }
 }
 
@@ -147,7 +150,9 @@ async fn work(
             }
             Some(Ok(delivery)) => {
                 // Dropping the handler drops its delivery unsettled: redelivered.
-                let _ = unless_cancelled(&abort, handle_delivery(&ep, delivery)).await;
+                // Pinned in place: moving a future this size costs a copy per message.
+                let handling = std::pin::pin!(handle_delivery(&ep, delivery));
+                let _ = unless_cancelled(&abort, handling).await;
             }
         }
     }
@@ -228,10 +233,19 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
             }
         }
     };
-    let mut decoded = Vec::with_capacity(handlers.len());
-    for h in handlers {
-        match h.decode(&envelope.body, codec.as_ref()) {
-            Ok(value) => decoded.push(Some(value)),
+    // One handler is the common case: its slot lives on the stack, not in a Vec.
+    let mut one = [None];
+    let mut many = Vec::new();
+    let decoded: &mut [Option<Box<dyn std::any::Any + Send>>] = if handlers.len() == 1 {
+        &mut one
+    } else {
+        many.resize_with(handlers.len(), || None);
+        &mut many
+    };
+    let builtin_json = ep.shared.codecs.is_builtin_json(&codec);
+    for (h, slot) in handlers.iter().zip(decoded.iter_mut()) {
+        match h.decode(&envelope.body, codec.as_ref(), builtin_json) {
+            Ok(value) => *slot = Some(value),
             Err(error) => {
                 let f = Failure::rejected(FailureReason::Deserialization, error.to_string())
                     .with_handler(h.name());
@@ -284,7 +298,7 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
         match run_attempt(
             ep,
             handlers,
-            &mut decoded,
+            decoded,
             &envelope,
             codec.as_ref(),
             attempt,
@@ -355,7 +369,7 @@ async fn run_attempt(
     for (h, slot) in handlers.iter().zip(decoded.iter_mut()) {
         let message = match slot.take() {
             Some(m) => m,
-            None => h.decode(&envelope.body, codec).map_err(|e| {
+            None => h.decode(&envelope.body, codec, false).map_err(|e| {
                 Failure::rejected(FailureReason::Deserialization, e.to_string())
                     .with_handler(h.name())
             })?,

@@ -93,7 +93,7 @@ impl AmqpScope {
 
     /// A raw lapin connection to the broker.
     pub async fn raw(&self) -> Connection {
-        Connection::connect(&self.url, ConnectionProperties::default())
+        raw_connection(&self.url)
             .await
             .expect("raw lapin connection")
     }
@@ -118,8 +118,20 @@ impl AmqpScope {
         n
     }
 
-    /// Delete every queue and the exchange of this scope.
+    /// Delete every queue and the exchange of this scope (best effort, bounded in time).
     pub async fn cleanup(&self) {
+        if tokio::time::timeout(Duration::from_secs(60), self.delete_all())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "cleanup of {} did not finish in time",
+                self.naming.queue_prefix
+            );
+        }
+    }
+
+    async fn delete_all(&self) {
         let out = tokio::process::Command::new("rabbitmqctl")
             .args(["list_queues", "-q", "--no-table-headers", "name"])
             .output()
@@ -133,7 +145,7 @@ impl AmqpScope {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        let Ok(conn) = Connection::connect(&self.url, ConnectionProperties::default()).await else {
+        let Ok(conn) = raw_connection(&self.url).await else {
             return;
         };
         for name in names {
@@ -153,6 +165,26 @@ impl AmqpScope {
         }
         let _ = conn.close(200, "cleanup".into()).await;
     }
+}
+
+/// A plain lapin connection, each attempt bounded in time (a connect that never answers is
+/// retried, not waited on forever).
+pub async fn raw_connection(url: &str) -> Result<Connection, String> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            Connection::connect(url, ConnectionProperties::default()),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "no answer within 10 s".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last)
 }
 
 /// The PostgreSQL the tests use: `BUS_TEST_POSTGRES`, by default the local server's `test` db.

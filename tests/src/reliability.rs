@@ -14,6 +14,10 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bus_core::{HandlerError, MessageContext, State};
+
+use crate::messages::{Risky, Work};
+
 /// Small counts for CI, or the counts of RELIABILITY.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
@@ -302,4 +306,50 @@ impl Drop for MemoryAlarm {
     fn drop(&mut self) {
         self.reset();
     }
+}
+
+/// The handler of reliability tests: records the delivery, fails the first `fail_first`
+/// attempts, then records the message as handled.
+pub async fn tallied(
+    cmd: Work,
+    ctx: MessageContext,
+    State(t): State<Tally>,
+) -> Result<(), HandlerError> {
+    t.delivered(cmd.n, ctx.redelivered(), ctx.attempt());
+    if ctx.attempt() <= cmd.fail_first {
+        return Err(HandlerError::new(format!(
+            "work {} fails attempt {}",
+            cmd.n,
+            ctx.attempt()
+        )));
+    }
+    t.handled(cmd.n);
+    Ok(())
+}
+
+/// A handler that misbehaves as `Risky::mode` asks: panics, hangs, or sends a `Work` and
+/// fails its first two attempts.
+pub async fn risky(
+    cmd: Risky,
+    ctx: MessageContext,
+    State(t): State<Tally>,
+) -> Result<(), HandlerError> {
+    t.delivered(cmd.n, ctx.redelivered(), ctx.attempt());
+    match cmd.mode.as_str() {
+        "panic" => panic!("risky {} panicked", cmd.n),
+        "hang" => tokio::time::sleep(Duration::from_secs(3600)).await,
+        "send-then-fail" => {
+            ctx.send(Work {
+                n: cmd.n,
+                fail_first: 0,
+            })
+            .await?;
+            if ctx.attempt() <= 2 {
+                return Err(HandlerError::new("fails after sending"));
+            }
+        }
+        _ => {}
+    }
+    t.handled(cmd.n);
+    Ok(())
 }

@@ -18,53 +18,12 @@ use bus_tests::broker::AmqpScope;
 use bus_tests::eventually;
 use bus_tests::faulty::FailingErrorQueue;
 use bus_tests::messages::{Risky, Work};
-use bus_tests::reliability::{self, report, BrokerStopped, MemoryAlarm, Tally, Tier, BROKER_LOCK};
+use bus_tests::reliability::{
+    self, report, risky, tallied, BrokerStopped, MemoryAlarm, Tally, Tier, BROKER_LOCK,
+};
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
-
-async fn tallied(
-    cmd: Work,
-    ctx: MessageContext,
-    State(t): State<Tally>,
-) -> Result<(), HandlerError> {
-    t.delivered(cmd.n, ctx.redelivered(), ctx.attempt());
-    if ctx.attempt() <= cmd.fail_first {
-        return Err(HandlerError::new(format!(
-            "work {} fails attempt {}",
-            cmd.n,
-            ctx.attempt()
-        )));
-    }
-    t.handled(cmd.n);
-    Ok(())
-}
-
-async fn risky(
-    cmd: Risky,
-    ctx: MessageContext,
-    State(t): State<Tally>,
-) -> Result<(), HandlerError> {
-    t.delivered(cmd.n, ctx.redelivered(), ctx.attempt());
-    match cmd.mode.as_str() {
-        "panic" => panic!("risky {} panicked", cmd.n),
-        "hang" => tokio::time::sleep(Duration::from_secs(3600)).await,
-        "fail" => return Err(HandlerError::new("always fails")),
-        "send-then-fail" => {
-            ctx.send(Work {
-                n: cmd.n,
-                fail_first: 0,
-            })
-            .await?;
-            if ctx.attempt() <= 2 {
-                return Err(HandlerError::new("fails after sending"));
-            }
-        }
-        _ => {}
-    }
-    t.handled(cmd.n);
-    Ok(())
-}
 
 /// Runs a test body holding the broker lock, cleaning the scope up afterwards, also on panic.
 async fn scoped<F, Fut>(test: &str, body: F)

@@ -13,50 +13,8 @@ use bus_core::{
 use bus_tests::eventually;
 use bus_tests::faulty::FailingErrorQueue;
 use bus_tests::messages::{Risky, Work};
-use bus_tests::reliability::{report, Tally, Tier};
+use bus_tests::reliability::{report, risky, tallied, Tally, Tier};
 use bus_transport_memory::MemoryTransport;
-
-async fn tallied(
-    cmd: Work,
-    ctx: MessageContext,
-    State(t): State<Tally>,
-) -> Result<(), HandlerError> {
-    t.delivered(cmd.n, ctx.redelivered(), ctx.attempt());
-    if ctx.attempt() <= cmd.fail_first {
-        return Err(HandlerError::new(format!(
-            "work {} fails attempt {}",
-            cmd.n,
-            ctx.attempt()
-        )));
-    }
-    t.handled(cmd.n);
-    Ok(())
-}
-
-async fn risky(
-    cmd: Risky,
-    ctx: MessageContext,
-    State(t): State<Tally>,
-) -> Result<(), HandlerError> {
-    t.delivered(cmd.n, ctx.redelivered(), ctx.attempt());
-    match cmd.mode.as_str() {
-        "panic" => panic!("risky {} panicked", cmd.n),
-        "hang" => tokio::time::sleep(Duration::from_secs(3600)).await,
-        "send-then-fail" => {
-            ctx.send(Work {
-                n: cmd.n,
-                fail_first: 0,
-            })
-            .await?;
-            if ctx.attempt() <= 2 {
-                return Err(HandlerError::new("fails after sending"));
-            }
-        }
-        _ => {}
-    }
-    t.handled(cmd.n);
-    Ok(())
-}
 
 fn bus(transport: Arc<dyn Transport>, endpoint: &str, tally: &Tally) -> bus_core::BusBuilder {
     Bus::builder()

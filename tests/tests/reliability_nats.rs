@@ -32,12 +32,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bus_core::{Bus, BusError, HandlerError, MessageContext, SendOptions, State, TransportError};
+use bus_core::{Bus, BusError, SendOptions, TransportError};
 use bus_tests::eventually;
 use bus_tests::messages::Work;
 use bus_tests::nats_server::NatsServer;
 use bus_tests::proxy::Proxy;
-use bus_tests::reliability::{report, Tally, Tier, BROKER_LOCK};
+use bus_tests::reliability::{report, tallied, Tally, Tier, BROKER_LOCK};
 use bus_transport_nats::async_nats;
 use bus_transport_nats::async_nats::jetstream::consumer::pull;
 use bus_transport_nats::{Naming, NatsConfig, NatsTransport};
@@ -63,16 +63,6 @@ fn naming() -> Naming {
         stream_prefix: PREFIX.to_uppercase(),
         ..Naming::default()
     }
-}
-
-async fn tallied(
-    cmd: Work,
-    ctx: MessageContext,
-    State(t): State<Tally>,
-) -> Result<(), HandlerError> {
-    t.delivered(cmd.n, ctx.redelivered(), ctx.attempt());
-    t.handled(cmd.n);
-    Ok(())
 }
 
 /// Settings for the test's server at `url` (possibly a proxy in front of it); every send is

@@ -23,12 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bus_core::{Bus, BusError, HandlerError, MessageContext, State, TransportError};
+use bus_core::{Bus, BusError, TransportError};
 use bus_tests::eventually;
 use bus_tests::messages::Work;
 use bus_tests::proxy::Proxy;
 use bus_tests::redis_server::{Persistence, RedisServer};
-use bus_tests::reliability::{report, Tally, Tier, BROKER_LOCK};
+use bus_tests::reliability::{report, tallied, Tally, Tier, BROKER_LOCK};
 use bus_transport_redis::{Keys, RedisConfig, RedisTransport};
 
 /// Key prefix of every test (each test has a server of its own).
@@ -37,16 +37,6 @@ const PREFIX: &str = "rel";
 /// How long a delivery left unsettled (its ack lost with a connection, or its consumer dead)
 /// waits before another consumer takes it over. Short, so the tests end soon.
 const RECLAIM_IDLE: Duration = Duration::from_secs(3);
-
-async fn tallied(
-    cmd: Work,
-    ctx: MessageContext,
-    State(t): State<Tally>,
-) -> Result<(), HandlerError> {
-    t.delivered(cmd.n, ctx.redelivered(), ctx.attempt());
-    t.handled(cmd.n);
-    Ok(())
-}
 
 /// Settings for the test's server at `url` (possibly a proxy in front of it).
 fn config(url: &str, name: &str, operation_timeout: Duration) -> RedisConfig {

@@ -6,7 +6,8 @@
 //! - One bounded queue per endpoint: `send` waits while the queue is full (backpressure), so
 //!   memory stays proportional to the bound, not to what producers send. Error queues are not
 //!   bounded: a failed message must always have somewhere to go.
-//! - Competing consumers: several subscriptions on one queue share its messages.
+//! - Competing consumers: several subscriptions on one queue share its messages; a new message
+//!   goes to the consumer that has waited longest, so none is starved.
 //! - Fan-out: an event goes to the queue of every endpoint that subscribes to its wire name.
 //! - Acks: a delivery is acked, nacked (back to the head of the queue, marked redelivered) or
 //!   dropped unsettled (treated as a nack). Prefetch bounds unsettled deliveries.
@@ -21,7 +22,7 @@
 //! # drop(same_broker);
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use bus_core::{
     async_trait, Acker, Delivery, Destination, Envelope, Outgoing, SubscribeOptions, Subscription,
     Topology, Transport, TransportError,
 };
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 /// The in-memory transport. Clones share the same queues.
 #[derive(Clone)]
@@ -41,9 +42,12 @@ struct Inner {
     capacity: usize,
     typed: bool,
     send_timeout: Duration,
-    queues: RwLock<HashMap<String, Arc<Queue>>>,
-    bindings: RwLock<HashMap<String, Vec<Arc<Queue>>>>,
+    queues: RwLock<NameMap<Arc<Queue>>>,
+    bindings: RwLock<NameMap<Vec<Arc<Queue>>>>,
 }
+
+/// Queues and bindings by name, looked up on every send.
+type NameMap<V> = fnv::FnvHashMap<String, V>;
 
 impl Default for MemoryTransport {
     fn default() -> Self {
@@ -72,8 +76,8 @@ impl MemoryTransport {
                 capacity: capacity.max(1),
                 typed,
                 send_timeout,
-                queues: RwLock::new(HashMap::new()),
-                bindings: RwLock::new(HashMap::new()),
+                queues: RwLock::new(NameMap::default()),
+                bindings: RwLock::new(NameMap::default()),
             }),
         }
     }
@@ -139,7 +143,6 @@ impl MemoryTransport {
                 Arc::new(Queue {
                     name: name.to_string(),
                     state: Mutex::new(QueueState::default()),
-                    available: Notify::new(),
                     room: bounded.then(|| Arc::new(Semaphore::new(self.inner.capacity))),
                 })
             })
@@ -229,10 +232,9 @@ impl Transport for MemoryTransport {
     }
 
     async fn send(&self, message: Outgoing) -> Result<(), TransportError> {
-        if let (Destination::Endpoint(e), None) = (
-            &message.destination,
-            message.delay.filter(|d| !d.is_zero()),
-        ) {
+        if let (Destination::Endpoint(e), None) =
+            (&message.destination, message.delay.filter(|d| !d.is_zero()))
+        {
             // One queue, now: no list of targets, no copy of the envelope.
             let q = self
                 .queue(e)
@@ -290,12 +292,13 @@ struct Stored {
 struct QueueState {
     ready: VecDeque<Stored>,
     unacked: usize,
+    /// Consumers waiting for a message, first come first served.
+    waiters: VecDeque<oneshot::Sender<Stored>>,
 }
 
 struct Queue {
     name: String,
     state: Mutex<QueueState>,
-    available: Notify,
     /// Free slots; `None` for unbounded (error) queues.
     room: Option<Arc<Semaphore>>,
 }
@@ -305,24 +308,44 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, stored: Stored, front: bool) {
-        {
-            let mut state = self.lock();
-            if front {
-                state.ready.push_front(stored);
-            } else {
-                state.ready.push_back(stored);
+    /// Hand a message to the consumer waiting longest, or queue it if none waits.
+    ///
+    /// Handing it over (rather than waking a consumer to come and take it) keeps competing
+    /// consumers fair: a consumer already running would otherwise win nearly every race against
+    /// one just woken, and could starve it.
+    fn push(&self, mut stored: Stored, front: bool) {
+        let mut state = self.lock();
+        while let Some(waiter) = state.waiters.pop_front() {
+            match waiter.send(stored) {
+                Ok(()) => {
+                    state.unacked += 1;
+                    return;
+                }
+                // That consumer stopped waiting: try the next one.
+                Err(back) => stored = back,
             }
         }
-        self.available.notify_one();
+        if front {
+            state.ready.push_front(stored);
+        } else {
+            state.ready.push_back(stored);
+        }
     }
 
-    /// Take the oldest ready message, counted as unacked; and whether more are ready.
-    fn pop(&self) -> Option<(Stored, bool)> {
+    /// The oldest ready message, counted as unacked; or a place in line for the next one.
+    fn pop_or_wait(&self) -> Result<Stored, oneshot::Receiver<Stored>> {
         let mut state = self.lock();
-        let stored = state.ready.pop_front()?;
-        state.unacked += 1;
-        Some((stored, !state.ready.is_empty()))
+        match state.ready.pop_front() {
+            Some(stored) => {
+                state.unacked += 1;
+                Ok(stored)
+            }
+            None => {
+                let (tx, rx) = oneshot::channel();
+                state.waiters.push_back(tx);
+                Err(rx)
+            }
+        }
     }
 
     fn settle(&self, requeue: Option<Stored>) {
@@ -356,29 +379,50 @@ impl Subscription for MemorySubscription {
 
     async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
         let permit = self.prefetch.clone().acquire_owned().await.ok()?;
-        loop {
-            // Ready messages are taken without registering for a wake-up first.
-            if let Some(popped) = self.queue.pop() {
-                return Some(Ok(self.deliver(popped, permit)));
+        let stored = loop {
+            let rx = match self.queue.pop_or_wait() {
+                Ok(stored) => break stored,
+                Err(rx) => rx,
+            };
+            let mut waiting = Waiting {
+                queue: &self.queue,
+                rx: Some(rx),
+            };
+            let handed = match waiting.rx.as_mut() {
+                Some(rx) => rx.await.ok(),
+                None => None,
+            };
+            if let Some(stored) = handed {
+                waiting.rx = None;
+                break stored;
             }
-            let notified = self.queue.available.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // A push between the look above and `enable` would be missed without this one.
-            if let Some(popped) = self.queue.pop() {
-                return Some(Ok(self.deliver(popped, permit)));
+            // The line was cleared without a message for us: take a place again.
+        };
+        Some(Ok(self.deliver(stored, permit)))
+    }
+}
+
+/// A consumer's place in line. If it stops waiting (its `next` is dropped) just as a message
+/// was handed to it, the message goes back to the head of the queue: never lost.
+struct Waiting<'a> {
+    queue: &'a Queue,
+    rx: Option<oneshot::Receiver<Stored>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(stored) = rx.try_recv() {
+                self.queue.lock().unacked -= 1;
+                self.queue.push(stored, true);
             }
-            notified.await;
         }
     }
 }
 
 impl MemorySubscription {
-    fn deliver(&self, (mut stored, more): (Stored, bool), permit: OwnedSemaphorePermit) -> Delivery {
-        // Pass the wake-up on if more is waiting, so other consumers are not starved.
-        if more {
-            self.queue.available.notify_one();
-        }
+    fn deliver(&self, mut stored: Stored, permit: OwnedSemaphorePermit) -> Delivery {
         stored.delivery_count += 1;
         let count = stored.delivery_count;
         let acker = MemoryAcker {

@@ -1,0 +1,177 @@
+//! `bus-bench`: the bus against the raw library beneath it, on the same work, in the same run,
+//! with fixed inputs. Prints one row per figure (bus, raw, bus/raw) and the machine facts.
+//!
+//! ```text
+//! cargo run -p bus-bench --release -- --quick      # about a minute
+//! cargo run -p bus-bench --release                 # the full run
+//! cargo run -p bus-bench --release -- --json       # one JSON object per line
+//! ```
+//!
+//! Where things live: `memory` (in-memory commands and events against tokio channels), `amqp`
+//! (RabbitMQ against raw lapin), `rss` (memory held by queued messages, measured in child
+//! processes), `probe` (messages, the shared handler, the sink and its histograms), `machine`
+//! (facts printed with the table), `report` (table and JSON lines).
+
+mod amqp;
+mod machine;
+mod memory;
+mod probe;
+mod report;
+mod rss;
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+/// Benchmark the bus against tokio channels and raw lapin on the same work.
+#[derive(Parser, Debug)]
+#[command(name = "bus-bench", version)]
+struct Args {
+    /// Smaller counts and shorter latency runs (about a minute in all).
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object per line (machine facts first, then one per figure).
+    #[arg(long)]
+    json: bool,
+    /// Run only the cases whose group name contains this text: `memory-commands`,
+    /// `memory-events`, `amqp-e2e`, `amqp-publish`, `amqp-sizes`, `footprint`.
+    #[arg(long)]
+    only: Option<String>,
+    /// The broker of the AMQP cases.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// Skip the AMQP cases.
+    #[arg(long)]
+    no_amqp: bool,
+    /// Internal: tiny counts and one handler only, to run under a profiler.
+    #[arg(long, hide = true)]
+    reduced: bool,
+    /// Internal: measure one memory footprint in this process and print it as JSON.
+    #[arg(long, hide = true)]
+    rss_child: Option<String>,
+}
+
+/// How much work each case does; fixed per mode, so runs compare.
+pub struct Scale {
+    /// Handler counts of the in-memory command case.
+    pub concurrencies: Vec<usize>,
+    /// Repetitions of each in-memory measurement (the median is reported).
+    pub repeats: usize,
+    /// Messages before an in-memory measurement starts.
+    pub mem_warmup: u64,
+    /// Messages of an in-memory throughput measurement.
+    pub mem_messages: u64,
+    /// Messages of an in-memory latency measurement.
+    pub mem_latency_messages: u64,
+    /// Messages of the AMQP end-to-end and publish-only throughput runs.
+    pub amqp_messages: u64,
+    /// Turns raw and bus take in the AMQP end-to-end case (the counts and the time are split).
+    pub amqp_rounds: usize,
+    /// Offered rate of the AMQP latency run, msg/s.
+    pub amqp_rate: u64,
+    /// Length of the AMQP latency run.
+    pub amqp_latency: Duration,
+    /// Events of the AMQP fan-out run.
+    pub fanout_messages: u64,
+    /// Body sizes and message counts of the AMQP size runs.
+    pub sizes: Vec<(usize, u64)>,
+}
+
+impl Scale {
+    fn new(quick: bool, reduced: bool) -> Scale {
+        if reduced {
+            Scale {
+                concurrencies: vec![1],
+                repeats: 1,
+                mem_warmup: 2_000,
+                mem_messages: 50_000,
+                mem_latency_messages: 2_000,
+                amqp_messages: 2_000,
+                amqp_rounds: 1,
+                amqp_rate: 1_000,
+                amqp_latency: Duration::from_secs(1),
+                fanout_messages: 1_000,
+                sizes: vec![(1024, 500)],
+            }
+        } else if quick {
+            Scale {
+                concurrencies: vec![1, 2, 4],
+                repeats: 3,
+                mem_warmup: 10_000,
+                mem_messages: 300_000,
+                mem_latency_messages: 20_000,
+                amqp_messages: 10_000,
+                amqp_rounds: 2,
+                amqp_rate: 1_000,
+                amqp_latency: Duration::from_secs(3),
+                fanout_messages: 5_000,
+                sizes: vec![(1024, 5_000), (16 * 1024, 2_000), (256 * 1024, 200)],
+            }
+        } else {
+            Scale {
+                concurrencies: vec![1, 2, 4],
+                repeats: 5,
+                mem_warmup: 50_000,
+                mem_messages: 2_000_000,
+                mem_latency_messages: 100_000,
+                amqp_messages: 100_000,
+                amqp_rounds: 2,
+                amqp_rate: 1_000,
+                amqp_latency: Duration::from_secs(10),
+                fanout_messages: 30_000,
+                sizes: vec![(1024, 30_000), (16 * 1024, 10_000), (256 * 1024, 1_000)],
+            }
+        }
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Some(which) = &args.rss_child {
+        rss::child(which);
+        return;
+    }
+    if cfg!(debug_assertions) {
+        probe::progress("warning: a debug build; figures mean little (use --release)");
+    }
+    let started = Instant::now();
+    let machine = machine::Machine::probe(args.quick);
+    let scale = Scale::new(args.quick, args.reduced);
+    let wanted = |group: &str| args.only.as_deref().is_none_or(|o| group.contains(o));
+
+    let mut rows = Vec::new();
+    if wanted("memory-commands") {
+        rows.extend(memory::commands(&scale));
+    }
+    if wanted("memory-events") {
+        rows.extend(memory::events(&scale));
+    }
+    let amqp_groups = ["amqp-e2e", "amqp-publish", "amqp-sizes"];
+    if !args.no_amqp && amqp_groups.iter().any(|g| wanted(g)) {
+        match amqp::reachable(&args.amqp_url) {
+            Err(why) => probe::progress(format!(
+                "skipping the AMQP cases: the broker is unreachable ({why})"
+            )),
+            Ok(()) => {
+                if wanted("amqp-e2e") {
+                    rows.extend(amqp::end_to_end(&scale, &args.amqp_url));
+                }
+                if wanted("amqp-publish") {
+                    rows.extend(amqp::publish_and_fanout(&scale, &args.amqp_url));
+                }
+                if wanted("amqp-sizes") {
+                    rows.extend(amqp::body_sizes(&scale, &args.amqp_url));
+                }
+            }
+        }
+    }
+    if wanted("footprint") {
+        rows.extend(rss::footprint());
+    }
+    probe::progress(format!("done in {:.1} s", started.elapsed().as_secs_f64()));
+    if args.json {
+        print!("{}", report::json_lines(&machine, &rows));
+    } else {
+        print!("{}", report::table(&machine, &rows));
+    }
+}

@@ -1,0 +1,368 @@
+//! In-memory cases: commands through the bus on the memory transport against a tokio `mpsc`
+//! channel, events to three endpoints against a tokio `broadcast` channel. Both sides run the
+//! same handler through the same kind of dynamic dispatch (a boxed future).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bus_core::{Bus, HandlerError};
+use bus_transport_memory::MemoryTransport;
+use tokio::sync::{broadcast, mpsc, Semaphore};
+
+use crate::probe::{
+    handle, median, now_ns, progress, runtime, DynHandler, MemNoticed, MemWork, Sink,
+};
+use crate::report::Row;
+use crate::Scale;
+
+/// Queue bound on both sides (the memory transport's default).
+const CAPACITY: usize = 10_000;
+/// Longest a single measurement may take before the case is declared stuck.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Throughput (msg/s) and latency (p50, p99 in µs) of one side.
+struct Figures {
+    per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Case 1: commands, with 1, 2 and 4 concurrent handlers.
+pub fn commands(scale: &Scale) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &concurrency in &scale.concurrencies {
+        let case = format!(
+            "memory commands, {concurrency} handler{}",
+            if concurrency == 1 { "" } else { "s" }
+        );
+        progress(format!("{case}: bus"));
+        let bus = repeat(scale, || bus_commands(scale, concurrency));
+        progress(format!("{case}: raw mpsc"));
+        let raw = repeat(scale, || raw_commands(scale, concurrency));
+        rows.extend(figure_rows(
+            &case,
+            &bus,
+            &raw,
+            "tokio mpsc + boxed handler",
+            concurrency,
+        ));
+    }
+    rows
+}
+
+/// Case 2: one event to three endpoints.
+pub fn events(scale: &Scale) -> Vec<Row> {
+    let case = "memory events to 3 endpoints";
+    progress(format!("{case}: bus"));
+    let bus = repeat(scale, || bus_events(scale));
+    progress(format!("{case}: raw broadcast"));
+    let raw = repeat(scale, || raw_events(scale));
+    figure_rows(case, &bus, &raw, "tokio broadcast, 3 receivers", 1)
+}
+
+fn figure_rows(case: &str, bus: &Figures, raw: &Figures, note: &str, window: usize) -> Vec<Row> {
+    vec![
+        Row::new(case, "throughput", "msg/s", bus.per_sec, raw.per_sec, true).note(note),
+        Row::new(
+            case,
+            format!("latency p50, {window} in flight"),
+            "µs",
+            bus.p50_us,
+            raw.p50_us,
+            false,
+        )
+        .note(note),
+        Row::new(
+            case,
+            format!("latency p99, {window} in flight"),
+            "µs",
+            bus.p99_us,
+            raw.p99_us,
+            false,
+        )
+        .note(note),
+    ]
+}
+
+/// Run a measurement `scale.repeats` times; report the median of each figure.
+fn repeat(scale: &Scale, mut run: impl FnMut() -> Figures) -> Figures {
+    let runs: Vec<Figures> = (0..scale.repeats).map(|_| run()).collect();
+    Figures {
+        per_sec: median(runs.iter().map(|f| f.per_sec).collect()),
+        p50_us: median(runs.iter().map(|f| f.p50_us).collect()),
+        p99_us: median(runs.iter().map(|f| f.p99_us).collect()),
+    }
+}
+
+/// Send `n` messages through `send` from a task of the runtime; the rate at which the sink
+/// saw them all.
+async fn flood<F, Fut>(sink: &Arc<Sink>, n: u64, send: F) -> f64
+where
+    F: Fn(u64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    sink.arm(n, false, None);
+    let started = Instant::now();
+    let producer = tokio::spawn(async move {
+        for seq in 0..n {
+            send(seq).await;
+        }
+    });
+    producer.await.expect("producer task");
+    assert!(sink.wait(LIMIT).await, "throughput run stuck");
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Send `n` messages, at most `window` unhandled at a time (each stamped at send), and return
+/// p50 and p99 of send-to-handler latency. `copies` is how many handlers see each message.
+async fn paced<F, Fut>(sink: &Arc<Sink>, n: u64, window: usize, copies: u32, send: F) -> (f64, f64)
+where
+    F: Fn(u64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let permits = Arc::new(Semaphore::new(window * copies as usize));
+    sink.arm(n * u64::from(copies), true, Some(permits.clone()));
+    let producer = tokio::spawn(async move {
+        for seq in 0..n {
+            permits
+                .acquire_many(copies)
+                .await
+                .expect("window open")
+                .forget();
+            send(seq).await;
+        }
+    });
+    producer.await.expect("producer task");
+    assert!(sink.wait(LIMIT).await, "latency run stuck");
+    sink.percentiles_us().unwrap_or((f64::NAN, f64::NAN))
+}
+
+fn bus_commands(scale: &Scale, concurrency: usize) -> Figures {
+    runtime().block_on(async {
+        let sink = Sink::new();
+        let s = sink.clone();
+        let bus = Bus::builder()
+            .without_discovery()
+            .transport(MemoryTransport::new().capacity(CAPACITY))
+            .handler("bench-mem", move |m: MemWork| handle(s.clone(), m.sent_ns))
+            .endpoint("bench-mem", move |e| e.concurrency(concurrency))
+            .host(["bench-mem"])
+            .start()
+            .await
+            .expect("bus starts");
+        let send = |stamp: bool| {
+            let bus = bus.clone();
+            move |seq| {
+                let bus = bus.clone();
+                async move {
+                    let sent_ns = if stamp { now_ns() } else { 0 };
+                    bus.send(MemWork { seq, sent_ns }).await.expect("send");
+                }
+            }
+        };
+        flood(&sink, scale.mem_warmup, send(false)).await;
+        let per_sec = flood(&sink, scale.mem_messages, send(false)).await;
+        let (p50_us, p99_us) = paced(
+            &sink,
+            scale.mem_latency_messages,
+            concurrency,
+            1,
+            send(true),
+        )
+        .await;
+        bus.shutdown().await;
+        Figures {
+            per_sec,
+            p50_us,
+            p99_us,
+        }
+    })
+}
+
+fn raw_commands(scale: &Scale, concurrency: usize) -> Figures {
+    runtime().block_on(async {
+        let sink = Sink::new();
+        let s = sink.clone();
+        let handler: DynHandler<MemWork> = Arc::new(move |m: MemWork| {
+            Box::pin(handle(s.clone(), m.sent_ns)) as bus_core::BoxFuture<Result<(), HandlerError>>
+        });
+        let (tx, rx) = mpsc::channel::<MemWork>(CAPACITY);
+        let mut workers = Vec::new();
+        if concurrency == 1 {
+            let mut rx = rx;
+            let h = handler.clone();
+            workers.push(tokio::spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    let _ = h(m).await;
+                }
+            }));
+        } else {
+            // N tasks draining one channel: the receiver is shared behind a lock.
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            for _ in 0..concurrency {
+                let rx = rx.clone();
+                let h = handler.clone();
+                workers.push(tokio::spawn(async move {
+                    loop {
+                        let next = rx.lock().await.recv().await;
+                        match next {
+                            Some(m) => {
+                                let _ = h(m).await;
+                            }
+                            None => break,
+                        }
+                    }
+                }));
+            }
+        }
+        let send = |stamp: bool| {
+            let tx = tx.clone();
+            move |seq| {
+                let tx = tx.clone();
+                async move {
+                    let sent_ns = if stamp { now_ns() } else { 0 };
+                    tx.send(MemWork { seq, sent_ns }).await.expect("send");
+                }
+            }
+        };
+        flood(&sink, scale.mem_warmup, send(false)).await;
+        let per_sec = flood(&sink, scale.mem_messages, send(false)).await;
+        let (p50_us, p99_us) = paced(
+            &sink,
+            scale.mem_latency_messages,
+            concurrency,
+            1,
+            send(true),
+        )
+        .await;
+        drop(tx);
+        for w in workers {
+            let _ = w.await;
+        }
+        Figures {
+            per_sec,
+            p50_us,
+            p99_us,
+        }
+    })
+}
+
+const EVENT_ENDPOINTS: [&str; 3] = ["bench-ev-1", "bench-ev-2", "bench-ev-3"];
+
+fn bus_events(scale: &Scale) -> Figures {
+    runtime().block_on(async {
+        let sink = Sink::new();
+        let mut builder = Bus::builder()
+            .without_discovery()
+            .transport(MemoryTransport::new().capacity(CAPACITY))
+            .host(EVENT_ENDPOINTS);
+        for ep in EVENT_ENDPOINTS {
+            let s = sink.clone();
+            builder = builder
+                .handler(ep, move |m: MemNoticed| handle(s.clone(), m.sent_ns))
+                .endpoint(ep, |e| e.concurrency(1));
+        }
+        let bus = builder.start().await.expect("bus starts");
+        let publish = |stamp: bool| {
+            let bus = bus.clone();
+            move |seq| {
+                let bus = bus.clone();
+                async move {
+                    let sent_ns = if stamp { now_ns() } else { 0 };
+                    bus.publish(MemNoticed { seq, sent_ns })
+                        .await
+                        .expect("publish");
+                }
+            }
+        };
+        flood3(&sink, scale.mem_warmup, publish(false)).await;
+        let per_sec = flood3(&sink, scale.mem_messages / 3, publish(false)).await;
+        let (p50_us, p99_us) =
+            paced(&sink, scale.mem_latency_messages / 3, 1, 3, publish(true)).await;
+        bus.shutdown().await;
+        Figures {
+            per_sec,
+            p50_us,
+            p99_us,
+        }
+    })
+}
+
+/// Like [`flood`], for events handled three times each; the figure is events published per
+/// second (each delivered three times).
+async fn flood3<F, Fut>(sink: &Arc<Sink>, n: u64, publish: F) -> f64
+where
+    F: Fn(u64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    sink.arm(3 * n, false, None);
+    let started = Instant::now();
+    let producer = tokio::spawn(async move {
+        for seq in 0..n {
+            publish(seq).await;
+        }
+    });
+    producer.await.expect("producer task");
+    assert!(sink.wait(LIMIT).await, "throughput run stuck");
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn raw_events(scale: &Scale) -> Figures {
+    runtime().block_on(async {
+        let sink = Sink::new();
+        let s = sink.clone();
+        let handler: DynHandler<MemNoticed> = Arc::new(move |m: MemNoticed| {
+            Box::pin(handle(s.clone(), m.sent_ns)) as bus_core::BoxFuture<Result<(), HandlerError>>
+        });
+        let (tx, _) = broadcast::channel::<MemNoticed>(CAPACITY);
+        let mut workers = Vec::new();
+        for _ in 0..3 {
+            let mut rx = tx.subscribe();
+            let h = handler.clone();
+            workers.push(tokio::spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(m) => {
+                            let _ = h(m).await;
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            panic!(
+                                "broadcast receiver lagged by {n}: the producer outran the bound"
+                            )
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            }));
+        }
+        let publish = |stamp: bool| {
+            let tx = tx.clone();
+            move |seq| {
+                let tx = tx.clone();
+                async move {
+                    // broadcast never blocks a sender; wait for room as the bus's bounded
+                    // queues make it, so both sides hold at most CAPACITY messages.
+                    while tx.len() >= CAPACITY {
+                        tokio::task::yield_now().await;
+                    }
+                    let sent_ns = if stamp { now_ns() } else { 0 };
+                    tx.send(MemNoticed { seq, sent_ns })
+                        .expect("receivers alive");
+                }
+            }
+        };
+        flood3(&sink, scale.mem_warmup, publish(false)).await;
+        let per_sec = flood3(&sink, scale.mem_messages / 3, publish(false)).await;
+        let (p50_us, p99_us) =
+            paced(&sink, scale.mem_latency_messages / 3, 1, 3, publish(true)).await;
+        drop(tx);
+        for w in workers {
+            let _ = w.await;
+        }
+        Figures {
+            per_sec,
+            p50_us,
+            p99_us,
+        }
+    })
+}
