@@ -30,7 +30,7 @@ use crate::Scale;
 use hdrhistogram::Histogram;
 
 /// Publisher confirms awaited at once, on both sides.
-const WINDOW: usize = 1_000;
+pub(crate) const WINDOW: usize = 1_000;
 /// Prefetch of every consumer, on both sides.
 const PREFETCH: u16 = 1_000;
 /// Handlers the bus runs at once per endpoint: one, as the raw side's single consumer loop.
@@ -135,7 +135,7 @@ impl Scope {
 }
 
 /// Run `n` sends with at most `WINDOW` unfinished at once (each send finishes on its confirm).
-async fn windowed<F, Fut>(n: u64, send: F)
+pub(crate) async fn windowed<F, Fut>(n: u64, send: F)
 where
     F: Fn(u64) -> Fut,
     Fut: Future<Output = Result<(), String>>,
@@ -428,7 +428,7 @@ fn raw_send_with(
     }
 }
 
-fn payload_of(body: usize) -> Arc<String> {
+pub(crate) fn payload_of(body: usize) -> Arc<String> {
     // {"seq":N,"sent_ns":N,"payload":""} takes about 45 bytes with realistic numbers.
     Arc::new(filler(body.saturating_sub(45)))
 }
@@ -543,9 +543,9 @@ fn raw_e2e_latency(url: &str, rate: u64, duration: Duration) -> Histogram<u64> {
 }
 
 /// Messages per second, and client CPU per message in microseconds.
-struct Run {
-    rate: f64,
-    cpu_us: f64,
+pub(crate) struct Run {
+    pub(crate) rate: f64,
+    pub(crate) cpu_us: f64,
 }
 
 fn bus_publish_only(url: &str, n: u64) -> Run {

@@ -8,22 +8,25 @@
 //! ```
 //!
 //! Where things live: `memory` (in-memory commands and events against tokio channels), `amqp`
-//! (RabbitMQ against raw lapin), `rss` (memory held by queued messages, measured in child
+//! (RabbitMQ against raw lapin), `jetstream` (NATS JetStream against raw async-nats), `streams`
+//! (Redis Streams against the raw `redis` crate), `rss` (memory held by queued messages, measured in child
 //! processes), `probe` (messages, the shared handler, the sink and its histograms), `machine`
 //! (facts printed with the table), `report` (table and JSON lines).
 
 mod amqp;
+mod jetstream;
 mod machine;
 mod memory;
 mod probe;
 mod report;
 mod rss;
+mod streams;
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-/// Benchmark the bus against tokio channels and raw lapin on the same work.
+/// Benchmark the bus against tokio channels, raw lapin, async-nats and redis on the same work.
 #[derive(Parser, Debug)]
 #[command(name = "bus-bench", version)]
 struct Args {
@@ -34,7 +37,8 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// Run only the cases whose group name contains this text: `memory-commands`,
-    /// `memory-events`, `amqp-e2e`, `amqp-publish`, `amqp-sizes`, `footprint`.
+    /// `memory-events`, `amqp-e2e`, `amqp-publish`, `amqp-sizes`, `nats-e2e`, `redis-e2e`,
+    /// `footprint`.
     #[arg(long)]
     only: Option<String>,
     /// The broker of the AMQP cases.
@@ -43,6 +47,12 @@ struct Args {
     /// Skip the AMQP cases.
     #[arg(long)]
     no_amqp: bool,
+    /// The server of the NATS JetStream case.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// The server of the Redis Streams case.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
     /// Internal: tiny counts and one handler only, to run under a profiler.
     #[arg(long, hide = true)]
     reduced: bool,
@@ -75,6 +85,8 @@ pub struct Scale {
     pub fanout_messages: u64,
     /// Body sizes and message counts of the AMQP size runs.
     pub sizes: Vec<(usize, u64)>,
+    /// Messages of the NATS and Redis end-to-end runs.
+    pub stream_messages: u64,
 }
 
 impl Scale {
@@ -92,6 +104,7 @@ impl Scale {
                 amqp_latency: Duration::from_secs(1),
                 fanout_messages: 1_000,
                 sizes: vec![(1024, 500)],
+                stream_messages: 1_000,
             }
         } else if quick {
             Scale {
@@ -106,6 +119,7 @@ impl Scale {
                 amqp_latency: Duration::from_secs(3),
                 fanout_messages: 5_000,
                 sizes: vec![(1024, 5_000), (16 * 1024, 2_000), (256 * 1024, 200)],
+                stream_messages: 5_000,
             }
         } else {
             Scale {
@@ -120,6 +134,7 @@ impl Scale {
                 amqp_latency: Duration::from_secs(10),
                 fanout_messages: 30_000,
                 sizes: vec![(1024, 30_000), (16 * 1024, 10_000), (256 * 1024, 1_000)],
+                stream_messages: 30_000,
             }
         }
     }
@@ -163,6 +178,22 @@ fn main() {
                     rows.extend(amqp::body_sizes(&scale, &args.amqp_url));
                 }
             }
+        }
+    }
+    if wanted("nats-e2e") {
+        match jetstream::reachable(&args.nats_url) {
+            Err(why) => probe::progress(format!(
+                "skipping the NATS case: the server is unreachable ({why})"
+            )),
+            Ok(()) => rows.extend(jetstream::end_to_end(&scale, &args.nats_url)),
+        }
+    }
+    if wanted("redis-e2e") {
+        match streams::reachable(&args.redis_url) {
+            Err(why) => probe::progress(format!(
+                "skipping the Redis case: the server is unreachable ({why})"
+            )),
+            Ok(()) => rows.extend(streams::end_to_end(&scale, &args.redis_url)),
         }
     }
     if wanted("footprint") {

@@ -42,6 +42,18 @@ pub struct AmqpWork {
     pub payload: String,
 }
 
+/// A command for the NATS and Redis cases; `payload` sets the body size.
+#[derive(Command, Serialize, Deserialize, Clone, Debug)]
+#[command(name = "bench.StreamWork", endpoint = "bench-stream")]
+pub struct StreamWork {
+    /// Position in the run.
+    pub seq: u64,
+    /// [`now_ns`] when it was sent.
+    pub sent_ns: u64,
+    /// Filler.
+    pub payload: String,
+}
+
 /// An event for the AMQP fan-out case.
 #[derive(Event, Serialize, Deserialize, Clone, Debug)]
 #[event(name = "bench.AmqpNoticed")]

@@ -53,7 +53,14 @@ pub struct AmqpTransport {
 
 struct Inner {
     config: AmqpConfig,
-    connection: Connection,
+    /// The URL with credentials applied, to open a fresh connection when recovery gives up.
+    url: String,
+    /// The current connection; replaced when the client library's own recovery gives up.
+    connection: Mutex<Arc<Connection>>,
+    /// Since when the connection has been down, as seen by [`AmqpTransport::reconnect_if_dead`].
+    down_since: Mutex<Option<Instant>>,
+    /// One fresh connection at a time.
+    reconnecting: tokio::sync::Mutex<()>,
     publisher: Mutex<Channel>,
     delay_queues: Mutex<HashSet<String>>,
     /// Hold consumer acks back and send them as one `multiple` ack (see [`AckBatch`]).
@@ -64,7 +71,7 @@ impl std::fmt::Debug for AmqpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpTransport")
             .field("config", &self.inner.config)
-            .field("connected", &self.inner.connection.status().connected())
+            .field("connected", &self.connection().status().connected())
             .finish()
     }
 }
@@ -87,7 +94,10 @@ impl AmqpTransport {
         Ok(AmqpTransport {
             inner: Arc::new(Inner {
                 config,
-                connection,
+                url,
+                connection: Mutex::new(Arc::new(connection)),
+                down_since: Mutex::new(None),
+                reconnecting: tokio::sync::Mutex::new(()),
                 publisher: Mutex::new(publisher),
                 delay_queues: Mutex::new(HashSet::new()),
                 batched_acks: AtomicBool::new(false),
@@ -125,7 +135,7 @@ impl AmqpTransport {
         let c = &self.inner.config;
         timeout(
             c.connect_timeout,
-            self.inner.connection.close(200, "bye".into()),
+            self.connection().close(200, "bye".into()),
         )
         .await
         .map_err(|_| TransportError::Timeout {
@@ -148,6 +158,80 @@ impl AmqpTransport {
         TransportError::Connection(format!("{what}: {text}"))
     }
 
+    fn connection(&self) -> Arc<Connection> {
+        self.inner
+            .connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The client library recovers a dropped connection by itself, but after a broker restart
+    /// it can give up and stay down. When the connection has been down for a few seconds, open
+    /// a fresh one (and a new publisher channel); subscriptions then re-open on it.
+    pub(crate) async fn reconnect_if_dead(&self) {
+        const GRACE: Duration = Duration::from_secs(3);
+        if self.connection().status().connected() {
+            *self
+                .inner
+                .down_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+            return;
+        }
+        {
+            let mut down = self
+                .inner
+                .down_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let since = *down.get_or_insert_with(Instant::now);
+            if since.elapsed() < GRACE {
+                return;
+            }
+        }
+        let _one = self.inner.reconnecting.lock().await;
+        let old = self.connection();
+        if old.status().connected() {
+            return;
+        }
+        let config = &self.inner.config;
+        let fresh = match open(config, &self.inner.url, true).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "broker still unreachable");
+                return;
+            }
+        };
+        let publisher = match publisher_channel(&fresh, config).await {
+            Ok(ch) => ch,
+            Err(e) => {
+                tracing::debug!(error = %e, "no publisher channel on the fresh connection");
+                return;
+            }
+        };
+        *self
+            .inner
+            .connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        *self
+            .inner
+            .publisher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = publisher;
+        *self
+            .inner
+            .down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        tracing::info!(url = %config.redacted_url(), "the connection did not recover by itself; opened a fresh one");
+        // Stop the old connection's own recovery, so it cannot come back with old consumers.
+        tokio::spawn(async move {
+            let _ = timeout(Duration::from_secs(5), old.close(200, "replaced".into())).await;
+        });
+    }
+
     fn current_publisher(&self) -> Channel {
         self.inner
             .publisher
@@ -158,7 +242,7 @@ impl AmqpTransport {
 
     /// After a channel error that recovery cannot fix, open a new publisher channel.
     async fn replace_publisher(&self) -> Result<(), TransportError> {
-        let ch = publisher_channel(&self.inner.connection, &self.inner.config).await?;
+        let ch = publisher_channel(&self.connection(), &self.inner.config).await?;
         *self
             .inner
             .publisher
@@ -168,8 +252,7 @@ impl AmqpTransport {
     }
 
     async fn topology_channel(&self) -> Result<Channel, TransportError> {
-        self.inner
-            .connection
+        self.connection()
             .create_channel()
             .await
             .map_err(|e| self.lapin_error("opening a channel", &e))
@@ -410,7 +493,7 @@ impl Transport for AmqpTransport {
     }
 
     fn is_connected(&self) -> bool {
-        self.inner.connection.status().connected()
+        self.connection().status().connected()
     }
 
     async fn declare(&self, topology: &Topology) -> Result<(), TransportError> {
@@ -496,10 +579,17 @@ impl Transport for AmqpTransport {
                 Ok(Err(PublishError::Broker(e))) => e,
             };
             tracing::warn!(error = %self.inner.config.scrub(&error.to_string()), "publish failed; waiting for the connection to recover");
-            match timeout_at(deadline, ch.wait_for_recovery(error)).await {
-                Err(_) => return Err(timed_out()),
+            let wait = (Instant::now() + Duration::from_secs(2)).min(deadline);
+            match timeout_at(wait, ch.wait_for_recovery(error)).await {
+                Err(_) => {
+                    if Instant::now() >= deadline {
+                        return Err(timed_out());
+                    }
+                    self.reconnect_if_dead().await;
+                }
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
+                    self.reconnect_if_dead().await;
                     // Not recoverable on this channel (e.g. it was closed by a channel error):
                     // open another one, if the connection is up, and try again.
                     tracing::debug!(error = %self.inner.config.scrub(&e.to_string()), "publisher channel lost; opening a new one");
@@ -624,12 +714,32 @@ impl Subscription for AmqpSubscription {
             }
             if self.consumer.is_none() {
                 if let Err(e) = self.open().await {
+                    self.transport.reconnect_if_dead().await;
                     return Some(Err(e));
                 }
             }
+            // A consumer whose connection died without an error (recovery gave up) is
+            // noticed here: re-open it, on a fresh connection if need be.
+            if !self.transport.connection().status().connected() {
+                self.transport.reconnect_if_dead().await;
+                if self.transport.connection().status().connected()
+                    && !self
+                        .channel
+                        .as_ref()
+                        .is_some_and(|c| c.status().connected())
+                {
+                    self.consumer = None;
+                    self.channel = None;
+                    continue;
+                }
+            }
             let consumer = self.consumer.as_mut()?;
+            let watch = tokio::time::sleep(Duration::from_secs(2));
             let next = match &self.batch {
-                None => consumer.next().await,
+                None => tokio::select! {
+                    next = consumer.next() => next,
+                    _ = watch => continue,
+                },
                 Some(batch) => match futures_lite::future::poll_once(consumer.next()).await {
                     Some(next) => next,
                     None => {
