@@ -170,7 +170,9 @@ impl AmqpTransport {
     /// it can give up and stay down. When the connection has been down for a few seconds, open
     /// a fresh one (and a new publisher channel); subscriptions then re-open on it.
     pub(crate) async fn reconnect_if_dead(&self) {
-        const GRACE: Duration = Duration::from_secs(3);
+        // Long enough for the library's own recovery (its backoff tops out at 2 s) to win when
+        // it can.
+        const GRACE: Duration = Duration::from_secs(8);
         if self.connection().status().connected() {
             *self
                 .inner
@@ -226,9 +228,18 @@ impl AmqpTransport {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = None;
         tracing::info!(url = %config.redacted_url(), "the connection did not recover by itself; opened a fresh one");
-        // Stop the old connection's own recovery, so it cannot come back with old consumers.
+        // Stop the old connection for good. Its own recovery may still bring it back (with the
+        // consumers it remembers, whose deliveries nobody would read), so keep closing it until
+        // it is closed: closing returns whatever it holds to the queues.
         tokio::spawn(async move {
-            let _ = timeout(Duration::from_secs(5), old.close(200, "replaced".into())).await;
+            for _ in 0..120 {
+                let status = old.status();
+                if status.closed() || status.errored() {
+                    break;
+                }
+                let _ = timeout(Duration::from_secs(5), old.close(200, "replaced".into())).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         });
     }
 
