@@ -196,6 +196,9 @@ async fn b14_broker_restart_mid_stream() {
         faults.await.unwrap();
         let done = eventually(Duration::from_secs(300), || tally.all_confirmed_handled()).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
+        // Readiness follows the connection's state, which can lag the first deliveries after
+        // a restart by a few seconds.
+        eventually(Duration::from_secs(30), || c.bus.health().is_ready()).await;
         let health = c.bus.health();
         c.bus.shutdown().await;
         report(
