@@ -20,6 +20,7 @@ use std::time::Duration;
 use bus_core::{Bus, HandlerError, MessageContext, State};
 use bus_tests::messages::Work;
 use bus_transport_amqp::{AmqpConfig, AmqpTransport, Naming};
+use bus_transport_config::ConfiguredTransport;
 use bus_transport_nats::{NatsConfig, NatsTransport};
 use bus_transport_redis::{RedisConfig, RedisTransport};
 
@@ -42,126 +43,59 @@ async fn work(cmd: Work, ctx: MessageContext, State(out): State<Out>) -> Result<
 #[tokio::main]
 async fn main() {
     let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set"));
+    let millis = |k: &str, default: u64| {
+        Duration::from_millis(
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default),
+        )
+    };
     let prefix = var("WORKER_PREFIX");
     let endpoint = var("WORKER_ENDPOINT");
-    let delay = std::env::var("WORKER_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(var("WORKER_OUT"))
         .expect("open the output file");
-    let out = Out(Arc::new(Mutex::new(file)), delay);
-    if let Ok(url) = std::env::var("WORKER_REDIS_URL") {
-        return run_on_redis(url, prefix, endpoint, out).await;
-    }
-    if let Ok(url) = std::env::var("WORKER_NATS_URL") {
-        return run_on_nats(url, prefix, endpoint, out).await;
-    }
-    let naming = Naming {
-        queue_prefix: prefix.clone(),
-        events_exchange: format!("{prefix}bus.events"),
-        ..Naming::default()
-    };
-    let transport = AmqpTransport::connect(
-        AmqpConfig::new(var("WORKER_AMQP_URL"))
-            .connection_name("worker")
-            .naming(naming),
-    )
-    .await
-    .expect("connect");
-    let bus = Bus::builder()
-        .transport(transport.clone())
-        .without_discovery()
-        .handler(endpoint.clone(), work)
-        .route::<Work>(endpoint.clone())
-        .state(out)
-        .endpoint(endpoint, |e| {
-            e.concurrency(8)
-                .prefetch(50)
-                .immediate_retries(0)
-                .delayed_retries(0, Duration::ZERO)
-        })
-        .shutdown_grace(Duration::from_secs(5))
-        .start()
-        .await
-        .expect("start the bus");
-    println!("ready");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    bus.shutdown().await;
-    let _ = transport.close().await;
-}
+    let out = Out(
+        Arc::new(Mutex::new(file)),
+        millis("WORKER_DELAY_MS", 0).as_millis() as u64,
+    );
 
-/// The same worker on Redis Streams.
-async fn run_on_redis(url: String, prefix: String, endpoint: String, out: Out) {
-    let reclaim_idle = std::env::var("WORKER_RECLAIM_IDLE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(Duration::from_secs(30), Duration::from_millis);
-    let transport = RedisTransport::connect(
-        RedisConfig::new(url)
+    let transport = if let Ok(url) = std::env::var("WORKER_REDIS_URL") {
+        let config = RedisConfig::new(url)
             .key_prefix(prefix)
             .consumer_name("worker")
-            .reclaim_idle(reclaim_idle)
+            .reclaim_idle(millis("WORKER_RECLAIM_IDLE_MS", 30_000))
             .claim_interval(Duration::from_millis(500))
-            .block_timeout(Duration::from_millis(200)),
-    )
-    .await
-    .expect("connect");
-    let bus = Bus::builder()
-        .transport(transport)
-        .without_discovery()
-        .handler(endpoint.clone(), work)
-        .route::<Work>(endpoint.clone())
-        .state(out)
-        .endpoint(endpoint, |e| {
-            e.concurrency(8)
-                .prefetch(50)
-                .immediate_retries(0)
-                .delayed_retries(0, Duration::ZERO)
-        })
-        .shutdown_grace(Duration::from_secs(5))
-        .start()
-        .await
-        .expect("start the bus");
-    println!("ready");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    bus.shutdown().await;
-}
-
-/// The same worker on NATS JetStream.
-async fn run_on_nats(url: String, prefix: String, endpoint: String, out: Out) {
-    let ack_wait = std::env::var("WORKER_ACK_WAIT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(Duration::from_secs(30), Duration::from_millis);
-    let naming = bus_transport_nats::Naming {
-        subject_prefix: prefix.clone(),
-        stream_prefix: prefix.to_uppercase(),
-        ..bus_transport_nats::Naming::default()
-    };
-    let transport = NatsTransport::connect(
-        NatsConfig::new(url)
+            .block_timeout(Duration::from_millis(200));
+        ConfiguredTransport::Redis(RedisTransport::connect(config).await.expect("connect"))
+    } else if let Ok(url) = std::env::var("WORKER_NATS_URL") {
+        let naming = bus_transport_nats::Naming {
+            subject_prefix: prefix.clone(),
+            stream_prefix: prefix.to_uppercase(),
+            ..bus_transport_nats::Naming::default()
+        };
+        let config = NatsConfig::new(url)
             .connection_name("worker")
             .naming(naming)
-            .ack_wait(ack_wait),
-    )
-    .await
-    .expect("connect");
+            .ack_wait(millis("WORKER_ACK_WAIT_MS", 30_000));
+        ConfiguredTransport::Nats(NatsTransport::connect(config).await.expect("connect"))
+    } else {
+        let naming = Naming {
+            queue_prefix: prefix.clone(),
+            events_exchange: format!("{prefix}bus.events"),
+            ..Naming::default()
+        };
+        let config = AmqpConfig::new(var("WORKER_AMQP_URL"))
+            .connection_name("worker")
+            .naming(naming);
+        ConfiguredTransport::Amqp(AmqpTransport::connect(config).await.expect("connect"))
+    };
+
     let bus = Bus::builder()
-        .transport(transport.clone())
+        .transport_arc(transport.shared())
         .without_discovery()
         .handler(endpoint.clone(), work)
         .route::<Work>(endpoint.clone())

@@ -689,6 +689,24 @@ impl AmqpSubscription {
     }
 }
 
+impl AmqpSubscription {
+    async fn check_connection(&mut self) {
+        if self.transport.connection().status().connected() {
+            return;
+        }
+        self.transport.reconnect_if_dead().await;
+        if self.transport.connection().status().connected()
+            && !self
+                .channel
+                .as_ref()
+                .is_some_and(|c| c.status().connected())
+        {
+            self.consumer = None;
+            self.channel = None;
+        }
+    }
+}
+
 fn bus_core_tag() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -729,27 +747,18 @@ impl Subscription for AmqpSubscription {
                     return Some(Err(e));
                 }
             }
-            // A consumer whose connection died without an error (recovery gave up) is
-            // noticed here: re-open it, on a fresh connection if need be.
-            if !self.transport.connection().status().connected() {
-                self.transport.reconnect_if_dead().await;
-                if self.transport.connection().status().connected()
-                    && !self
-                        .channel
-                        .as_ref()
-                        .is_some_and(|c| c.status().connected())
-                {
-                    self.consumer = None;
-                    self.channel = None;
-                    continue;
-                }
-            }
             let consumer = self.consumer.as_mut()?;
             let watch = tokio::time::sleep(Duration::from_secs(2));
             let next = match &self.batch {
                 None => tokio::select! {
                     next = consumer.next() => next,
-                    _ = watch => continue,
+                    _ = watch => {
+                        // Two quiet seconds: a consumer whose connection died without an error
+                        // (the library's recovery gave up) is noticed here, off the hot path,
+                        // and re-opened, on a fresh connection if need be.
+                        self.check_connection().await;
+                        continue;
+                    }
                 },
                 Some(batch) => match futures_lite::future::poll_once(consumer.next()).await {
                     Some(next) => next,
