@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod redis_broker;
 pub mod redis_server;
 pub mod reliability;
+pub mod server_process;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
