@@ -2284,6 +2284,10 @@ async fn fan_out_groups_body(f: &dyn TransportFactory) {
                     let tally = tally.clone();
                     let me = me.clone();
                     async move {
+                        // A little work per event, as real handlers have: an instance already
+                        // running could otherwise drain the whole backlog before a sibling's
+                        // worker is first scheduled, and "competing" would not be observable.
+                        tokio::time::sleep(Duration::from_millis(2)).await;
                         tally.handled(&format!("{svc}|{}", evt.id), &me);
                         Ok::<(), HandlerError>(())
                     }
