@@ -171,11 +171,16 @@ fn new_headers(
         .correlation_id
         .or_else(|| parent.and_then(|p| p.correlation_id.clone()))
         .unwrap_or_else(|| message_id.clone());
-    let conversation = parent
-        .and_then(|p| p.conversation_id().map(str::to_string))
-        .unwrap_or_else(|| message_id.clone());
-    custom.insert(header::CONVERSATION_ID.to_string(), conversation);
+    // A root message starts its conversation and does not carry the header (its message id is
+    // the conversation id, see `Headers::conversation_id`): nothing to build, encode or parse
+    // for the most common message there is.
     if let Some(parent) = parent {
+        if let Some(conversation) = parent.conversation_id() {
+            custom.insert(
+                header::CONVERSATION_ID.to_string(),
+                conversation.to_string(),
+            );
+        }
         custom.insert(header::CAUSATION_ID.to_string(), parent.message_id.clone());
     }
     Headers {

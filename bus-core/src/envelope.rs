@@ -16,6 +16,7 @@ use crate::message::AnyMessage;
 /// Names of the headers the bus reads and writes in the custom header table.
 pub mod header {
     /// Conversation id: shared by every message caused, directly or not, by one root message.
+    /// A root message does not carry it: its own message id is the conversation id.
     pub const CONVERSATION_ID: &str = "bus-conversation-id";
     /// Causation id: the message id of the message whose handler sent this one.
     pub const CAUSATION_ID: &str = "bus-causation-id";
@@ -62,9 +63,18 @@ impl Headers {
         self.custom.get(name).map(String::as_str)
     }
 
-    /// The conversation id.
+    /// The conversation id: the `bus-conversation-id` header, or, on a root message (which
+    /// does not carry the header: it starts its own conversation), the message id.
+    ///
+    /// ```
+    /// use bus_core::Headers;
+    ///
+    /// let root = Headers { message_id: "m-1".into(), ..Headers::default() };
+    /// assert_eq!(root.conversation_id(), Some("m-1"));
+    /// ```
     pub fn conversation_id(&self) -> Option<&str> {
         self.get(header::CONVERSATION_ID)
+            .or_else(|| (!self.message_id.is_empty()).then_some(self.message_id.as_str()))
     }
 
     /// The causation id.

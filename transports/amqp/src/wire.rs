@@ -33,19 +33,22 @@ pub fn decode(props: &BasicProperties, data: Vec<u8>) -> Envelope {
 }
 
 pub(crate) fn properties(headers: &Headers) -> Result<BasicProperties, TransportError> {
-    let mut table = FieldTable::default();
-    for (k, v) in &headers.custom {
-        let key = ShortString::try_new(k.clone()).map_err(|_| {
-            TransportError::Other(format!("header name longer than 255 bytes: {k:.40}..."))
-        })?;
-        table.insert(key, AMQPValue::LongString(LongString::from(v.as_str())));
-    }
     let mut props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_message_id(short(&headers.message_id, "message id")?)
         .with_type(short(&headers.message_type, "message type")?)
-        .with_content_type(short(&headers.content_type, "content type")?)
-        .with_headers(table);
+        .with_content_type(short(&headers.content_type, "content type")?);
+    // No custom headers (a root message): no table at all, rather than an empty one.
+    if !headers.custom.is_empty() {
+        let mut table = FieldTable::default();
+        for (k, v) in &headers.custom {
+            let key = ShortString::try_new(k.clone()).map_err(|_| {
+                TransportError::Other(format!("header name longer than 255 bytes: {k:.40}..."))
+            })?;
+            table.insert(key, AMQPValue::LongString(LongString::from(v.as_str())));
+        }
+        props = props.with_headers(table);
+    }
     if let Some(c) = &headers.correlation_id {
         props = props.with_correlation_id(short(c, "correlation id")?);
     }
