@@ -167,13 +167,13 @@ fn new_headers(
         .message_id
         .unwrap_or_else(|| new_message_id(sent_at));
     let mut custom = options.headers;
+    // A root message starts its conversation and carries neither a correlation id (unless
+    // given one) nor the conversation header: its message id is both (see
+    // `Headers::correlation_id()` and `Headers::conversation_id`). Nothing to build, encode or
+    // parse for the most common message there is; what it causes carries both explicitly.
     let correlation_id = options
         .correlation_id
-        .or_else(|| parent.and_then(|p| p.correlation_id.clone()))
-        .unwrap_or_else(|| message_id.clone());
-    // A root message starts its conversation and does not carry the header (its message id is
-    // the conversation id, see `Headers::conversation_id`): nothing to build, encode or parse
-    // for the most common message there is.
+        .or_else(|| parent.and_then(|p| p.correlation_id()).map(str::to_string));
     if let Some(parent) = parent {
         if let Some(conversation) = parent.conversation_id() {
             custom.insert(
@@ -187,7 +187,7 @@ fn new_headers(
         message_id,
         message_type: message_type.to_string(),
         content_type: content_type.to_string(),
-        correlation_id: Some(correlation_id),
+        correlation_id,
         sent_at: Some(sent_at),
         custom,
     }

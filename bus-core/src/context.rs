@@ -57,9 +57,10 @@ impl MessageContext {
         &self.inner.headers.message_id
     }
 
-    /// The correlation id (set by the root message, copied to everything it causes).
+    /// The correlation id (given to the root message, or its message id; copied to everything
+    /// it causes).
     pub fn correlation_id(&self) -> Option<&str> {
-        self.inner.headers.correlation_id.as_deref()
+        self.inner.headers.correlation_id()
     }
 
     /// The conversation id.

@@ -49,7 +49,9 @@ pub struct Headers {
     pub message_type: String,
     /// The body's content type, e.g. `application/json`.
     pub content_type: String,
-    /// Correlation id: set on a root message and copied to everything it causes.
+    /// Correlation id: given to a root message (or absent: then its message id is the
+    /// correlation id) and copied to everything it causes. Read it with
+    /// [`Headers::correlation_id()`], which knows that rule.
     pub correlation_id: Option<String>,
     /// When the message was sent.
     pub sent_at: Option<SystemTime>,
@@ -61,6 +63,23 @@ impl Headers {
     /// A custom header's value.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.custom.get(name).map(String::as_str)
+    }
+
+    /// The correlation id: the `correlation_id` field, or, on a root message sent without one,
+    /// the message id.
+    ///
+    /// ```
+    /// use bus_core::Headers;
+    ///
+    /// let root = Headers { message_id: "m-1".into(), ..Headers::default() };
+    /// assert_eq!(root.correlation_id(), Some("m-1"));
+    /// let given = Headers { correlation_id: Some("order-7".into()), ..root };
+    /// assert_eq!(given.correlation_id(), Some("order-7"));
+    /// ```
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.correlation_id
+            .as_deref()
+            .or_else(|| (!self.message_id.is_empty()).then_some(self.message_id.as_str()))
     }
 
     /// The conversation id: the `bus-conversation-id` header, or, on a root message (which

@@ -200,11 +200,36 @@ async fn ids_started(
     ledger.note(format!(
         "started id={} correlation={} conversation={} causation={}",
         headers.message_id,
-        headers.correlation_id.clone().unwrap_or_default(),
+        headers.correlation_id().unwrap_or_default(),
         headers.conversation_id().unwrap_or_default(),
         headers.causation_id().unwrap_or_default()
     ));
     Ok(())
+}
+
+/// A root message sent with no ids of its own carries neither a correlation id nor the
+/// conversation header: its message id is both, and what its handler sends carries them.
+#[tokio::test]
+async fn a_root_message_id_is_the_correlation_and_conversation_of_what_it_causes() {
+    let ledger = Ledger::new();
+    let bus = Bus::builder()
+        .transport(MemoryTransport::new())
+        .host(["t-ids-a", "t-ids-b"])
+        .state(ledger.clone())
+        .start()
+        .await
+        .unwrap();
+    bus.send_with(Start, SendOptions::new().message_id("root-2"))
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || ledger.notes().len() == 2).await);
+    bus.shutdown().await;
+    let notes = ledger.notes();
+    assert_eq!(notes[0], "start id=root-2");
+    let started = &notes[1];
+    assert!(started.contains("correlation=root-2"), "{started}");
+    assert!(started.contains("conversation=root-2"), "{started}");
+    assert!(started.contains("causation=root-2"), "{started}");
 }
 
 #[tokio::test]

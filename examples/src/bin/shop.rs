@@ -119,7 +119,7 @@ async fn main() -> ExitCode {
                 println!("    - {} {}", h.message_type, message);
                 println!(
                     "      corr={} reason={} attempts={} error={:?}",
-                    h.correlation_id.as_deref().unwrap_or("-"),
+                    h.correlation_id().unwrap_or("-"),
                     h.get(header::FAILURE_REASON).unwrap_or("-"),
                     h.get(header::FAILURE_ATTEMPTS).unwrap_or("-"),
                     h.get(header::FAILURE_ERROR).unwrap_or("-"),
