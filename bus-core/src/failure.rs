@@ -27,11 +27,14 @@ pub enum FailureReason {
     UnsupportedContentType,
     /// The body exceeds the size limit.
     TooLarge,
+    /// The broker delivered the message as often as the queue allows without it ever being
+    /// settled (the handling process crashed or hung each time); moved by the transport.
+    DeliveryLimit,
 }
 
 impl FailureReason {
     /// The header value.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             FailureReason::HandlerError => "handler-error",
             FailureReason::Panic => "panic",
@@ -42,6 +45,7 @@ impl FailureReason {
             FailureReason::MissingHeader => "missing-header",
             FailureReason::UnsupportedContentType => "unsupported-content-type",
             FailureReason::TooLarge => "body-too-large",
+            FailureReason::DeliveryLimit => "delivery-limit",
         }
     }
 }

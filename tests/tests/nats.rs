@@ -11,16 +11,16 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use bus_core::{
-    header, Body, Bus, BusError, Destination, EndpointTopology, Envelope, HandlerError, Headers,
-    MessageContext, Outgoing, SendOptions, State, SubscribeOptions, Topology, Transport,
-    TransportError,
+    header, Body, Bus, BusError, Destination, EndpointTopology, Envelope, FailureReason,
+    HandlerError, Headers, MessageContext, Outgoing, SendOptions, State, SubscribeOptions,
+    Topology, Transport, TransportError,
 };
 use bus_tests::messages::{Noticed, Work};
 use bus_tests::nats_broker::NatsScope;
 use bus_tests::proxy::Proxy;
 use bus_tests::{eventually, Ledger};
 use bus_transport_nats::async_nats;
-use bus_transport_nats::{NatsConfig, NatsError, NatsTransport, DELIVERY_LIMIT_REASON};
+use bus_transport_nats::{NatsConfig, NatsError, NatsTransport};
 use futures_lite::StreamExt;
 
 /// Run a test body, then delete the scope's streams even if the body panicked.
@@ -527,7 +527,7 @@ async fn a_message_past_the_delivery_limit_moves_to_the_error_stream() {
         assert_eq!(got.payload.as_ref(), b"{\"n\":1}");
         assert_eq!(
             got.headers.get(header::FAILURE_REASON).unwrap().as_str(),
-            DELIVERY_LIMIT_REASON
+            FailureReason::DeliveryLimit.as_str()
         );
         assert_eq!(
             got.headers.get("bus-message-id").unwrap().as_str(),

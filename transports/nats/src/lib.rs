@@ -71,7 +71,6 @@ mod wire;
 
 pub use config::{Naming, NatsConfig};
 pub use error::NatsError;
-pub use limit::DELIVERY_LIMIT_REASON;
 pub use transport::NatsTransport;
 
 /// The NATS client library, for direct access through [`NatsTransport::client`] and

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
-use bus_core::{header, Destination, Headers, TransportError};
+use bus_core::{header, Destination, FailureReason, Headers, TransportError};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -20,7 +20,7 @@ use crate::transport::NatsTransport;
 use crate::wire;
 
 /// The `bus-failure-reason` of a message moved for reaching the delivery limit.
-pub const DELIVERY_LIMIT_REASON: &str = "delivery-limit";
+const DELIVERY_LIMIT_REASON: &str = FailureReason::DeliveryLimit.as_str();
 
 /// Listen for the endpoint's max-deliveries advisories until stopped.
 pub(crate) async fn watch_delivery_limit(
