@@ -744,7 +744,11 @@ impl Bus {
         if self.inner.stop.is_fired() && self.inner.abort.is_fired() {
             return Err(BusError::ShutDown);
         }
-        self.inner.shared.transport.send(out).await?;
+        let transport = &self.inner.shared.transport;
+        match transport.send_now(out) {
+            Ok(done) => done?,
+            Err(out) => transport.send(out).await?,
+        }
         Ok(())
     }
 

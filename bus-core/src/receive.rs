@@ -134,9 +134,13 @@ async fn work(
             let Some(mut taking) = unless_cancelled(&stop, sub.lock()).await else {
                 break;
             };
-            match unless_cancelled(&stop, taking.next()).await {
-                Some(next) => next,
-                None => break,
+            // A delivery ready at once needs no future; otherwise wait for one.
+            match taking.next_now() {
+                Some(ready) => Some(Ok(ready)),
+                None => match unless_cancelled(&stop, taking.next()).await {
+                    Some(next) => next,
+                    None => break,
+                },
             }
         };
         match next {

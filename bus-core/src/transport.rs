@@ -100,6 +100,14 @@ pub trait Transport: Send + Sync + 'static {
     /// Hand one message to the transport. See the send contract in the module docs.
     async fn send(&self, message: Outgoing) -> Result<(), TransportError>;
 
+    /// Hand one message over at once if that needs no waiting, skipping the boxed future of
+    /// [`Transport::send`]: `Ok(result)` when the transport took it (or refused it for good),
+    /// `Err(message)` to give it back, and the runtime then calls `send`. The default gives
+    /// every message back; an in-process transport overrides it for its common case.
+    fn send_now(&self, message: Outgoing) -> Result<Result<(), TransportError>, Outgoing> {
+        Err(message)
+    }
+
     /// Hand several messages over; `Ok` means all were accepted. Transports with confirms
     /// override it to pipeline them.
     async fn send_batch(&self, messages: Vec<Outgoing>) -> Result<(), TransportError> {
@@ -124,6 +132,13 @@ pub trait Subscription: Send {
     /// future loses no message.
     async fn next(&mut self) -> Option<Result<Delivery, TransportError>>;
 
+    /// A delivery that is ready at once, without waiting and without the boxed future of
+    /// [`Subscription::next`]; `None` when there is none right now (or the subscription is
+    /// closed), and the runtime then awaits `next`. The default never has one.
+    fn next_now(&mut self) -> Option<Delivery> {
+        None
+    }
+
     /// Stop receiving new deliveries, while the ones handed out can still be settled; `next`
     /// returns `None` from then on. The runtime calls it at shutdown, waits for in-flight
     /// handlers, then drops the subscription (which returns anything received but not handed
@@ -137,6 +152,12 @@ pub trait Subscription: Send {
 pub trait Acker: Send + Sync + 'static {
     /// Remove the message for good.
     async fn ack(self: Box<Self>) -> Result<(), TransportError>;
+    /// Remove the message for good at once, if that needs no waiting: `Some(result)` when it
+    /// did (the acker is then dropped, with no other call), `None` to have the runtime call
+    /// [`Acker::ack`] instead. The default always says `None`.
+    fn ack_now(&mut self) -> Option<Result<(), TransportError>> {
+        None
+    }
     /// Return the message to its queue for redelivery.
     async fn nack(self: Box<Self>, envelope: Envelope) -> Result<(), TransportError>;
     /// The delivery was dropped unsettled: make the message available again.
@@ -186,9 +207,12 @@ impl Delivery {
 
     /// Settle: done with the message.
     pub async fn ack(mut self) -> Result<(), TransportError> {
-        let acker = self.acker.take().expect("unsettled delivery has an acker");
+        let mut acker = self.acker.take().expect("unsettled delivery has an acker");
         self.envelope = None;
-        acker.ack().await
+        match acker.ack_now() {
+            Some(done) => done,
+            None => acker.ack().await,
+        }
     }
 
     /// Settle: put the message back for redelivery.

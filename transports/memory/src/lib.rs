@@ -214,6 +214,60 @@ impl MemoryTransport {
     }
 }
 
+impl MemoryTransport {
+    /// An event to every bound queue at once, if each has room; otherwise given back whole,
+    /// with no queue served, for `send` to wait for room.
+    fn publish_now(
+        &self,
+        name: String,
+        envelope: Envelope,
+    ) -> Result<Result<(), TransportError>, Outgoing> {
+        let bindings = self
+            .inner
+            .bindings
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let targets = bindings.get(&name).map(Vec::as_slice).unwrap_or_default();
+        let mut slots = Vec::with_capacity(targets.len());
+        for q in targets {
+            if let Some(room) = &q.room {
+                match room.try_acquire() {
+                    Ok(permit) => slots.push(permit),
+                    Err(TryAcquireError::Closed) => return Ok(Err(TransportError::Closed)),
+                    // Taken slots go back as `slots` drops.
+                    Err(TryAcquireError::NoPermits) => {
+                        return Err(Outgoing {
+                            destination: Destination::Event(name),
+                            envelope,
+                            delay: None,
+                        })
+                    }
+                }
+            }
+        }
+        // Each slot is given back when its copy is acked.
+        slots.into_iter().for_each(|permit| permit.forget());
+        let mut envelope = Some(envelope);
+        for (i, q) in targets.iter().enumerate() {
+            let copy = if i + 1 == targets.len() {
+                envelope.take()
+            } else {
+                envelope.clone()
+            };
+            if let Some(copy) = copy {
+                q.push(
+                    Stored {
+                        envelope: copy,
+                        delivery_count: 0,
+                    },
+                    false,
+                );
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
 /// The error queue's name for an endpoint: `<endpoint>.error`.
 pub fn error_queue_name(endpoint: &str) -> String {
     format!("{endpoint}.error")
@@ -246,6 +300,55 @@ impl Transport for MemoryTransport {
             }
         }
         Ok(())
+    }
+
+    fn send_now(&self, message: Outgoing) -> Result<Result<(), TransportError>, Outgoing> {
+        // A command or an event for now, with room in every queue it goes to: enqueue it here
+        // and now. Anything else (delays, error queues, a full queue) goes the way of `send`.
+        let Outgoing {
+            destination,
+            envelope,
+            delay: None,
+        } = message
+        else {
+            return Err(message);
+        };
+        let e = match destination {
+            Destination::Endpoint(e) => e,
+            Destination::Event(name) => return self.publish_now(name, envelope),
+            other => {
+                return Err(Outgoing {
+                    destination: other,
+                    envelope,
+                    delay: None,
+                })
+            }
+        };
+        let Some(q) = self.queue(&e) else {
+            return Ok(Err(TransportError::Unroutable(e)));
+        };
+        if let Some(room) = &q.room {
+            match room.try_acquire() {
+                // The slot is given back when the message is acked.
+                Ok(permit) => permit.forget(),
+                Err(TryAcquireError::Closed) => return Ok(Err(TransportError::Closed)),
+                Err(TryAcquireError::NoPermits) => {
+                    return Err(Outgoing {
+                        destination: Destination::Endpoint(e),
+                        envelope,
+                        delay: None,
+                    })
+                }
+            }
+        }
+        q.push(
+            Stored {
+                envelope,
+                delivery_count: 0,
+            },
+            false,
+        );
+        Ok(Ok(()))
     }
 
     async fn send(&self, message: Outgoing) -> Result<(), TransportError> {
@@ -359,6 +462,14 @@ impl Queue {
         }
     }
 
+    /// The oldest ready message, counted as unacked, if there is one.
+    fn pop_ready(&self) -> Option<Stored> {
+        let mut state = self.lock();
+        let stored = state.ready.pop_front()?;
+        state.unacked += 1;
+        Some(stored)
+    }
+
     /// The oldest ready message, counted as unacked; or a place in line for the next one.
     fn pop_or_wait(&self) -> Result<Stored, oneshot::Receiver<Stored>> {
         let mut state = self.lock();
@@ -402,6 +513,12 @@ impl Subscription for MemorySubscription {
         // No more deliveries: `next` returns `None` from now on. Deliveries already handed out
         // keep their permits and are settled as usual.
         self.prefetch.close();
+    }
+
+    fn next_now(&mut self) -> Option<Delivery> {
+        let permit = self.prefetch.clone().try_acquire_owned().ok()?;
+        let stored = self.queue.pop_ready()?;
+        Some(self.deliver(stored, permit))
     }
 
     async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
@@ -479,9 +596,13 @@ impl MemoryAcker {
 
 #[async_trait]
 impl Acker for MemoryAcker {
-    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+    async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
+        self.ack_now().unwrap_or(Ok(()))
+    }
+
+    fn ack_now(&mut self) -> Option<Result<(), TransportError>> {
         self.queue.settle(None);
-        Ok(())
+        Some(Ok(()))
     }
 
     async fn nack(self: Box<Self>, envelope: Envelope) -> Result<(), TransportError> {
@@ -562,6 +683,65 @@ mod tests {
             "one freed slot let the blocked send in, after {waited:?}"
         );
         assert_eq!(t.depth("ep"), Some(100), "the bound held");
+    }
+
+    fn event(n: usize) -> Outgoing {
+        Outgoing {
+            destination: Destination::Event("evt".into()),
+            ..message(n)
+        }
+    }
+
+    /// The no-wait paths: a command or an event goes in at once when there is room, and comes
+    /// back whole (no queue served) when there is not; a ready delivery is taken and acked
+    /// without a future.
+    #[tokio::test]
+    async fn the_no_wait_paths_take_only_what_needs_no_waiting() {
+        let t = MemoryTransport::new().capacity(2);
+        let ep = |name: &str, events: &[&str]| EndpointTopology {
+            name: name.into(),
+            events: events.iter().map(|e| e.to_string()).collect(),
+            ..EndpointTopology::default()
+        };
+        t.declare(&Topology {
+            endpoints: vec![ep("ep", &["evt"]), ep("other", &["evt"])],
+        })
+        .await
+        .expect("declared");
+        // Commands: room, then none.
+        assert!(matches!(t.send_now(message(0)), Ok(Ok(()))));
+        t.send_now(event(1)).expect("room in both").expect("taken");
+        assert_eq!((t.depth("ep"), t.depth("other")), (Some(2), Some(1)));
+        let back = t.send_now(message(2)).expect_err("ep is full");
+        assert_eq!(back.envelope.headers.message_id, "m-2");
+        // An event one of whose queues is full serves neither.
+        let back = t.send_now(event(3)).expect_err("ep is full");
+        assert_eq!(back.envelope.headers.message_id, "m-3");
+        assert_eq!((t.depth("ep"), t.depth("other")), (Some(2), Some(1)));
+        // An unknown endpoint is an error, not a message given back.
+        let unknown = Outgoing {
+            destination: Destination::Endpoint("nowhere".into()),
+            ..message(4)
+        };
+        assert!(matches!(
+            t.send_now(unknown),
+            Ok(Err(TransportError::Unroutable(_)))
+        ));
+        // A ready delivery comes at once; acking it at once frees its slot.
+        let mut sub = t
+            .subscribe("ep", SubscribeOptions { prefetch: 1 })
+            .await
+            .expect("subscribed");
+        let d = sub.next_now().expect("one is ready");
+        assert_eq!(d.envelope().headers.message_id, "m-0");
+        assert!(sub.next_now().is_none(), "prefetch 1 is taken");
+        d.ack().await.expect("acked");
+        assert_eq!(t.depth("ep"), Some(1));
+        let d = sub.next_now().expect("the event's copy");
+        assert_eq!(d.envelope().headers.message_id, "m-1");
+        d.ack().await.expect("acked");
+        assert!(sub.next_now().is_none(), "nothing left");
+        assert!(matches!(t.send_now(message(5)), Ok(Ok(()))));
     }
 
     /// With no slot freed, the send fails with a timeout error after its timeout, and the queue
