@@ -169,7 +169,7 @@ fn new_headers(
     let mut custom = options.headers;
     // A root message starts its conversation and carries neither a correlation id (unless
     // given one) nor the conversation header: its message id is both (see
-    // `Headers::correlation_id()` and `Headers::conversation_id`). Nothing to build, encode or
+    // `Headers::correlation_id()` and `Headers::conversation_id()`). Nothing to build, encode or
     // parse for the most common message there is; what it causes carries both explicitly.
     let correlation_id = options
         .correlation_id
@@ -872,6 +872,51 @@ impl std::fmt::Debug for Bus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A root message carries no correlation id (unless given one) and no conversation
+    /// header; what it causes carries both, and the causation id, explicitly.
+    #[test]
+    fn a_root_carries_no_implied_ids_and_its_children_carry_them_all() {
+        let root = new_headers("t.Root", "application/json", None, SendOptions::default());
+        assert_eq!(root.correlation_id, None);
+        assert!(root.custom.is_empty(), "{:?}", root.custom);
+        assert_eq!(root.correlation_id(), Some(root.message_id.as_str()));
+        assert_eq!(root.conversation_id(), Some(root.message_id.as_str()));
+
+        let child = new_headers(
+            "t.Child",
+            "application/json",
+            Some(&root),
+            SendOptions::default(),
+        );
+        let id = Some(root.message_id.clone());
+        assert_eq!(child.correlation_id, id);
+        assert_eq!(child.get(header::CONVERSATION_ID), id.as_deref());
+        assert_eq!(child.get(header::CAUSATION_ID), id.as_deref());
+
+        let given = new_headers(
+            "t.Root",
+            "application/json",
+            None,
+            SendOptions::new().correlation_id("order-7"),
+        );
+        assert_eq!(given.correlation_id.as_deref(), Some("order-7"));
+        let grandchild = new_headers(
+            "t.Child",
+            "application/json",
+            Some(&child),
+            SendOptions::default(),
+        );
+        assert_eq!(
+            grandchild.correlation_id, id,
+            "the root's, through its child"
+        );
+        assert_eq!(grandchild.get(header::CONVERSATION_ID), id.as_deref());
+        assert_eq!(
+            grandchild.get(header::CAUSATION_ID),
+            Some(child.message_id.as_str())
+        );
+    }
 
     #[test]
     fn message_ids_are_unique_uuid_v7_with_the_send_time() {

@@ -134,7 +134,11 @@ async fn work(
             let Some(mut taking) = unless_cancelled(&stop, sub.lock()).await else {
                 break;
             };
-            // A delivery ready at once needs no future; otherwise wait for one.
+            // A delivery ready at once needs no future; otherwise wait for one. `stop` may
+            // have fired while the lock was awaited: take nothing new then.
+            if stop.is_fired() {
+                break;
+            }
             match taking.next_now() {
                 Some(ready) => Some(Ok(ready)),
                 None => match unless_cancelled(&stop, taking.next()).await {

@@ -101,9 +101,10 @@ pub trait Transport: Send + Sync + 'static {
     async fn send(&self, message: Outgoing) -> Result<(), TransportError>;
 
     /// Hand one message over at once if that needs no waiting, skipping the boxed future of
-    /// [`Transport::send`]: `Ok(result)` when the transport took it (or refused it for good),
-    /// `Err(message)` to give it back, and the runtime then calls `send`. The default gives
-    /// every message back; an in-process transport overrides it for its common case.
+    /// [`Transport::send`]: `Ok(result)` when the transport took it (`Ok(())` then means what
+    /// it means for `send`) or refused it for good, `Err(message)` to give it back untouched
+    /// (not even partly enqueued), and the runtime then calls `send`. The default gives every
+    /// message back; an in-process transport overrides it for its common case.
     fn send_now(&self, message: Outgoing) -> Result<Result<(), TransportError>, Outgoing> {
         Err(message)
     }
@@ -133,14 +134,15 @@ pub trait Subscription: Send {
     async fn next(&mut self) -> Option<Result<Delivery, TransportError>>;
 
     /// A delivery that is ready at once, without waiting and without the boxed future of
-    /// [`Subscription::next`]; `None` when there is none right now (or the subscription is
-    /// closed), and the runtime then awaits `next`. The default never has one.
+    /// [`Subscription::next`]; `None` when there is none right now, and the runtime then
+    /// awaits `next`. Like `next`, it hands out nothing after [`Subscription::cancel`]. The
+    /// default never has one.
     fn next_now(&mut self) -> Option<Delivery> {
         None
     }
 
     /// Stop receiving new deliveries, while the ones handed out can still be settled; `next`
-    /// returns `None` from then on. The runtime calls it at shutdown, waits for in-flight
+    /// returns `None` from then on (and `next_now` too). The runtime calls it at shutdown, waits for in-flight
     /// handlers, then drops the subscription (which returns anything received but not handed
     /// out).
     async fn cancel(&mut self) {}
@@ -153,7 +155,7 @@ pub trait Acker: Send + Sync + 'static {
     /// Remove the message for good.
     async fn ack(self: Box<Self>) -> Result<(), TransportError>;
     /// Remove the message for good at once, if that needs no waiting: `Some(result)` when it
-    /// did (the acker is then dropped, with no other call), `None` to have the runtime call
+    /// did (the acker is then dropped with no other call), `None` to have the runtime call
     /// [`Acker::ack`] instead. The default always says `None`.
     fn ack_now(&mut self) -> Option<Result<(), TransportError>> {
         None

@@ -2204,6 +2204,12 @@ async fn cancel_stops_deliveries_body(f: &dyn TransportFactory) {
     // A delivery handed out now is a breach of the contract; it is recorded, acked (so the
     // figures stay exact) and judged at the end.
     let mut handed_out_after_cancel = None;
+    if let Some(d) = sub.next_now() {
+        let id = id_of(&d);
+        ack(d).await;
+        tally.handled(&id, "after-cancel");
+        handed_out_after_cancel = Some(id);
+    }
     let after_cancel = match tokio::time::timeout(f.quiet_period(), sub.next()).await {
         Err(_) => "stayed pending",
         Ok(None) => "returned None",

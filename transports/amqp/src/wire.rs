@@ -21,7 +21,8 @@ const BROKER_HEADERS: &[&str] = &[
 ];
 
 /// AMQP properties for an envelope's headers: persistent, with the well-known headers as native
-/// properties and the rest in the headers table as long strings.
+/// properties and the rest in the headers table as long strings (no table at all when there
+/// are no other headers, as on a root message).
 pub fn encode(headers: &Headers) -> Result<BasicProperties, TransportError> {
     properties(headers)
 }

@@ -180,12 +180,13 @@ impl MemoryTransport {
                     // every ack (a cross-thread wake-up each, which cost more than the ack).
                     // A slow consumer does not free that many in a moment: then wait for one
                     // slot, as long as the send timeout allows. The bound is unchanged: slots
-                    // beyond this message's are given back at once.
+                    // beyond this message's are given back at once. Producers blocked on one
+                    // queue are served in order to within that moment, not strictly.
                     let deadline = tokio::time::Instant::now() + self.inner.send_timeout;
                     let refill_wait = REFILL_WAIT.min(self.inner.send_timeout);
                     match tokio::time::timeout(refill_wait, room.acquire_many(queue.refill)).await {
                         Ok(Ok(mut slots)) => {
-                            let mine = slots.split(1).ok_or(TransportError::Closed)?;
+                            let mine = slots.split(1).expect("refill is at least 1");
                             drop(slots);
                             mine
                         }
@@ -572,6 +573,7 @@ impl MemorySubscription {
         let acker = MemoryAcker {
             queue: self.queue.clone(),
             delivery_count: count,
+            settled: false,
             _permit: permit,
         };
         Delivery::new(stored.envelope, Box::new(acker), count > 1, count)
@@ -581,11 +583,16 @@ impl MemorySubscription {
 struct MemoryAcker {
     queue: Arc<Queue>,
     delivery_count: u32,
+    /// Acked through `ack_now`: nothing more to settle.
+    settled: bool,
     _permit: OwnedSemaphorePermit,
 }
 
 impl MemoryAcker {
     fn requeue(self, envelope: Envelope) {
+        if self.settled {
+            return;
+        }
         let stored = Stored {
             envelope,
             delivery_count: self.delivery_count,
@@ -601,7 +608,11 @@ impl Acker for MemoryAcker {
     }
 
     fn ack_now(&mut self) -> Option<Result<(), TransportError>> {
-        self.queue.settle(None);
+        // Settled once, whatever a caller does after: a second settle would free a slot the
+        // queue never gave.
+        if !std::mem::replace(&mut self.settled, true) {
+            self.queue.settle(None);
+        }
         Some(Ok(()))
     }
 
@@ -742,6 +753,36 @@ mod tests {
         d.ack().await.expect("acked");
         assert!(sub.next_now().is_none(), "nothing left");
         assert!(matches!(t.send_now(message(5)), Ok(Ok(()))));
+    }
+
+    /// Several acks in a moment serve a blocked producer's refill: it takes one slot and leaves
+    /// the rest free, and the bound still holds.
+    #[tokio::test]
+    async fn a_refill_takes_one_slot_and_leaves_the_others_free() {
+        let t = full_queue(16, Duration::from_secs(10)).await; // refill: 2 slots
+        let mut sub = t
+            .subscribe("ep", SubscribeOptions { prefetch: 16 })
+            .await
+            .expect("subscribed");
+        let producer = {
+            let t = t.clone();
+            tokio::spawn(async move { t.send(message(16)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!producer.is_finished(), "no room yet: the send waits");
+        // Two acks back to back, within the producer's refill wait.
+        for _ in 0..2 {
+            let d = sub.next_now().expect("ready");
+            d.ack().await.expect("acked");
+        }
+        producer.await.expect("producer").expect("sent");
+        assert_eq!(t.depth("ep"), Some(15), "14 left, plus the new one");
+        assert!(
+            matches!(t.send_now(message(17)), Ok(Ok(()))),
+            "one slot left free"
+        );
+        assert!(t.send_now(message(18)).is_err(), "and only one");
+        assert_eq!(t.depth("ep"), Some(16));
     }
 
     /// With no slot freed, the send fails with a timeout error after its timeout, and the queue

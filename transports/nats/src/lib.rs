@@ -73,6 +73,10 @@ pub use config::{Naming, NatsConfig};
 pub use error::NatsError;
 pub use transport::NatsTransport;
 
+/// The `bus-failure-reason` of a message past the delivery limit.
+#[deprecated(note = "use `bus_core::FailureReason::DeliveryLimit.as_str()`")]
+pub const DELIVERY_LIMIT_REASON: &str = bus_core::FailureReason::DeliveryLimit.as_str();
+
 /// The NATS client library, for direct access through [`NatsTransport::client`] and
 /// [`NatsTransport::jetstream`] (reading error streams, tools, tests) without a second copy.
 pub use async_nats;
