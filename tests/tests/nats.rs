@@ -1,7 +1,8 @@
 //! The NATS JetStream transport against the running server: round trip of body and headers,
 //! competing instances, fan-out, delayed retries that survive a restart, the error stream,
 //! the delivery limit, unroutable commands, deduplication, progress for long handlers,
-//! reconnects, an unreachable server, credentials, and interoperability with a plain client.
+//! reconnects, an unreachable server, credentials, TLS (on a server of the test's own), and
+//! interoperability with a plain client.
 //!
 //! Every test skips with a printed reason when NATS is unreachable, and fails instead when
 //! `BUS_REQUIRE_BROKERS=1`.
@@ -17,7 +18,9 @@ use bus_core::{
 };
 use bus_tests::messages::{Noticed, Work};
 use bus_tests::nats_broker::NatsScope;
+use bus_tests::nats_server::Nats;
 use bus_tests::proxy::Proxy;
+use bus_tests::server_process::{ServerKind, ServerProcess};
 use bus_tests::{eventually, Ledger};
 use bus_transport_nats::async_nats;
 use bus_transport_nats::{NatsConfig, NatsError, NatsTransport};
@@ -990,4 +993,131 @@ async fn a_plain_nats_client_can_send_commands_and_read_events() {
         let _ = client.drain().await;
     })
     .await;
+}
+
+// ---- TLS --------------------------------------------------------------------------------------
+
+/// A `nats-server` of the test's own with TLS on its client port: a certificate for `localhost`
+/// signed by a certificate authority made for the test.
+struct NatsTls {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    ca: std::path::PathBuf,
+}
+
+impl ServerKind for NatsTls {
+    const NAME: &'static str = "nats-server";
+    const LOG: &'static str = "nats.log";
+
+    fn binaries(&self) -> &[&'static str] {
+        &["/usr/sbin/nats-server", "nats-server"]
+    }
+
+    fn args(&self, port: u16, dir: &std::path::Path) -> Vec<String> {
+        let mut args = Nats.args(port, dir);
+        args.extend([
+            "--tls".into(),
+            "--tlscert".into(),
+            self.cert.to_string_lossy().into_owned(),
+            "--tlskey".into(),
+            self.key.to_string_lossy().into_owned(),
+        ]);
+        args
+    }
+
+    async fn serving(&self, port: u16) -> bool {
+        let check = async_nats::ConnectOptions::new()
+            .add_root_certificates(self.ca.clone())
+            .require_tls(true)
+            .connection_timeout(Duration::from_secs(1))
+            .connect(format!("tls://localhost:{port}"));
+        match tokio::time::timeout(Duration::from_secs(2), check).await {
+            Ok(Ok(client)) => {
+                let _ = client.drain().await;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A CA, and a certificate for `localhost` signed by it, as PEM files in `dir`.
+fn tls_files(dir: &std::path::Path) -> NatsTls {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "bus NATS test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let files = NatsTls {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        ca: dir.join("ca.pem"),
+    };
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    std::fs::write(&files.ca, ca.pem()).unwrap();
+    files
+}
+
+/// `tls://` with the right CA carries a command end to end; the wrong CA, or a plain client
+/// without it, fails to connect with an error within the connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connects_with_the_right_ca_and_fails_fast_otherwise() {
+    let dir = std::env::temp_dir().join(bus_tests::broker::unique("bus-nats-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = tls_files(&dir);
+    let ca = files.ca.clone();
+    let wrong_dir = std::env::temp_dir().join(bus_tests::broker::unique("bus-nats-tls-wrong"));
+    std::fs::create_dir_all(&wrong_dir).unwrap();
+    let wrong = tls_files(&wrong_dir);
+    let Some(server) = ServerProcess::start_kind("nats TLS", files).await else {
+        return;
+    };
+    let url = format!("tls://localhost:{}", server.port());
+
+    let ledger = Ledger::new();
+    let config = NatsConfig::new(&url)
+        .tls_ca_file(&ca)
+        .connect_timeout(Duration::from_secs(5));
+    let (bus, _transport) = host(config, "tls-work", &ledger, (0, 0, Duration::ZERO)).await;
+    bus.send(Work {
+        n: 1,
+        fail_first: 0,
+    })
+    .await
+    .expect("sent over TLS");
+    assert!(
+        eventually(Duration::from_secs(10), || ledger.distinct() == 1).await,
+        "handled over TLS"
+    );
+    bus.shutdown().await;
+
+    for (what, config) in [
+        ("the wrong CA", NatsConfig::new(&url).tls_ca_file(&wrong.ca)),
+        (
+            "no CA and a plain URL",
+            NatsConfig::new(format!("nats://127.0.0.1:{}", server.port())),
+        ),
+    ] {
+        let started = Instant::now();
+        let error = NatsTransport::connect(config.connect_timeout(Duration::from_secs(5)))
+            .await
+            .expect_err(what);
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{what}: failed only after {:?}: {error}",
+            started.elapsed()
+        );
+        println!("{what}: {error}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&wrong_dir);
 }
