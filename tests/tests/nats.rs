@@ -252,6 +252,41 @@ async fn a_new_subscription_gets_later_events_only_and_declaring_again_changes_n
     .await;
 }
 
+/// With acks not confirmed (sent, not awaited) every command is still handled once and the
+/// work-queue stream empties: the acks reach the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfirmed_acks_still_settle_every_delivery() {
+    scoped("nats unconfirmed acks", |scope| async move {
+        let endpoint = "fast-acks";
+        let ledger = Ledger::new();
+        let config = scope.config("fast").confirm_acks(false);
+        let (bus_a, ta) = host(config, endpoint, &ledger, (0, 0, Duration::ZERO)).await;
+        let (bus, ts) = sender(&scope, endpoint).await;
+        const N: u64 = 500;
+        for n in 0..N {
+            bus.send(Work { n, fail_first: 0 }).await.expect("send");
+        }
+        let done = eventually(Duration::from_secs(30), || ledger.total() >= N).await;
+        assert!(done, "handled {} of {N}", ledger.total());
+        let stream = scope.naming.endpoint_stream(endpoint);
+        let mut left = u64::MAX;
+        for _ in 0..50 {
+            left = scope.stored(&stream).await;
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bus_a.shutdown().await;
+        assert_eq!(left, 0, "every ack reached the server");
+        assert_eq!(ledger.distinct(), N as usize);
+        assert_eq!(ledger.duplicates(), 0);
+        ta.close().await.unwrap();
+        ts.close().await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_two_thousand_commands_each_handled_once() {
     scoped("nats competing consumers", |scope| async move {

@@ -70,8 +70,8 @@ async fn delete_streams(js: &jetstream::Context, prefix: &str) {
 }
 
 /// The bus's run with `concurrency` handlers at once (1 matches the raw loop; 16 is the
-/// endpoint's default).
-fn bus_throughput(url: &str, n: u64, concurrency: usize) -> Run {
+/// endpoint's default), its acks confirmed by the server (the default) or not (as raw).
+fn bus_throughput(url: &str, n: u64, concurrency: usize, confirm_acks: bool) -> Run {
     runtime().block_on(async {
         let prefix = unique();
         let naming = Naming {
@@ -82,6 +82,7 @@ fn bus_throughput(url: &str, n: u64, concurrency: usize) -> Run {
         let transport = NatsTransport::connect(
             NatsConfig::new(url)
                 .connection_name("bench-bus")
+                .confirm_acks(confirm_acks)
                 .naming(naming)
                 .publish_timeout(Duration::from_secs(60)),
         )
@@ -246,9 +247,11 @@ pub fn end_to_end(scale: &Scale, url: &str) -> Vec<Row> {
     progress(format!("{case}: raw async-nats ({n} msgs)"));
     let raw = raw_throughput(url, n);
     progress(format!("{case}: bus ({n} msgs)"));
-    let bus = bus_throughput(url, n, 1);
+    let bus = bus_throughput(url, n, 1, true);
+    progress(format!("{case}: bus, acks not confirmed ({n} msgs)"));
+    let unconfirmed = bus_throughput(url, n, 1, false);
     progress(format!("{case}: bus, 16 handlers ({n} msgs)"));
-    let bus16 = bus_throughput(url, n, 16);
+    let bus16 = bus_throughput(url, n, 16, true);
     let note = "async-nats: work-queue stream, PubAcks, pull batches, acks";
     vec![
         Row::new(case, "throughput", "msg/s", bus.rate, raw.rate, true).note(note),
@@ -261,6 +264,15 @@ pub fn end_to_end(scale: &Scale, url: &str) -> Vec<Row> {
             false,
         )
         .note(note),
+        Row::new(
+            format!("{case}, bus acks not confirmed"),
+            "throughput",
+            "msg/s",
+            unconfirmed.rate,
+            raw.rate,
+            true,
+        )
+        .note("same, both acks sent and not awaited"),
         Row::new(
             format!("{case}, bus 16 handlers (its default)"),
             "throughput",

@@ -177,6 +177,11 @@ pub struct NatsConfig {
     pub duplicate_window: Duration,
     /// Send progress signals for deliveries in flight, so long handlers keep them.
     pub progress: bool,
+    /// Wait for the server to confirm each ack (a request and reply per message; on by default),
+    /// so an ack lost with a connection is reported and the delivery known to come again. Off,
+    /// an ack is sent and not awaited, as most JetStream clients do: faster, and a lost ack
+    /// means a redelivery after the ack wait, never a lost message.
+    pub confirm_acks: bool,
     /// Subject, stream and consumer names.
     pub naming: Naming,
     /// A CA certificate file (PEM) to trust for TLS.
@@ -200,6 +205,7 @@ impl NatsConfig {
             event_max_age: Duration::from_secs(24 * 60 * 60),
             duplicate_window: Duration::from_secs(120),
             progress: true,
+            confirm_acks: true,
             naming: Naming::default(),
             tls_ca_file: None,
         }
@@ -282,6 +288,12 @@ impl NatsConfig {
     /// Set the naming convention.
     pub fn naming(mut self, naming: Naming) -> Self {
         self.naming = naming;
+        self
+    }
+
+    /// Whether each ack waits for the server's confirmation (see [`NatsConfig::confirm_acks`]).
+    pub fn confirm_acks(mut self, yes: bool) -> Self {
+        self.confirm_acks = yes;
         self
     }
 
@@ -426,6 +438,7 @@ impl fmt::Debug for NatsConfig {
             .field("event_max_age", &self.event_max_age)
             .field("duplicate_window", &self.duplicate_window)
             .field("progress", &self.progress)
+            .field("confirm_acks", &self.confirm_acks)
             .field("naming", &self.naming)
             .field("tls_ca_file", &self.tls_ca_file)
             .finish()

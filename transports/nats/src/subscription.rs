@@ -41,6 +41,8 @@ const PROGRESS: &[u8] = b"+WPI";
 pub(crate) struct NatsSubscription {
     rx: mpsc::Receiver<Pulled>,
     stop: watch::Sender<bool>,
+    /// Acks wait for the server's confirmation.
+    confirm_acks: bool,
 }
 
 impl NatsSubscription {
@@ -77,7 +79,11 @@ impl NatsSubscription {
             endpoint.to_string(),
             stop_rx,
         ));
-        Ok(NatsSubscription { rx, stop })
+        Ok(NatsSubscription {
+            rx,
+            stop,
+            confirm_acks: inner.config.confirm_acks,
+        })
     }
 
     /// Stop the background tasks and return every message pulled but not handed out.
@@ -107,7 +113,10 @@ impl Subscription for NatsSubscription {
         let envelope = wire::envelope(message.headers.as_ref(), message.payload.clone());
         Some(Ok(Delivery::new(
             envelope,
-            Box::new(NatsAcker { inflight }),
+            Box::new(NatsAcker {
+                inflight,
+                confirm: self.confirm_acks,
+            }),
             delivered > 1,
             delivered,
         )))
@@ -217,12 +226,19 @@ impl Drop for Inflight {
 
 struct NatsAcker {
     inflight: Inflight,
+    /// Wait for the server to confirm the ack.
+    confirm: bool,
 }
 
 #[async_trait]
 impl Acker for NatsAcker {
     async fn ack(self: Box<Self>) -> Result<(), TransportError> {
-        self.inflight.settle(ACK).await
+        if self.confirm {
+            self.inflight.settle(ACK).await
+        } else {
+            self.inflight.signal(Bytes::from_static(ACK)).await;
+            Ok(())
+        }
     }
 
     async fn nack(self: Box<Self>, _envelope: Envelope) -> Result<(), TransportError> {
