@@ -16,6 +16,8 @@ pub(crate) const VARIABLES: &[(&str, &str)] = &[
     ("BUS_QUEUE_TYPE", "queue_type"),
     ("BUS_DELIVERY_LIMIT", "delivery_limit"),
     ("BUS_MEMORY_CAPACITY", "memory_capacity"),
+    ("BUS_BATCHED_ACKS", "batched_acks"),
+    ("BUS_CONFIRM_ACKS", "confirm_acks"),
     ("BUS_AMQP_USER", "amqp_user"),
     ("BUS_AMQP_PASSWORD", "amqp_password"),
 ];

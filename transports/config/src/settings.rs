@@ -81,6 +81,8 @@ pub enum TransportKind {
 /// | `queue_type` | `BUS_QUEUE_TYPE` | `classic` or `quorum` (AMQP) | `classic` |
 /// | `delivery_limit` | `BUS_DELIVERY_LIMIT` | deliveries of one message before a quorum queue dead-letters it (AMQP) | 20 |
 /// | `memory_capacity` | `BUS_MEMORY_CAPACITY` | messages per in-memory queue | 10,000 |
+/// | `batched_acks` | `BUS_BATCHED_ACKS` | one `basic.ack` with `multiple` for a run of handled deliveries (AMQP; see `AmqpTransport::with_batched_acks`) | `false` |
+/// | `confirm_acks` | `BUS_CONFIRM_ACKS` | wait for the server to confirm each ack (NATS; see `NatsConfig::confirm_acks`) | `true` |
 /// | `amqp_user` | `BUS_AMQP_USER` | AMQP user, instead of the URL's (set with `amqp_password`) | |
 /// | `amqp_password` | `BUS_AMQP_PASSWORD` | AMQP password, instead of the URL's | |
 ///
@@ -139,6 +141,12 @@ pub struct TransportSettings {
     /// Messages each in-memory queue holds before senders wait; 10,000 when unset.
     #[serde(deserialize_with = "de::number")]
     pub memory_capacity: Option<usize>,
+    /// AMQP: ack a run of handled deliveries with one `basic.ack` (`multiple`); off when unset.
+    #[serde(deserialize_with = "de::flag")]
+    pub batched_acks: Option<bool>,
+    /// NATS: wait for the server to confirm each ack; on when unset.
+    #[serde(deserialize_with = "de::flag")]
+    pub confirm_acks: Option<bool>,
     /// The AMQP user, overriding the URL's. Set together with `amqp_password`.
     pub amqp_user: Option<String>,
     /// The AMQP password, overriding the URL's. Never shown by `Debug`.
@@ -156,6 +164,8 @@ impl Default for TransportSettings {
             queue_type: QueueKind::Classic,
             delivery_limit: None,
             memory_capacity: None,
+            batched_acks: None,
+            confirm_acks: None,
             amqp_user: None,
             amqp_password: None,
         }
@@ -482,7 +492,7 @@ impl TransportSettings {
 
     /// The NATS transport configuration these settings describe, to adjust further (naming,
     /// limits, a CA file) before [`NatsTransport::connect`]: `connection_name` (used unless
-    /// the settings name one), `publish_timeout` and `connect_timeout`. Credentials come from
+    /// the settings name one), `publish_timeout`, `connect_timeout` and `confirm_acks`. Credentials come from
     /// the URL (`nats://user:password@host` or `nats://token@host`).
     ///
     /// ```
@@ -521,6 +531,9 @@ impl TransportSettings {
         }
         if let Some(timeout) = self.connect_timeout {
             config = config.connect_timeout(timeout);
+        }
+        if let Some(confirm) = self.confirm_acks {
+            config = config.confirm_acks(confirm);
         }
         Ok(config)
     }
@@ -594,9 +607,10 @@ impl TransportSettings {
             }
             TransportKind::Amqp | TransportKind::Amqps => {
                 let config = self.amqp_config(connection_name)?;
+                let batched = self.batched_acks.unwrap_or(false);
                 AmqpTransport::connect(config)
                     .await
-                    .map(ConfiguredTransport::Amqp)
+                    .map(|t| ConfiguredTransport::Amqp(t.with_batched_acks(batched)))
                     .map_err(|cause| self.connect_error(cause.into()))
             }
             TransportKind::Nats | TransportKind::NatsTls => {
@@ -770,6 +784,31 @@ mod de {
                         "invalid duration `{text}` ({e}); use e.g. \"10s\" or \"500ms\""
                     ))
                 })
+            }
+        }
+        d.deserialize_any(V)
+    }
+
+    /// Yes or no: a TOML boolean, or `true` / `false` (also `1` / `0`, `yes` / `no`, `on` /
+    /// `off`) as text.
+    pub(super) fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Option<bool>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true or false")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(Some(b))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                match text.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" => Ok(Some(true)),
+                    "false" | "0" | "no" | "off" => Ok(Some(false)),
+                    other => Err(E::custom(format!(
+                        "invalid value `{other}`; expected true or false"
+                    ))),
+                }
             }
         }
         d.deserialize_any(V)

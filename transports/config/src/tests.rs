@@ -50,6 +50,8 @@ fn the_file_is_read() {
             queue_type = "quorum"
             delivery_limit = 7
             memory_capacity = 64
+            batched_acks = true
+            confirm_acks = false
 
             [endpoints.sales]  # other tables are not ours to judge
             concurrency = 4
@@ -63,6 +65,7 @@ fn the_file_is_read() {
         assert_eq!(s.queue_type, QueueKind::Quorum);
         assert_eq!(s.delivery_limit, Some(7));
         assert_eq!(s.memory_capacity, Some(64));
+        assert_eq!((s.batched_acks, s.confirm_acks), (Some(true), Some(false)));
         let amqp = s.amqp_config("ignored").map_err(err)?;
         assert_eq!(amqp.connection_name, "billing-eu");
         assert_eq!(
@@ -91,7 +94,9 @@ fn the_environment_overrides_the_file() {
         jail.set_env("BUS_PUBLISH_TIMEOUT", "2m 5s");
         jail.set_env("BUS_DELIVERY_LIMIT", "3");
         jail.set_env("BUS_CONNECTION_NAME", ""); // empty counts as unset
+        jail.set_env("BUS_BATCHED_ACKS", "yes");
         let s = TransportSettings::load().map_err(err)?;
+        assert_eq!(s.batched_acks, Some(true));
         assert_eq!(s.kind().map_err(err)?, TransportKind::Amqps);
         assert_eq!(s.url, "amqps://app:pw@rabbit.internal:5671/prod");
         assert_eq!(s.publish_timeout, Some(Duration::from_secs(125)));
@@ -620,6 +625,30 @@ fn errors_say_where_and_what() {
         assert_eq!(
             TransportSettings::load().unwrap_err().to_string(),
             "invalid bus configuration: BUS_DELIVERY_LIMIT: `lots` is not a whole number"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn ack_settings_reach_the_transport_configuration_and_bad_flags_are_errors() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.set_env("BUS_TRANSPORT", "nats://127.0.0.1:4222");
+        let s = TransportSettings::load().map_err(err)?;
+        assert!(
+            s.nats_config("x").map_err(err)?.confirm_acks,
+            "on by default"
+        );
+        jail.set_env("BUS_CONFIRM_ACKS", "off");
+        let s = TransportSettings::load().map_err(err)?;
+        assert!(!s.nats_config("x").map_err(err)?.confirm_acks);
+        jail.set_env("BUS_CONFIRM_ACKS", "maybe");
+        let e = TransportSettings::load().expect_err("not a flag");
+        let text = e.to_string();
+        assert!(
+            text.contains("BUS_CONFIRM_ACKS") && text.contains("maybe"),
+            "{text}"
         );
         Ok(())
     });
