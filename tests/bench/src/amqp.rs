@@ -36,7 +36,7 @@ const PREFETCH: u16 = 1_000;
 /// Handlers the bus runs at once per endpoint: one, as the raw side's single consumer loop.
 const BUS_CONCURRENCY: usize = 1;
 /// Longest a single measurement may take.
-const LIMIT: Duration = Duration::from_secs(300);
+const LIMIT: Duration = Duration::from_secs(120);
 /// Body size of the end-to-end, publish-only and fan-out cases.
 const BODY: usize = 200;
 /// The bus endpoint of the command cases.
@@ -134,6 +134,20 @@ impl Scope {
     }
 }
 
+/// Longest a single send may wait for its confirm before the run is declared stuck (a client
+/// connection that died without failing its pending confirms would otherwise hang the run).
+const SEND_LIMIT: Duration = Duration::from_secs(60);
+
+/// `send`, failed if its confirm does not come within [`SEND_LIMIT`].
+async fn bounded<Fut: Future<Output = Result<(), String>>>(
+    seq: u64,
+    send: Fut,
+) -> Result<(), String> {
+    tokio::time::timeout(SEND_LIMIT, send)
+        .await
+        .unwrap_or_else(|_| Err(format!("send {seq} got no confirm in {SEND_LIMIT:?}")))
+}
+
 /// Run `n` sends with at most `WINDOW` unfinished at once (each send finishes on its confirm).
 pub(crate) async fn windowed<F, Fut>(n: u64, send: F)
 where
@@ -147,7 +161,7 @@ where
                 panic!("send failed: {e}");
             }
         }
-        inflight.push(send(seq));
+        inflight.push(bounded(seq, send(seq)));
     }
     while let Some(r) = inflight.next().await {
         if let Err(e) = r {
@@ -167,7 +181,7 @@ where
     let mut tasks = tokio::task::JoinSet::new();
     for seq in 0..n {
         tick.tick().await;
-        tasks.spawn(send(seq));
+        tasks.spawn(bounded(seq, send(seq)));
     }
     while let Some(r) = tasks.join_next().await {
         if let Ok(Err(e)) = r {

@@ -140,6 +140,24 @@ impl Scale {
     }
 }
 
+/// Run a group of broker cases; if it fails (a send with no confirm in time, a dead client
+/// connection, a run that stalls: each of these panics), say so and run the whole group once
+/// more on fresh connections. A second failure ends the program with that panic.
+fn once_more(group: &str, run: impl Fn() -> Vec<report::Row>) -> Vec<report::Row> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&run)) {
+        Ok(rows) => rows,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            probe::progress(format!("{group} failed ({why}); running it once more"));
+            run()
+        }
+    }
+}
+
 fn main() {
     let args = Args::parse();
     if let Some(which) = &args.rss_child {
@@ -169,13 +187,19 @@ fn main() {
             )),
             Ok(()) => {
                 if wanted("amqp-e2e") {
-                    rows.extend(amqp::end_to_end(&scale, &args.amqp_url));
+                    rows.extend(once_more("amqp-e2e", || {
+                        amqp::end_to_end(&scale, &args.amqp_url)
+                    }));
                 }
                 if wanted("amqp-publish") {
-                    rows.extend(amqp::publish_and_fanout(&scale, &args.amqp_url));
+                    rows.extend(once_more("amqp-publish", || {
+                        amqp::publish_and_fanout(&scale, &args.amqp_url)
+                    }));
                 }
                 if wanted("amqp-sizes") {
-                    rows.extend(amqp::body_sizes(&scale, &args.amqp_url));
+                    rows.extend(once_more("amqp-sizes", || {
+                        amqp::body_sizes(&scale, &args.amqp_url)
+                    }));
                 }
             }
         }
@@ -185,7 +209,9 @@ fn main() {
             Err(why) => probe::progress(format!(
                 "skipping the NATS case: the server is unreachable ({why})"
             )),
-            Ok(()) => rows.extend(jetstream::end_to_end(&scale, &args.nats_url)),
+            Ok(()) => rows.extend(once_more("nats-e2e", || {
+                jetstream::end_to_end(&scale, &args.nats_url)
+            })),
         }
     }
     if wanted("redis-e2e") {
@@ -193,7 +219,9 @@ fn main() {
             Err(why) => probe::progress(format!(
                 "skipping the Redis case: the server is unreachable ({why})"
             )),
-            Ok(()) => rows.extend(streams::end_to_end(&scale, &args.redis_url)),
+            Ok(()) => rows.extend(once_more("redis-e2e", || {
+                streams::end_to_end(&scale, &args.redis_url)
+            })),
         }
     }
     if wanted("footprint") {

@@ -30,7 +30,7 @@ use bus_core::{
     async_trait, Acker, Delivery, Destination, Envelope, Outgoing, SubscribeOptions, Subscription,
     Topology, Transport, TransportError,
 };
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore, SemaphorePermit, TryAcquireError};
 
 /// The in-memory transport. Clones share the same queues.
 #[derive(Clone)]
@@ -169,40 +169,10 @@ impl MemoryTransport {
     }
 
     async fn enqueue(&self, queue: &Queue, envelope: Envelope) -> Result<(), TransportError> {
-        if let Some(room) = &queue.room {
-            // Room at once is the common case: no timer for it.
-            let permit = match room.try_acquire() {
-                Ok(permit) => permit,
-                Err(TryAcquireError::Closed) => return Err(TransportError::Closed),
-                Err(TryAcquireError::NoPermits) => {
-                    // Full: wait a moment for a few slots, not just one, so a producer that
-                    // outruns its consumers is woken once per `refill` acks rather than on
-                    // every ack (a cross-thread wake-up each, which cost more than the ack).
-                    // A slow consumer does not free that many in a moment: then wait for one
-                    // slot, as long as the send timeout allows. The bound is unchanged: slots
-                    // beyond this message's are given back at once. Producers blocked on one
-                    // queue are served in order to within that moment, not strictly.
-                    let deadline = tokio::time::Instant::now() + self.inner.send_timeout;
-                    let refill_wait = REFILL_WAIT.min(self.inner.send_timeout);
-                    match tokio::time::timeout(refill_wait, room.acquire_many(queue.refill)).await {
-                        Ok(Ok(mut slots)) => {
-                            let mine = slots.split(1).expect("refill is at least 1");
-                            drop(slots);
-                            mine
-                        }
-                        Ok(Err(_)) => return Err(TransportError::Closed),
-                        Err(_) => tokio::time::timeout_at(deadline, room.acquire())
-                            .await
-                            .map_err(|_| TransportError::Timeout {
-                                operation: "waiting for room in a full in-memory queue",
-                                after: self.inner.send_timeout,
-                            })?
-                            .map_err(|_| TransportError::Closed)?,
-                    }
-                }
-            };
+        let deadline = tokio::time::Instant::now() + self.inner.send_timeout;
+        if let Some(slot) = self.reserve(queue, deadline).await? {
             // The slot is given back when the message is acked.
-            permit.forget();
+            slot.forget();
         }
         queue.push(
             Stored {
@@ -212,6 +182,54 @@ impl MemoryTransport {
             false,
         );
         Ok(())
+    }
+
+    /// A slot in `queue` for one message (`None` for an unbounded queue), waiting for room
+    /// until `deadline`. Dropping the slot gives it back.
+    async fn reserve<'q>(
+        &self,
+        queue: &'q Queue,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<SemaphorePermit<'q>>, TransportError> {
+        let Some(room) = &queue.room else {
+            return Ok(None);
+        };
+        // Room at once is the common case: no timer for it.
+        let slot = match room.try_acquire() {
+            Ok(slot) => slot,
+            Err(TryAcquireError::Closed) => return Err(TransportError::Closed),
+            Err(TryAcquireError::NoPermits) => {
+                // Full: wait a moment for a few slots, not just one, so a producer that
+                // outruns its consumers is woken once per `refill` acks rather than on every
+                // ack (a cross-thread wake-up each, which cost more than the ack). A slow
+                // consumer does not free that many in a moment: then wait for one slot, until
+                // the deadline. The bound is unchanged: slots beyond this message's are given
+                // back at once. Producers blocked on one queue are served in order to within
+                // that moment, not strictly.
+                let refill_wait = tokio::time::Instant::now() + REFILL_WAIT;
+                match tokio::time::timeout_at(
+                    refill_wait.min(deadline),
+                    room.acquire_many(queue.refill),
+                )
+                .await
+                {
+                    Ok(Ok(mut slots)) => {
+                        let mine = slots.split(1).expect("refill is at least 1");
+                        drop(slots);
+                        mine
+                    }
+                    Ok(Err(_)) => return Err(TransportError::Closed),
+                    Err(_) => tokio::time::timeout_at(deadline, room.acquire())
+                        .await
+                        .map_err(|_| TransportError::Timeout {
+                            operation: "waiting for room in a full in-memory queue",
+                            after: self.inner.send_timeout,
+                        })?
+                        .map_err(|_| TransportError::Closed)?,
+                }
+            }
+        };
+        Ok(Some(slot))
     }
 }
 
@@ -375,6 +393,16 @@ impl Transport for MemoryTransport {
             });
             return Ok(());
         }
+        // Room in every queue first, then a copy to each: an event that cannot get into one
+        // queue in time gets into none (its slots go back as `slots` drops), so a caller's
+        // retry does not duplicate it where it did get in.
+        let deadline = tokio::time::Instant::now() + self.inner.send_timeout;
+        let mut slots = Vec::with_capacity(targets.len());
+        for q in &targets {
+            slots.push(self.reserve(q, deadline).await?);
+        }
+        // Each slot is given back when its copy is acked.
+        slots.into_iter().flatten().for_each(|slot| slot.forget());
         let mut envelope = Some(message.envelope);
         for (i, q) in targets.iter().enumerate() {
             let copy = if i + 1 == targets.len() {
@@ -383,7 +411,13 @@ impl Transport for MemoryTransport {
                 envelope.clone()
             };
             if let Some(copy) = copy {
-                self.enqueue(q, copy).await?;
+                q.push(
+                    Stored {
+                        envelope: copy,
+                        delivery_count: 0,
+                    },
+                    false,
+                );
             }
         }
         Ok(())
@@ -783,6 +817,46 @@ mod tests {
         );
         assert!(t.send_now(message(18)).is_err(), "and only one");
         assert_eq!(t.depth("ep"), Some(16));
+    }
+
+    /// An event whose queues cannot all take it in time gets into none of them: a retry by the
+    /// caller then duplicates nothing.
+    #[tokio::test]
+    async fn an_event_that_times_out_on_one_queue_is_in_none() {
+        let t = MemoryTransport::new()
+            .capacity(2)
+            .send_timeout(Duration::from_millis(200));
+        let ep = |name: &str| EndpointTopology {
+            name: name.into(),
+            events: vec!["evt".into()],
+            ..EndpointTopology::default()
+        };
+        t.declare(&Topology {
+            endpoints: vec![ep("a"), ep("b")],
+        })
+        .await
+        .expect("declared");
+        // `b` fills up; `a` keeps room.
+        for n in 0..2 {
+            t.send(Outgoing {
+                destination: Destination::Endpoint("b".into()),
+                ..message(n)
+            })
+            .await
+            .expect("room in b");
+        }
+        let err = t.send(event(2)).await.expect_err("b stays full");
+        assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+        assert_eq!((t.depth("a"), t.depth("b")), (Some(0), Some(2)));
+        // And `a`'s slots were given back: it still takes two.
+        for n in 3..5 {
+            t.send(Outgoing {
+                destination: Destination::Endpoint("a".into()),
+                ..message(n)
+            })
+            .await
+            .expect("room in a");
+        }
     }
 
     /// With no slot freed, the send fails with a timeout error after its timeout, and the queue
