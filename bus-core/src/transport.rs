@@ -142,9 +142,9 @@ pub trait Subscription: Send {
     }
 
     /// Stop receiving new deliveries, while the ones handed out can still be settled; `next`
-    /// returns `None` from then on (and `next_now` too). The runtime calls it at shutdown, waits for in-flight
-    /// handlers, then drops the subscription (which returns anything received but not handed
-    /// out).
+    /// returns `None` from then on (and `next_now` too). The runtime calls it at shutdown,
+    /// waits for in-flight handlers, then drops the subscription (which returns anything
+    /// received but not handed out).
     async fn cancel(&mut self) {}
 }
 
