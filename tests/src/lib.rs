@@ -12,6 +12,7 @@ pub mod redis_broker;
 pub mod redis_server;
 pub mod reliability;
 pub mod server_process;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -21,6 +21,7 @@ use bus_tests::nats_broker::NatsScope;
 use bus_tests::nats_server::Nats;
 use bus_tests::proxy::Proxy;
 use bus_tests::server_process::{ServerKind, ServerProcess};
+use bus_tests::tls::Ca;
 use bus_tests::{eventually, Ledger};
 use bus_transport_nats::async_nats;
 use bus_transport_nats::{NatsConfig, NatsError, NatsTransport};
@@ -1076,30 +1077,11 @@ impl ServerKind for NatsTls {
     }
 }
 
-/// A CA, and a certificate for `localhost` signed by it, as PEM files in `dir`.
+/// A CA of the test's own, and a certificate for `localhost` signed by it, as PEM files in
+/// `dir`.
 fn tls_files(dir: &std::path::Path) -> NatsTls {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "bus NATS test CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let files = NatsTls {
-        cert: dir.join("server.pem"),
-        key: dir.join("server.key"),
-        ca: dir.join("ca.pem"),
-    };
-    std::fs::write(&files.cert, cert.pem()).unwrap();
-    std::fs::write(&files.key, key.serialize_pem()).unwrap();
-    std::fs::write(&files.ca, ca.pem()).unwrap();
-    files
+    let (ca, cert, key) = Ca::new("bus NATS test CA").write_files(dir);
+    NatsTls { cert, key, ca }
 }
 
 /// `tls://` with the right CA carries a command end to end; the wrong CA, or a plain client

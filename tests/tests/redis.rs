@@ -20,6 +20,7 @@ use bus_core::{
 use bus_tests::messages::{Noticed, Work};
 use bus_tests::proxy::Proxy;
 use bus_tests::redis_broker::RedisScope;
+use bus_tests::tls::{tls_proxy, Ca};
 use bus_tests::{eventually, Ledger};
 use bus_transport_redis::{RedisConfig, RedisError, RedisTransport};
 use redis::AsyncCommands;
@@ -774,6 +775,89 @@ async fn a_typed_body_is_refused_with_a_clear_error() {
         };
         let err = t.send(to("typed", envelope)).await.unwrap_err();
         assert!(err.to_string().contains("needs bytes"), "{err}");
+    })
+    .await;
+}
+
+/// `rediss://` through a TLS-terminating proxy in front of the running Redis, with a
+/// certificate authority made by the test: the right CA carries a message end to end; a wrong
+/// CA, or a host name the certificate does not name, fails to connect within the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connects_with_the_right_ca_and_fails_fast_otherwise() {
+    scoped("redis TLS", |scope| async move {
+        let target = scope
+            .url
+            .trim_start_matches("redis://")
+            .split(['/', '@'])
+            .find(|part| part.contains(':') && !part.starts_with(':'))
+            .unwrap_or("127.0.0.1:6379")
+            .to_string();
+        let target: SocketAddr = tokio::net::lookup_host(target.as_str())
+            .await
+            .expect("the Redis address")
+            .next()
+            .expect("an address");
+        let good = Ca::new("bus Redis test CA");
+        let proxy = tls_proxy(&good, target).await;
+        let dir = std::env::temp_dir().join(bus_tests::broker::unique("bus-redis-tls"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (good_ca, _, _) = good.write_files(&dir);
+        let wrong_ca = dir.join("wrong.pem");
+        std::fs::write(&wrong_ca, Ca::new("some other CA").pem).unwrap();
+        let config = |host: &str, ca: &std::path::Path| {
+            RedisConfig::new(format!("rediss://{host}:{}", proxy.port()))
+                .key_prefix(scope.keys.prefix.clone())
+                .consumer_name("tls")
+                .connect_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(5))
+                .tls_ca_file(ca)
+        };
+
+        let t = RedisTransport::connect(config("localhost", &good_ca))
+            .await
+            .expect("TLS with the right CA");
+        t.declare(&topology("tls-work", &[])).await.unwrap();
+        let mut sub = t
+            .subscribe("tls-work", SubscribeOptions { prefetch: 4 })
+            .await
+            .unwrap();
+        let headers = Headers {
+            message_id: "tls-1".into(),
+            message_type: "tests.Work".into(),
+            content_type: "application/json".into(),
+            ..Headers::default()
+        };
+        t.send(to(
+            "tls-work",
+            Envelope::from_bytes(headers, b"{\"n\":1,\"fail_first\":0}".to_vec()),
+        ))
+        .await
+        .expect("sent over TLS");
+        let d = next(&mut sub, Duration::from_secs(5))
+            .await
+            .expect("delivered over TLS");
+        assert_eq!(d.envelope().headers.message_id, "tls-1");
+        d.ack().await.unwrap();
+        drop(sub);
+        drop(t);
+
+        for (what, config) in [
+            ("the wrong CA", config("localhost", &wrong_ca)),
+            (
+                "a host name the certificate does not name",
+                config("127.0.0.1", &good_ca),
+            ),
+        ] {
+            let started = Instant::now();
+            let error = RedisTransport::connect(config).await.expect_err(what);
+            assert!(
+                started.elapsed() < Duration::from_secs(8),
+                "{what}: failed only after {:?}: {error}",
+                started.elapsed()
+            );
+            println!("{what}: {error}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     })
     .await;
 }

@@ -4,7 +4,6 @@
 //! appear in logs at trace level, errors, or `Debug` output.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,73 +11,16 @@ use bus_core::Bus;
 use bus_tests::broker::AmqpScope;
 use bus_tests::messages::Noticed;
 use bus_tests::reliability::rabbitmqctl;
+use bus_tests::tls::{tls_proxy, Ca};
 use bus_transport_amqp::{AmqpConfig, AmqpError, AmqpTransport};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio_rustls::rustls::{self, ServerConfig};
-use tokio_rustls::TlsAcceptor;
-
-struct Ca {
-    pem: String,
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        cert,
-        key,
-    }
-}
-
-/// Terminates TLS for `localhost` with a certificate signed by `ca`, forwarding to RabbitMQ.
-async fn tls_proxy(ca: &Ca) -> SocketAddr {
-    let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(inbound).await else {
-                    return;
-                };
-                if let Ok(mut broker) = TcpStream::connect("127.0.0.1:5672").await {
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
-                }
-            });
-        }
-    });
-    addr
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d30_tls_connects_with_the_right_ca_and_fails_fast_otherwise() {
     let Some(scope) = AmqpScope::new("D30 TLS").await else {
         return;
     };
-    let good = ca("bus test CA");
-    let proxy = tls_proxy(&good).await;
+    let good = Ca::new("bus test CA");
+    let proxy = tls_proxy(&good, "127.0.0.1:5672".parse().unwrap()).await;
 
     let config = AmqpConfig::new(format!(
         "amqps://guest:guest@localhost:{}/%2f",
@@ -101,7 +43,7 @@ async fn d30_tls_connects_with_the_right_ca_and_fails_fast_otherwise() {
         .expect("publish over TLS");
     transport.close().await.unwrap();
 
-    let other = ca("some other CA");
+    let other = Ca::new("some other CA");
     let started = Instant::now();
     let err = AmqpTransport::connect(config.clone().tls_ca_pem(other.pem.clone()))
         .await

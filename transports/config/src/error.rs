@@ -7,13 +7,11 @@ use bus_transport_nats::NatsError;
 use bus_transport_redis::RedisError;
 
 /// The transport schemes this crate can open, as listed in error messages.
-pub const SUPPORTED_SCHEMES: &str = "memory, amqp, amqps, nats, tls, redis";
+pub const SUPPORTED_SCHEMES: &str = "memory, amqp, amqps, nats, tls, redis, rediss";
 
-/// Schemes of transports that are recognised but cannot be opened (yet), and why.
-pub(crate) const NOT_YET: &[(&str, &str)] = &[(
-    "rediss",
-    "the Redis transport has no TLS; use redis:// on a trusted network or through a TLS tunnel",
-)];
+/// Schemes of transports that are recognised but cannot be opened (yet), and why. None at
+/// present: a scheme added here is answered with [`ConfigError::NotSupportedYet`].
+pub(crate) const NOT_YET: &[(&str, &str)] = &[];
 
 /// An error loading transport settings or opening the transport they name.
 ///
@@ -32,7 +30,7 @@ pub(crate) const NOT_YET: &[(&str, &str)] = &[(
 /// assert!(matches!(error, ConfigError::UnknownScheme { .. }));
 /// assert_eq!(
 ///     error.to_string(),
-///     "unknown transport scheme `kafka` in `kafka://broker:9092`; supported: memory, amqp, amqps, nats, tls, redis"
+///     "unknown transport scheme `kafka` in `kafka://broker:9092`; supported: memory, amqp, amqps, nats, tls, redis, rediss"
 /// );
 /// ```
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +50,7 @@ pub enum ConfigError {
         /// The transport setting, password redacted.
         url: String,
     },
-    /// The transport is a known kind that this crate cannot open yet (`rediss://`: the Redis
-    /// transport has no TLS).
+    /// The transport is a known kind that this crate cannot open yet (none at present).
     #[error("the `{scheme}` transport is not supported yet{}; supported: {SUPPORTED_SCHEMES}", why_not_yet(.scheme))]
     NotSupportedYet {
         /// The scheme found.

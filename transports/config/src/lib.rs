@@ -35,8 +35,7 @@
 //!
 //! Credentials (passwords, NATS tokens) never appear in `Debug` output or in a
 //! [`ConfigError`]. Supported schemes: `memory`, `amqp`, `amqps`, `nats`, `tls` (NATS with
-//! TLS) and `redis`; `rediss://` is recognised and refused, since the Redis transport has no
-//! TLS.
+//! TLS), `redis` and `rediss` (Redis with TLS).
 //!
 //! ```
 //! use bus_transport_config::{TransportKind, TransportSettings};

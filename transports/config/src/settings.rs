@@ -63,8 +63,10 @@ pub enum TransportKind {
     Nats,
     /// NATS JetStream with TLS required (`tls://`, or a list of servers with one `tls://`).
     NatsTls,
-    /// Redis Streams (`redis://`). `rediss://` (TLS) is refused: the Redis transport has no TLS.
+    /// Redis Streams (`redis://`).
     Redis,
+    /// Redis Streams over TLS (`rediss://`).
+    RedisTls,
 }
 
 /// Which transport to run on, and its settings.
@@ -93,10 +95,9 @@ pub enum TransportKind {
 /// | `memory` | in-memory, one process only ([`TransportKind::Memory`]) | `memory` |
 /// | `amqp`, `amqps` | RabbitMQ; `amqps` with TLS | `amqp://user:password@host:5672/vhost` |
 /// | `nats`, `tls` | NATS JetStream; `tls` requires TLS; a comma-separated list names several servers | `nats://user:password@host:4222`, `nats://token@host:4222` |
-/// | `redis` | Redis Streams | `redis://:password@host:6379/0`, `redis://user:password@host:6379` |
+/// | `redis`, `rediss` | Redis Streams; `rediss` with TLS | `redis://:password@host:6379/0`, `redis://user:password@host:6379` |
 ///
-/// `rediss://` is refused with [`ConfigError::NotSupportedYet`]: the Redis transport has no
-/// TLS. Settings a transport has no use for are ignored (`queue_type` on NATS, say).
+/// Settings a transport has no use for are ignored (`queue_type` on NATS, say).
 ///
 /// An empty environment variable counts as unset. Environment values are taken verbatim
 /// (a password `0042` stays `0042`). Unknown keys in the `[transport]` table are errors, so a
@@ -182,6 +183,8 @@ impl fmt::Debug for TransportSettings {
             .field("queue_type", &self.queue_type)
             .field("delivery_limit", &self.delivery_limit)
             .field("memory_capacity", &self.memory_capacity)
+            .field("batched_acks", &self.batched_acks)
+            .field("confirm_acks", &self.confirm_acks)
             .field("amqp_user", &self.amqp_user)
             .field("amqp_password", &self.amqp_password.as_ref().map(|_| "***"))
             .finish()
@@ -312,7 +315,7 @@ impl TransportSettings {
     /// assert_eq!(with("nats://n1:4222,nats://n2:4222").kind()?, TransportKind::Nats);
     /// assert_eq!(with("tls://app:pw@nats.internal:4222").kind()?, TransportKind::NatsTls);
     /// assert_eq!(with("redis://:pw@127.0.0.1:6379/0").kind()?, TransportKind::Redis);
-    /// assert!(matches!(with("rediss://r:6380").kind(), Err(ConfigError::NotSupportedYet { .. })));
+    /// assert_eq!(with("rediss://:pw@redis.internal:6380").kind()?, TransportKind::RedisTls);
     /// # Ok::<(), ConfigError>(())
     /// ```
     pub fn kind(&self) -> Result<TransportKind, ConfigError> {
@@ -382,7 +385,7 @@ impl TransportSettings {
                     TransportKind::Nats
                 })
             }
-            "redis" => {
+            "redis" | "rediss" => {
                 if !url.contains("://") {
                     return Err(invalid("expected a URL such as redis://host:6379/0"));
                 }
@@ -393,7 +396,11 @@ impl TransportSettings {
                         "the path must be a database number, as in redis://host:6379/0",
                     ));
                 }
-                Ok(TransportKind::Redis)
+                Ok(if scheme == "rediss" {
+                    TransportKind::RedisTls
+                } else {
+                    TransportKind::Redis
+                })
             }
             s if NOT_YET.iter().any(|(not_yet, _)| *not_yet == s) => {
                 Err(ConfigError::NotSupportedYet { scheme })
@@ -561,11 +568,11 @@ impl TransportSettings {
     /// ```
     pub fn redis_config(&self, connection_name: &str) -> Result<RedisConfig, ConfigError> {
         match self.kind()? {
-            TransportKind::Redis => {}
+            TransportKind::Redis | TransportKind::RedisTls => {}
             _ => {
                 return Err(ConfigError::InvalidUrl {
                     url: self.redacted_url(),
-                    reason: "a Redis configuration needs a redis:// URL".into(),
+                    reason: "a Redis configuration needs a redis:// or rediss:// URL".into(),
                 })
             }
         }
@@ -620,7 +627,7 @@ impl TransportSettings {
                     .map(ConfiguredTransport::Nats)
                     .map_err(|cause| self.connect_error(cause.into()))
             }
-            TransportKind::Redis => {
+            TransportKind::Redis | TransportKind::RedisTls => {
                 let config = self.redis_config(connection_name)?;
                 RedisTransport::connect(config)
                     .await

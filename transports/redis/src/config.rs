@@ -1,6 +1,7 @@
 //! Settings of the Redis transport, and the names of the keys it uses.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::RedisError;
@@ -120,6 +121,8 @@ pub struct RedisConfig {
     /// How often a subscription looks for deliveries to take over (nacked ones, or those of
     /// dead consumers). A nack by this process triggers a look at once.
     pub claim_interval: Duration,
+    /// With a `rediss://` URL: a CA certificate file (PEM) to trust instead of the system's.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl RedisConfig {
@@ -135,7 +138,22 @@ impl RedisConfig {
             block_timeout: Duration::from_secs(1),
             reclaim_idle: Duration::from_secs(30),
             claim_interval: Duration::from_secs(1),
+            tls_ca_file: None,
         }
+    }
+
+    /// Trust this CA file (PEM) for TLS (`rediss://`), instead of the system's certificates.
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
+        self
+    }
+
+    /// Whether the URL asks for TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        self.url
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("rediss://")
     }
 
     /// From the environment: the URL from `BUS_REDIS_URL`, else `BUS_TRANSPORT` when it is a
@@ -205,12 +223,9 @@ impl RedisConfig {
         let url = url::Url::parse(&self.url)
             .map_err(|e| RedisError::Config(format!("invalid Redis URL: {e}")))?;
         match url.scheme() {
-            "redis" => Ok(&self.url),
-            "rediss" => Err(RedisError::Config(
-                "rediss:// (TLS) is not built into this transport; use redis:// on a trusted network or a TLS tunnel".into(),
-            )),
+            "redis" | "rediss" => Ok(&self.url),
             other => Err(RedisError::Config(format!(
-                "unsupported scheme `{other}`: use redis://"
+                "unsupported scheme `{other}`: use redis:// or rediss:// (TLS)"
             ))),
         }
     }
@@ -260,6 +275,7 @@ impl fmt::Debug for RedisConfig {
             .field("block_timeout", &self.block_timeout)
             .field("reclaim_idle", &self.reclaim_idle)
             .field("claim_interval", &self.claim_interval)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -282,9 +298,9 @@ mod tests {
     #[test]
     fn only_redis_urls_are_accepted() {
         assert!(RedisConfig::new("redis://127.0.0.1").checked_url().is_ok());
-        assert!(RedisConfig::new("rediss://127.0.0.1")
-            .checked_url()
-            .is_err());
+        let tls = RedisConfig::new("rediss://127.0.0.1");
+        assert!(tls.checked_url().is_ok() && tls.is_tls());
+        assert!(!RedisConfig::new("redis://127.0.0.1").is_tls());
         assert!(RedisConfig::new("amqp://127.0.0.1").checked_url().is_err());
         assert!(RedisConfig::new("not a url").checked_url().is_err());
     }

@@ -67,8 +67,28 @@ impl RedisTransport {
     /// Connect and return the transport. Wrong credentials fail at once with
     /// [`RedisError::Authentication`]; an unreachable server within the connect timeout.
     pub async fn connect(config: RedisConfig) -> Result<Self, RedisError> {
-        let client = redis::Client::open(config.checked_url()?)
-            .map_err(|e| RedisError::Config(config.scrub(&e.to_string())))?;
+        let url = config.checked_url()?;
+        let client = match (&config.tls_ca_file, config.is_tls()) {
+            (Some(ca), true) => {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    RedisError::Config(format!("reading the CA file {}: {e}", ca.display()))
+                })?;
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+            (Some(_), false) => {
+                return Err(RedisError::Config(
+                    "a CA file is set but the URL is redis://; use rediss:// for TLS".into(),
+                ))
+            }
+            (None, _) => redis::Client::open(url),
+        }
+        .map_err(|e| RedisError::Config(config.scrub(&e.to_string())))?;
         // One plain connection first, without retries, so a bad password or an unreachable
         // server is reported at once.
         let probe = AsyncConnectionConfig::new()
