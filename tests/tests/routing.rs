@@ -207,10 +207,9 @@ async fn ids_started(
     Ok(())
 }
 
-/// A root message sent with no ids of its own carries neither a correlation id nor the
-/// conversation header: its message id is both, and what its handler sends carries them.
-#[tokio::test]
-async fn a_root_message_id_is_the_correlation_and_conversation_of_what_it_causes() {
+/// Send `Start` with `options` to a bus hosting both id endpoints; the two notes its handlers
+/// wrote: the `Start` handler's, then the `Started` handler's.
+async fn ids_seen(options: SendOptions) -> Vec<String> {
     let ledger = Ledger::new();
     let bus = Bus::builder()
         .transport(MemoryTransport::new())
@@ -219,12 +218,17 @@ async fn a_root_message_id_is_the_correlation_and_conversation_of_what_it_causes
         .start()
         .await
         .unwrap();
-    bus.send_with(Start, SendOptions::new().message_id("root-2"))
-        .await
-        .unwrap();
+    bus.send_with(Start, options).await.unwrap();
     assert!(eventually(Duration::from_secs(5), || ledger.notes().len() == 2).await);
     bus.shutdown().await;
-    let notes = ledger.notes();
+    ledger.notes()
+}
+
+/// A root message sent with no ids of its own carries neither a correlation id nor the
+/// conversation header: its message id is both, and what its handler sends carries them.
+#[tokio::test]
+async fn a_root_message_id_is_the_correlation_and_conversation_of_what_it_causes() {
+    let notes = ids_seen(SendOptions::new().message_id("root-2")).await;
     assert_eq!(notes[0], "start id=root-2");
     let started = &notes[1];
     assert!(started.contains("correlation=root-2"), "{started}");
@@ -234,25 +238,12 @@ async fn a_root_message_id_is_the_correlation_and_conversation_of_what_it_causes
 
 #[tokio::test]
 async fn message_ids_propagate_from_input_to_output() {
-    let ledger = Ledger::new();
-    let bus = Bus::builder()
-        .transport(MemoryTransport::new())
-        .host(["t-ids-a", "t-ids-b"])
-        .state(ledger.clone())
-        .start()
-        .await
-        .unwrap();
-    bus.send_with(
-        Start,
+    let notes = ids_seen(
         SendOptions::new()
             .correlation_id("corr-1")
             .message_id("root-1"),
     )
-    .await
-    .unwrap();
-    assert!(eventually(Duration::from_secs(5), || ledger.notes().len() == 2).await);
-    bus.shutdown().await;
-    let notes = ledger.notes();
+    .await;
     assert_eq!(notes[0], "start id=root-1");
     let started = &notes[1];
     assert!(started.contains("correlation=corr-1"), "{started}");
