@@ -174,13 +174,7 @@ impl MemoryTransport {
             // The slot is given back when the message is acked.
             slot.forget();
         }
-        queue.push(
-            Stored {
-                envelope,
-                delivery_count: 0,
-            },
-            false,
-        );
+        queue.push(Stored::fresh(envelope), false);
         Ok(())
     }
 
@@ -266,24 +260,19 @@ impl MemoryTransport {
         }
         // Each slot is given back when its copy is acked.
         slots.into_iter().for_each(|permit| permit.forget());
-        let mut envelope = Some(envelope);
-        for (i, q) in targets.iter().enumerate() {
-            let copy = if i + 1 == targets.len() {
-                envelope.take()
-            } else {
-                envelope.clone()
-            };
-            if let Some(copy) = copy {
-                q.push(
-                    Stored {
-                        envelope: copy,
-                        delivery_count: 0,
-                    },
-                    false,
-                );
-            }
-        }
+        push_copies(targets, envelope);
         Ok(Ok(()))
+    }
+}
+
+/// A copy of `envelope` to each of `targets` (the envelope itself to the last), their slots
+/// already taken.
+fn push_copies(targets: &[Arc<Queue>], envelope: Envelope) {
+    if let Some((last, rest)) = targets.split_last() {
+        for q in rest {
+            q.push(Stored::fresh(envelope.clone()), false);
+        }
+        last.push(Stored::fresh(envelope), false);
     }
 }
 
@@ -360,13 +349,7 @@ impl Transport for MemoryTransport {
                 }
             }
         }
-        q.push(
-            Stored {
-                envelope,
-                delivery_count: 0,
-            },
-            false,
-        );
+        q.push(Stored::fresh(envelope), false);
         Ok(Ok(()))
     }
 
@@ -403,23 +386,7 @@ impl Transport for MemoryTransport {
         }
         // Each slot is given back when its copy is acked.
         slots.into_iter().flatten().for_each(|slot| slot.forget());
-        let mut envelope = Some(message.envelope);
-        for (i, q) in targets.iter().enumerate() {
-            let copy = if i + 1 == targets.len() {
-                envelope.take()
-            } else {
-                envelope.clone()
-            };
-            if let Some(copy) = copy {
-                q.push(
-                    Stored {
-                        envelope: copy,
-                        delivery_count: 0,
-                    },
-                    false,
-                );
-            }
-        }
+        push_copies(&targets, message.envelope);
         Ok(())
     }
 
@@ -441,6 +408,16 @@ impl Transport for MemoryTransport {
 struct Stored {
     envelope: Envelope,
     delivery_count: u32,
+}
+
+impl Stored {
+    /// A message not delivered yet.
+    fn fresh(envelope: Envelope) -> Self {
+        Stored {
+            envelope,
+            delivery_count: 0,
+        }
+    }
 }
 
 #[derive(Default)]
