@@ -170,6 +170,34 @@ where
     }
 }
 
+/// Warm up with `warmup` messages, then time `n`: throughput and client CPU per message, each
+/// run of sends made by `send()` and waited for on `sink` (`what` names a stuck run).
+pub(crate) async fn warmed_run<S, F, Fut>(
+    sink: &Sink,
+    warmup: u64,
+    n: u64,
+    what: &str,
+    send: S,
+) -> Run
+where
+    S: Fn() -> F,
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    sink.arm(warmup, false, None);
+    windowed(warmup, send()).await;
+    assert!(sink.wait(LIMIT).await, "{what}: warmup stuck");
+    sink.arm(n, false, None);
+    let started = Instant::now();
+    let cpu = cpu_seconds();
+    windowed(n, send()).await;
+    assert!(sink.wait(LIMIT).await, "{what} stuck");
+    Run {
+        rate: n as f64 / started.elapsed().as_secs_f64(),
+        cpu_us: (cpu_seconds() - cpu) * 1e6 / n as f64,
+    }
+}
+
 /// Offer `rate` messages per second for `duration`, each send in its own task.
 async fn offered<F, Fut>(rate: u64, duration: Duration, send: F) -> u64
 where
@@ -448,18 +476,10 @@ fn bus_e2e_throughput(url: &str, n: u64, body: usize, warmup: u64, how: Consumin
         let sink = Sink::new();
         let bus = command_bus(&mut scope, &sink, false, how).await;
         let payload = payload_of(body);
-        sink.arm(warmup, false, None);
-        windowed(warmup, bus_send(&bus, &payload, false)).await;
-        assert!(sink.wait(LIMIT).await, "bus warmup stuck");
-        sink.arm(n, false, None);
-        let started = Instant::now();
-        let cpu = cpu_seconds();
-        windowed(n, bus_send(&bus, &payload, false)).await;
-        assert!(sink.wait(LIMIT).await, "bus end-to-end run stuck");
-        let run = Run {
-            rate: n as f64 / started.elapsed().as_secs_f64(),
-            cpu_us: (cpu_seconds() - cpu) * 1e6 / n as f64,
-        };
+        let run = warmed_run(&sink, warmup, n, "bus end-to-end run", || {
+            bus_send(&bus, &payload, false)
+        })
+        .await;
         close_bus(bus).await;
         scope.cleanup().await;
         run
@@ -476,18 +496,7 @@ fn raw_e2e_throughput(url: &str, n: u64, body: usize, warmup: u64, props: RawPro
         let consumer = raw_consumer(&conn, &queue, work_handler(&sink)).await;
         let payload = payload_of(body);
         let send = || raw_send_with(&publisher, "", &queue, true, &payload, false, props);
-        sink.arm(warmup, false, None);
-        windowed(warmup, send()).await;
-        assert!(sink.wait(LIMIT).await, "raw warmup stuck");
-        sink.arm(n, false, None);
-        let started = Instant::now();
-        let cpu = cpu_seconds();
-        windowed(n, send()).await;
-        assert!(sink.wait(LIMIT).await, "raw end-to-end run stuck");
-        let run = Run {
-            rate: n as f64 / started.elapsed().as_secs_f64(),
-            cpu_us: (cpu_seconds() - cpu) * 1e6 / n as f64,
-        };
+        let run = warmed_run(&sink, warmup, n, "raw end-to-end run", send).await;
         consumer.abort();
         let _ = conn.close(200, "bench done".into()).await;
         scope.cleanup().await;

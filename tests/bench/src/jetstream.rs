@@ -5,7 +5,7 @@
 //!
 //! Every run uses streams and subjects under a unique prefix and deletes its streams at the end.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bus_core::Bus;
 use bus_transport_nats::async_nats::{self, jetstream};
@@ -14,15 +14,13 @@ use futures_util::StreamExt;
 use jetstream::consumer::{pull, AckPolicy};
 use jetstream::stream::{RetentionPolicy, StorageType};
 
-use crate::amqp::{payload_of, windowed, Run};
-use crate::probe::{cpu_seconds, handle, progress, runtime, Sink, StreamWork};
+use crate::amqp::{payload_of, warmed_run, Run};
+use crate::probe::{handle, progress, runtime, Sink, StreamWork};
 use crate::report::Row;
 use crate::Scale;
 
 /// Messages pulled at most per batch on both sides (the bus's prefetch).
 const PREFETCH: usize = 1_000;
-/// Longest a single measurement may take.
-const LIMIT: Duration = Duration::from_secs(300);
 /// Messages before a measurement starts.
 const WARMUP: u64 = 500;
 /// Body size.
@@ -120,18 +118,7 @@ fn bus_throughput(url: &str, n: u64, concurrency: usize, confirm_acks: bool) -> 
                 }
             }
         };
-        sink.arm(WARMUP, false, None);
-        windowed(WARMUP, send()).await;
-        assert!(sink.wait(LIMIT).await, "bus warmup stuck");
-        sink.arm(n, false, None);
-        let started = Instant::now();
-        let cpu = cpu_seconds();
-        windowed(n, send()).await;
-        assert!(sink.wait(LIMIT).await, "bus NATS run stuck");
-        let run = Run {
-            rate: n as f64 / started.elapsed().as_secs_f64(),
-            cpu_us: (cpu_seconds() - cpu) * 1e6 / n as f64,
-        };
+        let run = warmed_run(&sink, WARMUP, n, "bus NATS run", send).await;
         bus.shutdown().await;
         delete_streams(&js, &prefix.to_uppercase()).await;
         run
@@ -221,18 +208,7 @@ fn raw_throughput(url: &str, n: u64) -> Run {
                 }
             }
         };
-        sink.arm(WARMUP, false, None);
-        windowed(WARMUP, send()).await;
-        assert!(sink.wait(LIMIT).await, "raw warmup stuck");
-        sink.arm(n, false, None);
-        let started = Instant::now();
-        let cpu = cpu_seconds();
-        windowed(n, send()).await;
-        assert!(sink.wait(LIMIT).await, "raw NATS run stuck");
-        let run = Run {
-            rate: n as f64 / started.elapsed().as_secs_f64(),
-            cpu_us: (cpu_seconds() - cpu) * 1e6 / n as f64,
-        };
+        let run = warmed_run(&sink, WARMUP, n, "raw NATS run", send).await;
         consuming.abort();
         delete_streams(&js, &stream_name).await;
         let _ = client.drain().await;

@@ -5,22 +5,20 @@
 //!
 //! Every run uses keys under a unique prefix and deletes them at the end.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bus_core::Bus;
 use bus_transport_redis::{RedisConfig, RedisTransport};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
-use crate::amqp::{payload_of, windowed, Run};
-use crate::probe::{cpu_seconds, handle, progress, runtime, Sink, StreamWork};
+use crate::amqp::{payload_of, warmed_run, Run};
+use crate::probe::{handle, progress, runtime, Sink, StreamWork};
 use crate::report::Row;
 use crate::Scale;
 
 /// Entries read at most per `XREADGROUP` on both sides (the bus's prefetch).
 const COUNT: usize = 100;
-/// Longest a single measurement may take.
-const LIMIT: Duration = Duration::from_secs(300);
 /// Messages before a measurement starts.
 const WARMUP: u64 = 500;
 /// Body size.
@@ -126,18 +124,7 @@ fn bus_throughput(url: &str, n: u64, concurrency: usize) -> Run {
                 }
             }
         };
-        sink.arm(WARMUP, false, None);
-        windowed(WARMUP, send()).await;
-        assert!(sink.wait(LIMIT).await, "bus warmup stuck");
-        sink.arm(n, false, None);
-        let started = Instant::now();
-        let cpu = cpu_seconds();
-        windowed(n, send()).await;
-        assert!(sink.wait(LIMIT).await, "bus Redis run stuck");
-        let run = Run {
-            rate: n as f64 / started.elapsed().as_secs_f64(),
-            cpu_us: (cpu_seconds() - cpu) * 1e6 / n as f64,
-        };
+        let run = warmed_run(&sink, WARMUP, n, "bus Redis run", send).await;
         bus.shutdown().await;
         delete_keys(url, &prefix).await;
         run
@@ -257,18 +244,7 @@ fn raw_throughput(url: &str, n: u64) -> Run {
                 }
             }
         };
-        sink.arm(WARMUP, false, None);
-        windowed(WARMUP, send()).await;
-        assert!(sink.wait(LIMIT).await, "raw warmup stuck");
-        sink.arm(n, false, None);
-        let started = Instant::now();
-        let cpu = cpu_seconds();
-        windowed(n, send()).await;
-        assert!(sink.wait(LIMIT).await, "raw Redis run stuck");
-        let run = Run {
-            rate: n as f64 / started.elapsed().as_secs_f64(),
-            cpu_us: (cpu_seconds() - cpu) * 1e6 / n as f64,
-        };
+        let run = warmed_run(&sink, WARMUP, n, "raw Redis run", send).await;
         consuming.abort();
         delete_keys(url, &prefix).await;
         run
