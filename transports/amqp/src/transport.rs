@@ -748,17 +748,21 @@ impl Subscription for AmqpSubscription {
                 }
             }
             let consumer = self.consumer.as_mut()?;
-            let watch = tokio::time::sleep(Duration::from_secs(2));
             let next = match &self.batch {
-                None => tokio::select! {
-                    next = consumer.next() => next,
-                    _ = watch => {
-                        // Two quiet seconds: a consumer whose connection died without an error
-                        // (the library's recovery gave up) is noticed here, off the hot path,
-                        // and re-opened, on a fresh connection if need be.
-                        self.check_connection().await;
-                        continue;
-                    }
+                // A delivery already buffered (the common case on a busy queue) needs no
+                // watch timer: arming one per delivery costs a timer-wheel insert and removal.
+                None => match futures_lite::future::poll_once(consumer.next()).await {
+                    Some(next) => next,
+                    None => tokio::select! {
+                        next = consumer.next() => next,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                            // Two quiet seconds: a consumer whose connection died without an
+                            // error (the library's recovery gave up) is noticed here, off the
+                            // hot path, and re-opened, on a fresh connection if need be.
+                            self.check_connection().await;
+                            continue;
+                        }
+                    },
                 },
                 Some(batch) => match futures_lite::future::poll_once(consumer.next()).await {
                     Some(next) => next,

@@ -3,14 +3,15 @@
 //!
 //! A background task pulls batches no larger than the free prefetch slots and passes messages
 //! through a channel, so [`Subscription::next`] is cancel-safe: dropping it loses nothing.
-//! From the moment a message is pulled until it is settled, a progress ticker tells JetStream
+//! From the moment a message is pulled until it is settled, progress signals tell JetStream
 //! that work is going on, so a long handler (or a message waiting for a free handler) is not
 //! redelivered to another instance at the end of the ack wait. When the client reconnects,
 //! the pull in progress ends and a new one starts at once: the server may have forgotten the
 //! old request (a restart) or dropped it while the connection was gone.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::{jetstream, Client, Subject};
@@ -18,8 +19,7 @@ use bus_core::{
     async_trait, Acker, Bytes, Delivery, Envelope, SubscribeOptions, Subscription, TransportError,
 };
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 
 use crate::config::check_subject_part;
@@ -133,40 +133,136 @@ struct Pulled {
     inflight: Inflight,
 }
 
-/// What it takes to settle one pulled message: its ack subject, its prefetch slot, and the
-/// progress ticker that keeps it from being redelivered meanwhile.
+/// Progress signals for every message a subscription has pulled and not settled: one task per
+/// subscription sends them, rather than a timer task per message (a spawn, a timer and an abort
+/// for every delivery, which cost more than the delivery itself).
+///
+/// The task wakes every half interval and signals each message that has gone that long without
+/// one, so every message hears from us at most one interval after it was pulled or last
+/// signalled, as a per-message ticker would do. It ends once the registry is dropped.
+pub(crate) struct Progress {
+    pending: Mutex<Pending>,
+    /// Dropped with the registry, which ends its task at once.
+    _alive: oneshot::Sender<()>,
+}
+
+#[derive(Default)]
+struct Pending {
+    next_id: u64,
+    /// Ack subject and the last time it was pulled or signalled, by registration.
+    messages: HashMap<u64, (Subject, Instant)>,
+}
+
+impl Progress {
+    /// A registry whose task signals progress every `every`.
+    pub(crate) fn start(client: Client, every: Duration) -> Arc<Self> {
+        let (progress, mut gone) = Progress::new();
+        let registry = Arc::downgrade(&progress);
+        let half = (every / 2).max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(half);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut gone => break,
+                }
+                let due = match registry.upgrade() {
+                    Some(progress) => progress.due(half),
+                    None => break,
+                };
+                for reply in due {
+                    if let Err(error) = client.publish(reply, Bytes::from_static(PROGRESS)).await {
+                        tracing::debug!(%error, "progress signal not sent");
+                    }
+                }
+            }
+        });
+        progress
+    }
+
+    /// A registry, and what completes once it is dropped.
+    fn new() -> (Arc<Self>, oneshot::Receiver<()>) {
+        let (alive, gone) = oneshot::channel();
+        let progress = Arc::new(Progress {
+            pending: Mutex::new(Pending::default()),
+            _alive: alive,
+        });
+        (progress, gone)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Signal `reply`'s progress until the returned guard is dropped.
+    fn track(self: &Arc<Self>, reply: Subject) -> Tracked {
+        let mut pending = self.lock();
+        let id = pending.next_id;
+        pending.next_id += 1;
+        pending.messages.insert(id, (reply, Instant::now()));
+        Tracked {
+            progress: self.clone(),
+            id,
+        }
+    }
+
+    /// The messages last signalled at least `after` ago, marked as signalled now.
+    fn due(&self, after: Duration) -> Vec<Subject> {
+        let now = Instant::now();
+        let mut pending = self.lock();
+        pending
+            .messages
+            .values_mut()
+            .filter(|(_, last)| now.duration_since(*last) >= after)
+            .map(|(reply, last)| {
+                *last = now;
+                reply.clone()
+            })
+            .collect()
+    }
+
+    /// Messages whose progress is being signalled.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().messages.len()
+    }
+}
+
+/// One message's place in a [`Progress`] registry; dropping it stops the signals.
+struct Tracked {
+    progress: Arc<Progress>,
+    id: u64,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.progress.lock().messages.remove(&self.id);
+    }
+}
+
+/// What it takes to settle one pulled message: its ack subject, its prefetch slot, and its
+/// place among the messages whose progress is signalled (which keeps it from being redelivered
+/// meanwhile).
 pub(crate) struct Inflight {
     client: Client,
     reply: Subject,
     request_timeout: Duration,
-    ticker: Option<JoinHandle<()>>,
+    ticker: Option<Tracked>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Inflight {
-    /// Track a pulled message; `progress_every` starts a progress ticker.
+    /// Track a pulled message; with `progress`, its progress is signalled until it is settled.
     pub(crate) fn new(
         client: Client,
         reply: Subject,
         request_timeout: Duration,
-        progress_every: Option<Duration>,
+        progress: Option<&Arc<Progress>>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
-        let ticker = progress_every.map(|every| {
-            let client = client.clone();
-            let reply = reply.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    if let Err(error) = client
-                        .publish(reply.clone(), Bytes::from_static(PROGRESS))
-                        .await
-                    {
-                        tracing::debug!(%error, "progress signal not sent");
-                    }
-                }
-            })
-        });
+        let ticker = progress.map(|p| p.track(reply.clone()));
         Inflight {
             client,
             reply,
@@ -177,9 +273,7 @@ impl Inflight {
     }
 
     fn stop_ticker(&mut self) {
-        if let Some(t) = self.ticker.take() {
-            t.abort();
-        }
+        self.ticker = None;
     }
 
     /// Send an ack kind and wait for the server to confirm it.
@@ -293,7 +387,8 @@ async fn pull_loop(
 ) {
     let inner = &transport.inner;
     let config = &inner.config;
-    let progress = progress_every(&transport);
+    let progress =
+        progress_every(&transport).map(|every| Progress::start(inner.client.clone(), every));
     let mut connections = inner.connections.clone();
     let mut consumer = Some(consumer);
     let mut pause = PAUSE_MIN;
@@ -394,7 +489,7 @@ async fn pull_loop(
                         inner.client.clone(),
                         reply,
                         config.request_timeout,
-                        progress,
+                        progress.as_ref(),
                         held.pop(),
                     );
                     if is_stopped(&stop) {
@@ -425,4 +520,35 @@ async fn pull_loop(
         }
     }
     tracing::debug!(%endpoint, "stopped pulling");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_signalled_while_tracked_and_not_after() {
+        let (progress, mut gone) = Progress::new();
+        let a = progress.track(Subject::from("ack.a"));
+        let b = progress.track(Subject::from("ack.b"));
+        assert_eq!(progress.len(), 2);
+        // Nothing has gone a whole interval unsignalled yet.
+        assert!(progress.due(Duration::from_secs(60)).is_empty());
+        // Everything is due after no time at all; once signalled, not again at once.
+        let mut due = progress.due(Duration::ZERO);
+        due.sort();
+        assert_eq!(due, vec![Subject::from("ack.a"), Subject::from("ack.b")]);
+        assert!(progress.due(Duration::from_secs(60)).is_empty());
+        drop(a);
+        assert_eq!(progress.due(Duration::ZERO), vec![Subject::from("ack.b")]);
+        drop(b);
+        assert_eq!(progress.len(), 0);
+        assert!(progress.due(Duration::ZERO).is_empty());
+        // Its task learns at once that the registry is gone.
+        assert!(gone
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        drop(progress);
+        assert_eq!(gone.try_recv(), Err(oneshot::error::TryRecvError::Closed));
+    }
 }
