@@ -130,7 +130,17 @@ async fn work(
     abort: Signal,
 ) {
     loop {
-        let next = {
+        // A delivery ready at once, taken without queueing for the subscription: workers that
+        // queue on its lock are woken one by one as it is passed on, a cross-thread wake-up per
+        // delivery while the queue is busy. The lock is only waited for when nothing is ready
+        // (a worker is then waiting for the next delivery, or the subscription is busy).
+        let ready = match sub.try_lock() {
+            Ok(mut taking) if !stop.is_fired() => taking.next_now(),
+            _ => None,
+        };
+        let next = if let Some(delivery) = ready {
+            Some(Ok(delivery))
+        } else {
             let Some(mut taking) = unless_cancelled(&stop, sub.lock()).await else {
                 break;
             };
