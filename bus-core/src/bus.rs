@@ -107,11 +107,14 @@ impl Shared {
             .ok_or_else(|| BusError::NoRoute(C::NAME.to_string()))
     }
 
-    pub(crate) fn body_of<M: Message>(&self, message: M) -> Result<(Body, &str), BusError> {
+    pub(crate) fn body_of<M: Message>(
+        &self,
+        message: M,
+    ) -> Result<(Body, Cow<'static, str>), BusError> {
         if self.typed {
             return Ok((
                 Body::Message(Arc::new(message)),
-                self.codecs.default_codec().content_type(),
+                self.codecs.default_content_type(),
             ));
         }
         let default = self.codecs.default_codec();
@@ -122,7 +125,7 @@ impl Shared {
             codec.encode(&message)?
         };
         self.check_size(bytes.len())?;
-        Ok((Body::Bytes(bytes), codec.content_type()))
+        Ok((Body::Bytes(bytes), self.codecs.default_content_type()))
     }
 
     fn check_size(&self, size: usize) -> Result<(), CodecError> {
@@ -157,8 +160,8 @@ impl Shared {
 }
 
 fn new_headers(
-    message_type: &str,
-    content_type: &str,
+    message_type: &'static str,
+    content_type: Cow<'static, str>,
     parent: Option<&Headers>,
     options: SendOptions,
 ) -> Headers {
@@ -185,8 +188,8 @@ fn new_headers(
     }
     Headers {
         message_id,
-        message_type: message_type.to_string(),
-        content_type: content_type.to_string(),
+        message_type: Cow::Borrowed(message_type),
+        content_type,
         correlation_id,
         sent_at: Some(sent_at),
         custom,
@@ -717,16 +720,16 @@ impl Bus {
             ),
             MessageKind::Event => Destination::Event(name.to_string()),
         };
-        let (body, content_type) = if shared.typed {
-            (
-                Body::Message(Arc::from(message.clone_message())),
-                shared.codecs.default_codec().content_type(),
-            )
+        let content_type = shared.codecs.default_content_type();
+        let body = if shared.typed {
+            Body::Message(Arc::from(message.clone_message()))
         } else {
-            let codec = shared.codecs.default_codec();
-            let bytes = codec.encode(message.as_serialize())?;
+            let bytes = shared
+                .codecs
+                .default_codec()
+                .encode(message.as_serialize())?;
             shared.check_size(bytes.len())?;
-            (Body::Bytes(bytes), codec.content_type())
+            Body::Bytes(bytes)
         };
         let headers = new_headers(name, content_type, None, options);
         self.dispatch(Outgoing {
@@ -877,7 +880,12 @@ mod tests {
     /// header; what it causes carries both, and the causation id, explicitly.
     #[test]
     fn a_root_carries_no_implied_ids_and_its_children_carry_them_all() {
-        let root = new_headers("t.Root", "application/json", None, SendOptions::default());
+        let root = new_headers(
+            "t.Root",
+            "application/json".into(),
+            None,
+            SendOptions::default(),
+        );
         assert_eq!(root.correlation_id, None);
         assert!(root.custom.is_empty(), "{:?}", root.custom);
         assert_eq!(root.correlation_id(), Some(root.message_id.as_str()));
@@ -885,7 +893,7 @@ mod tests {
 
         let child = new_headers(
             "t.Child",
-            "application/json",
+            "application/json".into(),
             Some(&root),
             SendOptions::default(),
         );
@@ -896,14 +904,14 @@ mod tests {
 
         let given = new_headers(
             "t.Root",
-            "application/json",
+            "application/json".into(),
             None,
             SendOptions::new().correlation_id("order-7"),
         );
         assert_eq!(given.correlation_id.as_deref(), Some("order-7"));
         let grandchild = new_headers(
             "t.Child",
-            "application/json",
+            "application/json".into(),
             Some(&child),
             SendOptions::default(),
         );

@@ -3,6 +3,7 @@
 //! A codec works through `erased_serde`, so one object-safe trait serves typed decoding and the
 //! typetag-driven dynamic decoding of [`decode_any`] alike: a new codec gets both for free.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -104,6 +105,9 @@ pub struct Codecs {
     by_type: HashMap<String, Arc<dyn Codec>>,
     /// The built-in JSON codec, recognised by identity so typed code can skip the type erasure.
     json: Arc<dyn Codec>,
+    /// The default codec's content type, as every outgoing envelope carries it: borrowed (no
+    /// allocation per message) for JSON.
+    default_content_type: Cow<'static, str>,
 }
 
 impl Default for Codecs {
@@ -115,6 +119,7 @@ impl Default for Codecs {
             default: json.clone(),
             by_type,
             json,
+            default_content_type: Cow::Borrowed(JSON),
         }
     }
 }
@@ -125,8 +130,17 @@ impl Codecs {
         self.by_type
             .insert(codec.content_type().to_string(), codec.clone());
         if default {
+            self.default_content_type = match codec.content_type() {
+                JSON => Cow::Borrowed(JSON),
+                other => Cow::Owned(other.to_string()),
+            };
             self.default = codec;
         }
+    }
+
+    /// The content type of the codec for outgoing messages.
+    pub(crate) fn default_content_type(&self) -> Cow<'static, str> {
+        self.default_content_type.clone()
     }
 
     /// The codec for outgoing messages.
@@ -200,7 +214,7 @@ pub fn decode_envelope(
         Body::Message(m) => Ok(m.clone_message()),
         Body::Bytes(bytes) => {
             let codec = codecs.get(&envelope.headers.content_type).ok_or_else(|| {
-                CodecError::UnsupportedContentType(envelope.headers.content_type.clone())
+                CodecError::UnsupportedContentType(envelope.headers.content_type.to_string())
             })?;
             decode_any(codec.as_ref(), &envelope.headers.message_type, bytes)
         }

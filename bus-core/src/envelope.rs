@@ -4,6 +4,7 @@
 //! a header. Transports map the well-known headers onto native properties (AMQP `message_id`,
 //! `type`, `content_type`, `correlation_id`, `timestamp`) and the rest onto a header table.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -46,9 +47,12 @@ pub struct Headers {
     /// Unique id of this message (UUIDv7 when the bus creates it). Kept across retries.
     pub message_id: String,
     /// The message's wire name, e.g. `sales.PlaceOrder`. Routing reads only this.
-    pub message_type: String,
-    /// The body's content type, e.g. `application/json`.
-    pub content_type: String,
+    ///
+    /// Borrowed from the message type's `NAME` when the bus builds the headers (no allocation
+    /// per message); owned when read from the wire.
+    pub message_type: Cow<'static, str>,
+    /// The body's content type, e.g. `application/json`. Borrowed for the built-in codecs.
+    pub content_type: Cow<'static, str>,
     /// Correlation id: given to a root message (or absent: then its message id is the
     /// correlation id) and copied to everything it causes. Read it with
     /// [`Headers::correlation_id()`], which knows that rule.

@@ -215,7 +215,7 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
         );
         return dead_letter(ep, delivery, &envelope, f, 1).await;
     }
-    let Some(handlers) = ep.handlers.get(&headers.message_type) else {
+    let Some(handlers) = ep.handlers.get(headers.message_type.as_ref()) else {
         let f = Failure::rejected(
             FailureReason::UnknownMessageType,
             format!(
@@ -392,16 +392,23 @@ async fn run_attempt(
                     .with_handler(h.name())
             })?,
         };
-        let call = AssertUnwindSafe(h.invoke(message, ctx.clone())).catch_unwind();
-        let outcome = match ep.config.handler_timeout {
-            Some(limit) => match tokio::time::timeout(limit, call).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    ctx.take_outbox();
-                    return Err(Failure::timeout(limit).with_handler(h.name()));
-                }
+        let mut call =
+            std::pin::pin!(AssertUnwindSafe(h.invoke(message, ctx.clone())).catch_unwind());
+        // A handler done in its first poll (most are) needs no timer; one that waits is timed
+        // from its start.
+        let started = tokio::time::Instant::now();
+        let outcome = match futures_util::poll!(call.as_mut()) {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => match ep.config.handler_timeout {
+                Some(limit) => match tokio::time::timeout_at(started + limit, call).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        ctx.take_outbox();
+                        return Err(Failure::timeout(limit).with_handler(h.name()));
+                    }
+                },
+                None => call.await,
             },
-            None => call.await,
         };
         match outcome {
             Ok(Ok(())) => {}
@@ -480,7 +487,7 @@ async fn dead_letter(
             let codec = ep.shared.codecs.default_codec();
             match codec.encode(m.as_serialize()) {
                 Ok(bytes) => {
-                    headers.content_type = codec.content_type().to_string();
+                    headers.content_type = ep.shared.codecs.default_content_type();
                     Body::Bytes(bytes)
                 }
                 Err(_) => Body::Message(m.clone()),

@@ -455,7 +455,7 @@ async fn declare(t: &dyn Transport, endpoints: &[(&str, &[&str])]) {
 fn raw_headers(id: &str, message_type: &str) -> Headers {
     Headers {
         message_id: id.to_string(),
-        message_type: message_type.to_string(),
+        message_type: message_type.to_string().into(),
         content_type: "application/octet-stream".into(),
         ..Headers::default()
     }
@@ -722,7 +722,7 @@ fn round_trip_cases() -> Vec<Case> {
     let whole = whole_seconds(now);
     let base = |name: &str| Headers {
         message_id: String::new(),
-        message_type: format!("conformance.rt.{name}"),
+        message_type: format!("conformance.rt.{name}").into(),
         content_type: "application/json".into(),
         correlation_id: None,
         sent_at: None,
@@ -754,7 +754,7 @@ fn round_trip_cases() -> Vec<Case> {
     });
 
     let mut h = base("empty");
-    h.content_type = String::new();
+    h.content_type = "".into();
     h.correlation_id = Some(String::new());
     h.custom = kv(&[("empty", String::new()), ("also-empty", String::new())]);
     cases.push(Case {
@@ -1068,7 +1068,7 @@ async fn many_topics_body(f: &dyn TransportFactory) {
                 tally.sent(&format!("{ep}|{id}"));
             }
             let mut envelope = raw(&id);
-            Arc::make_mut(&mut envelope.headers).message_type = ty.to_string();
+            Arc::make_mut(&mut envelope.headers).message_type = ty.to_string().into();
             publisher
                 .send(Outgoing {
                     destination: Destination::Event(ty.to_string()),
@@ -1092,7 +1092,7 @@ async fn many_topics_body(f: &dyn TransportFactory) {
                 .unwrap_or_else(|| panic!("[{}] {ep} got fewer than {want} events", f.name()));
             let ty = d.envelope().headers.message_type.clone();
             assert!(
-                own.contains(&ty.as_str()),
+                own.contains(&ty.as_ref()),
                 "[{}] {ep} subscribes to {own:?} but got a `{ty}`",
                 f.name()
             );

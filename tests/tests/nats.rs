@@ -121,7 +121,7 @@ fn tricky_headers(id: &str, message_type: &str) -> Headers {
     custom.insert("big".into(), "0123456789abcdef".repeat(256));
     Headers {
         message_id: id.into(),
-        message_type: message_type.into(),
+        message_type: message_type.to_string().into(),
         content_type: "application/octet-stream".into(),
         correlation_id: Some("corr-1".into()),
         sent_at: Some(SystemTime::now()),

@@ -232,8 +232,8 @@ fn raw(message_type: &str, content_type: &str, body: &[u8], id: &str) -> Outgoin
         envelope: Envelope::from_bytes(
             Headers {
                 message_id: id.into(),
-                message_type: message_type.into(),
-                content_type: content_type.into(),
+                message_type: message_type.to_string().into(),
+                content_type: content_type.to_string().into(),
                 ..Headers::default()
             },
             body.to_vec(),

@@ -113,8 +113,8 @@ fn raw(message_type: &str, content_type: &str, id: &str, body: &[u8]) -> Outgoin
         envelope: Envelope::from_bytes(
             Headers {
                 message_id: id.into(),
-                message_type: message_type.into(),
-                content_type: content_type.into(),
+                message_type: message_type.to_string().into(),
+                content_type: content_type.to_string().into(),
                 ..Headers::default()
             },
             body.to_vec(),

@@ -83,8 +83,8 @@ pub(crate) fn envelope(props: &BasicProperties, data: Vec<u8>) -> Envelope {
     }
     let headers = Headers {
         message_id: text(props.message_id()).unwrap_or_default(),
-        message_type: text(props.kind()).unwrap_or_default(),
-        content_type: text(props.content_type()).unwrap_or_default(),
+        message_type: text(props.kind()).unwrap_or_default().into(),
+        content_type: text(props.content_type()).unwrap_or_default().into(),
         correlation_id: text(props.correlation_id()),
         sent_at: props
             .timestamp()

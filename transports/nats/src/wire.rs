@@ -170,8 +170,8 @@ pub(crate) fn envelope(map: Option<&HeaderMap>, payload: Bytes) -> Envelope {
             let value = decode_value(value.as_str());
             match name {
                 MESSAGE_ID => h.message_id = value,
-                MESSAGE_TYPE => h.message_type = value,
-                CONTENT_TYPE => h.content_type = value,
+                MESSAGE_TYPE => h.message_type = value.into(),
+                CONTENT_TYPE => h.content_type = value.into(),
                 CORRELATION_ID => h.correlation_id = Some(value),
                 SENT_TIME => h.sent_at = parse_time(&value),
                 DELIVER_AT => {}

@@ -95,8 +95,8 @@ pub(crate) fn envelope(fields: Vec<(Vec<u8>, Vec<u8>)>) -> Envelope {
         match k.as_slice() {
             b"body" => body = v,
             b"message_id" => headers.message_id = text(v),
-            b"type" => headers.message_type = text(v),
-            b"content_type" => headers.content_type = text(v),
+            b"type" => headers.message_type = text(v).into(),
+            b"content_type" => headers.content_type = text(v).into(),
             b"correlation_id" => headers.correlation_id = Some(text(v)),
             b"timestamp" => headers.sent_at = timestamp(&text(v)),
             _ => {
