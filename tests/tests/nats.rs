@@ -1101,9 +1101,14 @@ async fn tls_connects_with_the_right_ca_and_fails_fast_otherwise() {
     let url = format!("tls://localhost:{}", server.port());
 
     let ledger = Ledger::new();
-    let config = NatsConfig::new(&url)
-        .tls_ca_file(&ca)
-        .connect_timeout(Duration::from_secs(5));
+    // By configuration, as an application would set it (`BUS_TRANSPORT`, `BUS_TLS_CA_FILE`).
+    let settings = bus_transport_config::TransportSettings {
+        url: url.clone(),
+        tls_ca_file: Some(ca.clone()),
+        connect_timeout: Some(Duration::from_secs(5)),
+        ..Default::default()
+    };
+    let config = settings.nats_config("tls-work").expect("TLS settings");
     let (bus, _transport) = host(config, "tls-work", &ledger, (0, 0, Duration::ZERO)).await;
     bus.send(Work {
         n: 1,

@@ -18,6 +18,7 @@ pub(crate) const VARIABLES: &[(&str, &str)] = &[
     ("BUS_MEMORY_CAPACITY", "memory_capacity"),
     ("BUS_BATCHED_ACKS", "batched_acks"),
     ("BUS_CONFIRM_ACKS", "confirm_acks"),
+    ("BUS_TLS_CA_FILE", "tls_ca_file"),
     ("BUS_AMQP_USER", "amqp_user"),
     ("BUS_AMQP_PASSWORD", "amqp_password"),
 ];

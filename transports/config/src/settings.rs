@@ -2,7 +2,7 @@
 //! transport.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,6 +85,7 @@ pub enum TransportKind {
 /// | `memory_capacity` | `BUS_MEMORY_CAPACITY` | messages per in-memory queue | 10,000 |
 /// | `batched_acks` | `BUS_BATCHED_ACKS` | one `basic.ack` with `multiple` for a run of handled deliveries (AMQP; see `AmqpTransport::with_batched_acks`) | `false` |
 /// | `confirm_acks` | `BUS_CONFIRM_ACKS` | wait for the server to confirm each ack (NATS; see `NatsConfig::confirm_acks`) | `true` |
+/// | `tls_ca_file` | `BUS_TLS_CA_FILE` | a CA certificate file (PEM) to trust for `amqps://`, `tls://` and `rediss://`, besides the system's roots (a private CA) | |
 /// | `amqp_user` | `BUS_AMQP_USER` | AMQP user, instead of the URL's (set with `amqp_password`) | |
 /// | `amqp_password` | `BUS_AMQP_PASSWORD` | AMQP password, instead of the URL's | |
 ///
@@ -148,6 +149,11 @@ pub struct TransportSettings {
     /// NATS: wait for the server to confirm each ack; on when unset.
     #[serde(deserialize_with = "de::flag")]
     pub confirm_acks: Option<bool>,
+    /// A CA certificate file (PEM) to trust for TLS connections (`amqps://`, `tls://`,
+    /// `rediss://`) besides the system's roots, e.g. a company's private CA. Read when the
+    /// transport configuration is built; a file that cannot be read is an error then. A
+    /// relative path is taken from the working directory.
+    pub tls_ca_file: Option<PathBuf>,
     /// The AMQP user, overriding the URL's. Set together with `amqp_password`.
     pub amqp_user: Option<String>,
     /// The AMQP password, overriding the URL's. Never shown by `Debug`.
@@ -167,6 +173,7 @@ impl Default for TransportSettings {
             memory_capacity: None,
             batched_acks: None,
             confirm_acks: None,
+            tls_ca_file: None,
             amqp_user: None,
             amqp_password: None,
         }
@@ -185,6 +192,7 @@ impl fmt::Debug for TransportSettings {
             .field("memory_capacity", &self.memory_capacity)
             .field("batched_acks", &self.batched_acks)
             .field("confirm_acks", &self.confirm_acks)
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("amqp_user", &self.amqp_user)
             .field("amqp_password", &self.amqp_password.as_ref().map(|_| "***"))
             .finish()
@@ -494,6 +502,10 @@ impl TransportSettings {
         if let (Some(user), Some(password)) = (&self.amqp_user, &self.amqp_password) {
             config = config.credentials(user, password);
         }
+        if let Some(path) = &self.tls_ca_file {
+            let pem = std::fs::read_to_string(path).map_err(|e| unreadable_ca_file(path, &e))?;
+            config = config.tls_ca_pem(pem);
+        }
         Ok(config)
     }
 
@@ -542,6 +554,9 @@ impl TransportSettings {
         if let Some(confirm) = self.confirm_acks {
             config = config.confirm_acks(confirm);
         }
+        if let Some(path) = self.readable_ca_file()? {
+            config = config.tls_ca_file(path);
+        }
         Ok(config)
     }
 
@@ -588,7 +603,20 @@ impl TransportSettings {
         if let Some(timeout) = self.connect_timeout {
             config = config.connect_timeout(timeout);
         }
+        if let Some(path) = self.readable_ca_file()? {
+            config = config.tls_ca_file(path);
+        }
         Ok(config)
+    }
+
+    /// The `tls_ca_file` setting, checked readable now, so a wrong path is a configuration
+    /// error naming the setting rather than a TLS failure at connect time.
+    fn readable_ca_file(&self) -> Result<Option<&Path>, ConfigError> {
+        let Some(path) = &self.tls_ca_file else {
+            return Ok(None);
+        };
+        std::fs::File::open(path).map_err(|e| unreadable_ca_file(path, &e))?;
+        Ok(Some(path))
     }
 
     /// Open the configured transport: a new in-memory transport, or a connection to the
@@ -864,5 +892,12 @@ mod de {
                 "expected a string (in bus.toml, put the value in quotes)",
             )),
         }
+    }
+}
+
+fn unreadable_ca_file(path: &Path, error: &std::io::Error) -> ConfigError {
+    ConfigError::InvalidSetting {
+        setting: "tls_ca_file",
+        reason: format!("cannot read `{}`: {error}", path.display()),
     }
 }

@@ -646,3 +646,59 @@ fn ack_settings_reach_the_transport_configuration_and_bad_flags_are_errors() {
         Ok(())
     });
 }
+
+#[test]
+fn a_ca_file_reaches_every_tls_transport_and_a_missing_one_is_an_error() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        jail.create_file("company-ca.pem", pem)?;
+        let ca = jail.directory().join("company-ca.pem");
+        jail.create_file(
+            "bus.toml",
+            "[transport]\nurl = \"amqps://app:pw@rabbit.internal/%2f\"\ntls_ca_file = \"company-ca.pem\"",
+        )?;
+        let s = TransportSettings::load().map_err(err)?;
+        let amqp = s.amqp_config("x").map_err(err)?;
+        assert_eq!(
+            amqp.tls_ca_pem.as_deref(),
+            Some(pem),
+            "AMQP trusts the file's PEM"
+        );
+
+        jail.set_env("BUS_TRANSPORT", "tls://nats.internal:4222");
+        jail.set_env("BUS_TLS_CA_FILE", ca.display());
+        let s = TransportSettings::load().map_err(err)?;
+        let nats = s.nats_config("x").map_err(err)?;
+        assert_eq!(nats.tls_ca_file.as_deref(), Some(ca.as_path()));
+
+        jail.set_env("BUS_TRANSPORT", "rediss://:pw@redis.internal:6380");
+        let s = TransportSettings::load().map_err(err)?;
+        let redis = s.redis_config("x").map_err(err)?;
+        assert_eq!(redis.tls_ca_file.as_deref(), Some(ca.as_path()));
+
+        // A path that cannot be read fails when the configuration is built, naming the setting,
+        // for every transport that would use it.
+        jail.set_env("BUS_TLS_CA_FILE", "no-such-ca.pem");
+        let s = TransportSettings::load().map_err(err)?;
+        let e = s.redis_config("x").expect_err("missing CA file");
+        assert!(
+            matches!(
+                e,
+                ConfigError::InvalidSetting {
+                    setting: "tls_ca_file",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("no-such-ca.pem"), "{e}");
+        jail.set_env("BUS_TRANSPORT", "tls://nats.internal:4222");
+        let s = TransportSettings::load().map_err(err)?;
+        assert!(s.nats_config("x").is_err());
+        jail.set_env("BUS_TRANSPORT", "amqps://app:pw@rabbit.internal/%2f");
+        let s = TransportSettings::load().map_err(err)?;
+        assert!(s.amqp_config("x").is_err());
+        Ok(())
+    });
+}
