@@ -139,6 +139,10 @@ async fn work(
             _ => None,
         };
         let next = if let Some(delivery) = ready {
+            // Nothing on this path waits (an in-process transport takes, hands out and acks
+            // at once), so it must count against the task's cooperative budget itself, as the
+            // lock's wait did: a backlog must not keep the worker from ever yielding.
+            tokio::task::coop::consume_budget().await;
             Some(Ok(delivery))
         } else {
             let Some(mut taking) = unless_cancelled(&stop, sub.lock()).await else {
@@ -399,8 +403,13 @@ async fn run_attempt(
         let started = tokio::time::Instant::now();
         let outcome = match futures_util::poll!(call.as_mut()) {
             Poll::Ready(outcome) => outcome,
-            Poll::Pending => match ep.config.handler_timeout {
-                Some(limit) => match tokio::time::timeout_at(started + limit, call).await {
+            Poll::Pending => match ep
+                .config
+                .handler_timeout
+                .and_then(|limit| Some((limit, started.checked_add(limit)?)))
+            {
+                // A limit too far away to express is no limit.
+                Some((limit, deadline)) => match tokio::time::timeout_at(deadline, call).await {
                     Ok(outcome) => outcome,
                     Err(_) => {
                         ctx.take_outbox();

@@ -1,5 +1,5 @@
 //! Lifecycle on the in-memory transport: graceful shutdown with handlers in flight, and bounded
-//! memory (backpressure) under a slow handler.
+//! memory (backpressure) under a slow handler, and a never-idle endpoint that still yields.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -151,5 +151,58 @@ async fn a_slow_handler_bounds_the_queue_and_blocks_producers() {
     assert!(
         max_depth >= CAPACITY / 2,
         "the test did fill the queue ({max_depth})"
+    );
+}
+
+#[derive(Command, Serialize, Deserialize, Clone, Debug)]
+#[command(name = "t.life.Tick", endpoint = "t-loop")]
+struct Tick {
+    n: u64,
+}
+
+/// A handler that feeds its own queue keeps its endpoint busy forever, and nothing it does on
+/// the in-memory transport has to wait. Its worker must still yield to the runtime now and
+/// then: on a single-threaded runtime, a timer and the shutdown run only if it does.
+#[test]
+fn an_endpoint_that_is_never_idle_still_lets_the_runtime_run_other_tasks() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let handled = runtime.block_on(async {
+            let count = Arc::new(AtomicU64::new(0));
+            let seen = count.clone();
+            let bus = Bus::builder()
+                .without_discovery()
+                .transport(MemoryTransport::new())
+                .handler("t-loop", move |tick: Tick, ctx: MessageContext| {
+                    let seen = seen.clone();
+                    async move {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                        ctx.send(Tick { n: tick.n + 1 }).await?;
+                        Ok::<(), HandlerError>(())
+                    }
+                })
+                .endpoint("t-loop", |e| e.concurrency(2))
+                .host(["t-loop"])
+                .start()
+                .await
+                .unwrap();
+            bus.send(Tick { n: 0 }).await.unwrap();
+            bus.send(Tick { n: 0 }).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            bus.shutdown().await;
+            count.load(Ordering::Relaxed)
+        });
+        let _ = done.send(handled);
+    });
+    let handled = finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the busy endpoint never let the timer or the shutdown run");
+    assert!(
+        handled > 100,
+        "the endpoint was busy meanwhile: {handled} handled"
     );
 }

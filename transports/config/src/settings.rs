@@ -85,7 +85,7 @@ pub enum TransportKind {
 /// | `memory_capacity` | `BUS_MEMORY_CAPACITY` | messages per in-memory queue | 10,000 |
 /// | `batched_acks` | `BUS_BATCHED_ACKS` | one `basic.ack` with `multiple` for a run of handled deliveries (AMQP; see `AmqpTransport::with_batched_acks`) | `false` |
 /// | `confirm_acks` | `BUS_CONFIRM_ACKS` | wait for the server to confirm each ack (NATS; see `NatsConfig::confirm_acks`) | `true` |
-/// | `tls_ca_file` | `BUS_TLS_CA_FILE` | a CA certificate file (PEM) to trust for `amqps://`, `tls://` and `rediss://`, besides the system's roots (a private CA) | |
+/// | `tls_ca_file` | `BUS_TLS_CA_FILE` | a CA certificate file (PEM) to trust for `amqps://`, `tls://` and `rediss://` (a private CA): on AMQP besides the public roots, on NATS and Redis instead of the system's; plain URLs ignore it | |
 /// | `amqp_user` | `BUS_AMQP_USER` | AMQP user, instead of the URL's (set with `amqp_password`) | |
 /// | `amqp_password` | `BUS_AMQP_PASSWORD` | AMQP password, instead of the URL's | |
 ///
@@ -150,9 +150,11 @@ pub struct TransportSettings {
     #[serde(deserialize_with = "de::flag")]
     pub confirm_acks: Option<bool>,
     /// A CA certificate file (PEM) to trust for TLS connections (`amqps://`, `tls://`,
-    /// `rediss://`) besides the system's roots, e.g. a company's private CA. Read when the
-    /// transport configuration is built; a file that cannot be read is an error then. A
-    /// relative path is taken from the working directory.
+    /// `rediss://`), e.g. a company's private CA: on AMQP in addition to the public roots, on
+    /// NATS and Redis instead of the system's roots (their clients trust the given CA alone).
+    /// Plain (`amqp://`, `nats://`, `redis://`) URLs ignore it. Read when the transport
+    /// configuration is built; a file that cannot be read is an error then. A relative path
+    /// is taken from the working directory.
     pub tls_ca_file: Option<PathBuf>,
     /// The AMQP user, overriding the URL's. Set together with `amqp_password`.
     pub amqp_user: Option<String>,
@@ -502,7 +504,7 @@ impl TransportSettings {
         if let (Some(user), Some(password)) = (&self.amqp_user, &self.amqp_password) {
             config = config.credentials(user, password);
         }
-        if let Some(path) = &self.tls_ca_file {
+        if let Some(path) = self.readable_ca_file()? {
             let pem = std::fs::read_to_string(path).map_err(|e| unreadable_ca_file(path, &e))?;
             config = config.tls_ca_pem(pem);
         }
@@ -609,10 +611,15 @@ impl TransportSettings {
         Ok(config)
     }
 
-    /// The `tls_ca_file` setting, checked readable now, so a wrong path is a configuration
-    /// error naming the setting rather than a TLS failure at connect time.
+    /// The `tls_ca_file` setting when the URL asks for TLS, checked readable now, so a wrong
+    /// path is a configuration error naming the setting rather than a TLS failure at connect
+    /// time.
     fn readable_ca_file(&self) -> Result<Option<&Path>, ConfigError> {
-        let Some(path) = &self.tls_ca_file else {
+        let tls = matches!(
+            self.kind()?,
+            TransportKind::Amqps | TransportKind::NatsTls | TransportKind::RedisTls
+        );
+        let Some(path) = self.tls_ca_file.as_deref().filter(|_| tls) else {
             return Ok(None);
         };
         std::fs::File::open(path).map_err(|e| unreadable_ca_file(path, &e))?;

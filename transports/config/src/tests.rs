@@ -699,6 +699,20 @@ fn a_ca_file_reaches_every_tls_transport_and_a_missing_one_is_an_error() {
         jail.set_env("BUS_TRANSPORT", "amqps://app:pw@rabbit.internal/%2f");
         let s = TransportSettings::load().map_err(err)?;
         assert!(s.amqp_config("x").is_err());
+
+        // Plain URLs have no use for it: one BUS_TLS_CA_FILE shared by several services does
+        // not break those that connect without TLS.
+        jail.set_env("BUS_TLS_CA_FILE", ca.display());
+        for plain in ["redis://127.0.0.1:6379", "nats://127.0.0.1:4222"] {
+            jail.set_env("BUS_TRANSPORT", plain);
+            let s = TransportSettings::load().map_err(err)?;
+            let redis_ca = s.redis_config("x").ok().and_then(|c| c.tls_ca_file);
+            let nats_ca = s.nats_config("x").ok().and_then(|c| c.tls_ca_file);
+            assert_eq!((redis_ca, nats_ca), (None, None), "{plain}");
+        }
+        jail.set_env("BUS_TRANSPORT", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let s = TransportSettings::load().map_err(err)?;
+        assert_eq!(s.amqp_config("x").map_err(err)?.tls_ca_pem, None);
         Ok(())
     });
 }
