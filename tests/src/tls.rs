@@ -94,3 +94,24 @@ pub async fn tls_proxy(ca: &Ca, target: SocketAddr) -> SocketAddr {
     });
     addr
 }
+
+/// Connect with a configuration that must be refused (a wrong CA, a host name the certificate
+/// does not name, no TLS at all), and check it is refused quickly (within `limit`), not after
+/// the client's retries; the error is printed for the test's output.
+pub async fn refused_quickly<T, E: std::fmt::Display>(
+    what: &str,
+    limit: std::time::Duration,
+    connect: impl std::future::Future<Output = Result<T, E>>,
+) {
+    let started = std::time::Instant::now();
+    let error = match connect.await {
+        Ok(_) => panic!("{what}: the connection was accepted"),
+        Err(error) => error,
+    };
+    assert!(
+        started.elapsed() < limit,
+        "{what}: failed only after {:?}: {error}",
+        started.elapsed()
+    );
+    println!("{what}: {error}");
+}

@@ -714,6 +714,13 @@ mod tests {
         }
     }
 
+    fn command_to(endpoint: &str, n: usize) -> Outgoing {
+        Outgoing {
+            destination: Destination::Endpoint(endpoint.into()),
+            ..message(n)
+        }
+    }
+
     /// The no-wait paths: a command or an event goes in at once when there is room, and comes
     /// back whole (no queue served) when there is not; a ready delivery is taken and acked
     /// without a future.
@@ -741,12 +748,8 @@ mod tests {
         assert_eq!(back.envelope.headers.message_id, "m-3");
         assert_eq!((t.depth("ep"), t.depth("other")), (Some(2), Some(1)));
         // An unknown endpoint is an error, not a message given back.
-        let unknown = Outgoing {
-            destination: Destination::Endpoint("nowhere".into()),
-            ..message(4)
-        };
         assert!(matches!(
-            t.send_now(unknown),
+            t.send_now(command_to("nowhere", 4)),
             Ok(Err(TransportError::Unroutable(_)))
         ));
         // A ready delivery comes at once; acking it at once frees its slot.
@@ -815,24 +818,14 @@ mod tests {
         .expect("declared");
         // `b` fills up; `a` keeps room.
         for n in 0..2 {
-            t.send(Outgoing {
-                destination: Destination::Endpoint("b".into()),
-                ..message(n)
-            })
-            .await
-            .expect("room in b");
+            t.send(command_to("b", n)).await.expect("room in b");
         }
         let err = t.send(event(2)).await.expect_err("b stays full");
         assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
         assert_eq!((t.depth("a"), t.depth("b")), (Some(0), Some(2)));
         // And `a`'s slots were given back: it still takes two.
         for n in 3..5 {
-            t.send(Outgoing {
-                destination: Destination::Endpoint("a".into()),
-                ..message(n)
-            })
-            .await
-            .expect("room in a");
+            t.send(command_to("a", n)).await.expect("room in a");
         }
     }
 
