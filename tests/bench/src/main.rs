@@ -53,6 +53,10 @@ struct Args {
     /// The server of the Redis Streams case.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
+    /// Handler counts of the in-memory command case instead of 1, 2 and 4, e.g.
+    /// `--handlers 1` (repeat it for several).
+    #[arg(long = "handlers")]
+    handlers: Vec<usize>,
     /// Internal: tiny counts and one handler only, to run under a profiler.
     #[arg(long, hide = true)]
     reduced: bool,
@@ -169,7 +173,10 @@ fn main() {
     }
     let started = Instant::now();
     let machine = machine::Machine::probe(args.quick);
-    let scale = Scale::new(args.quick, args.reduced);
+    let mut scale = Scale::new(args.quick, args.reduced);
+    if !args.handlers.is_empty() {
+        scale.concurrencies.clone_from(&args.handlers);
+    }
     let wanted = |group: &str| args.only.as_deref().is_none_or(|o| group.contains(o));
 
     let mut rows = Vec::new();

@@ -10,7 +10,9 @@
 //!   goes to the consumer that has waited longest, so none is starved.
 //! - Fan-out: an event goes to the queue of every endpoint that subscribes to its wire name.
 //! - Acks: a delivery is acked, nacked (back to the head of the queue, marked redelivered) or
-//!   dropped unsettled (treated as a nack). Prefetch bounds unsettled deliveries.
+//!   dropped unsettled (treated as a nack). Prefetch bounds unsettled deliveries; like a
+//!   broker's, it counts the ready messages a consumer took ahead in one go (a few at a time,
+//!   under one lock), which go back to the head of the queue when the consumer stops.
 //! - Delayed delivery for delayed retries (a timer; it does not outlive the process).
 //! - Typed bodies: messages stay Rust values, no serialization round trip, unless
 //!   [`MemoryTransport::serialize`] asks for bytes.
@@ -23,14 +25,16 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use bus_core::{
     async_trait, Acker, Delivery, Destination, Envelope, Outgoing, SubscribeOptions, Subscription,
     Topology, Transport, TransportError,
 };
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore, SemaphorePermit, TryAcquireError};
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
 
 /// The in-memory transport. Clones share the same queues.
 #[derive(Clone)]
@@ -98,7 +102,8 @@ impl MemoryTransport {
         MemoryTransport::with_settings(self.inner.capacity, self.inner.typed, timeout)
     }
 
-    /// Messages in a queue (ready plus unacked). `None` if it does not exist.
+    /// Messages in a queue (ready, unacked, or taken ahead by a consumer). `None` if it does
+    /// not exist.
     pub fn depth(&self, queue: &str) -> Option<usize> {
         let q = self.queue(queue)?;
         let state = q.lock();
@@ -121,7 +126,12 @@ impl MemoryTransport {
     /// Remove and return every ready message of an endpoint's error queue (e.g. to replay them).
     pub fn drain_error_queue(&self, endpoint: &str) -> Vec<Envelope> {
         match self.queue(&error_queue_name(endpoint)) {
-            Some(q) => q.lock().ready.drain(..).map(|m| m.envelope).collect(),
+            Some(q) => {
+                let mut state = q.lock();
+                let drained = state.ready.drain(..).map(|m| m.envelope).collect();
+                q.wake_producers(state);
+                drained
+            }
             None => Vec::new(),
         }
     }
@@ -142,9 +152,10 @@ impl MemoryTransport {
             .or_insert_with(|| {
                 Arc::new(Queue {
                     name: name.to_string(),
-                    state: Mutex::new(QueueState::default()),
-                    room: bounded.then(|| Arc::new(Semaphore::new(self.inner.capacity))),
+                    capacity: bounded.then_some(self.inner.capacity),
                     refill: refill_for(self.inner.capacity),
+                    state: Mutex::new(QueueState::default()),
+                    room: Notify::new(),
                 })
             })
             .clone()
@@ -168,62 +179,49 @@ impl MemoryTransport {
         }
     }
 
-    async fn enqueue(&self, queue: &Queue, envelope: Envelope) -> Result<(), TransportError> {
-        let deadline = tokio::time::Instant::now() + self.inner.send_timeout;
-        if let Some(slot) = self.reserve(queue, deadline).await? {
-            // The slot is given back when the message is acked.
-            slot.forget();
-        }
-        queue.push(Stored::fresh(envelope), false);
-        Ok(())
-    }
-
-    /// A slot in `queue` for one message (`None` for an unbounded queue), waiting for room
-    /// until `deadline`. Dropping the slot gives it back.
+    /// A slot in `queue` for one message, waiting for room until `deadline`. Dropping the slot
+    /// unused gives it back.
     async fn reserve<'q>(
         &self,
         queue: &'q Queue,
-        deadline: tokio::time::Instant,
-    ) -> Result<Option<SemaphorePermit<'q>>, TransportError> {
-        let Some(room) = &queue.room else {
-            return Ok(None);
-        };
-        // Room at once is the common case: no timer for it.
-        let slot = match room.try_acquire() {
-            Ok(slot) => slot,
-            Err(TryAcquireError::Closed) => return Err(TransportError::Closed),
-            Err(TryAcquireError::NoPermits) => {
-                // Full: wait a moment for a few slots, not just one, so a producer that
-                // outruns its consumers is woken once per `refill` acks rather than on every
-                // ack (a cross-thread wake-up each, which cost more than the ack). A slow
-                // consumer does not free that many in a moment: then wait for one slot, until
-                // the deadline. The bound is unchanged: slots beyond this message's are given
-                // back at once. Producers blocked on one queue are served in order to within
-                // that moment, not strictly.
-                let refill_wait = tokio::time::Instant::now() + REFILL_WAIT;
-                match tokio::time::timeout_at(
-                    refill_wait.min(deadline),
-                    room.acquire_many(queue.refill),
-                )
-                .await
-                {
-                    Ok(Ok(mut slots)) => {
-                        let mine = slots.split(1).expect("refill is at least 1");
-                        drop(slots);
-                        mine
-                    }
-                    Ok(Err(_)) => return Err(TransportError::Closed),
-                    Err(_) => tokio::time::timeout_at(deadline, room.acquire())
-                        .await
-                        .map_err(|_| TransportError::Timeout {
-                            operation: "waiting for room in a full in-memory queue",
-                            after: self.inner.send_timeout,
-                        })?
-                        .map_err(|_| TransportError::Closed)?,
+        deadline: Instant,
+    ) -> Result<Reserved<'q>, TransportError> {
+        // Full: wait a moment for a few slots, not just one, so a producer that outruns its
+        // consumers is woken once per `refill` acks rather than on every ack (a cross-thread
+        // wake-up each, which cost more than the ack). A slow consumer does not free that many
+        // in a moment: then wait for one slot, until the deadline. Producers blocked on one
+        // queue are served in order to within that moment, not strictly.
+        let refill_until = Instant::now() + REFILL_WAIT;
+        loop {
+            // Registered before the check, so a slot freed right after it is not missed.
+            let notified = queue.room.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let refilling = now < refill_until;
+            {
+                let mut state = queue.lock();
+                if queue.free(&state) > 0 {
+                    state.reserved += 1;
+                    return Ok(Reserved { queue: Some(queue) });
                 }
+                if now >= deadline {
+                    return Err(TransportError::Timeout {
+                        operation: "waiting for room in a full in-memory queue",
+                        after: self.inner.send_timeout,
+                    });
+                }
+                let want = if refilling { queue.refill } else { 1 };
+                state.room_wanted = Some(state.room_wanted.map_or(want, |w| w.min(want)));
             }
-        };
-        Ok(Some(slot))
+            let wake_by = if refilling {
+                refill_until.min(deadline)
+            } else {
+                deadline
+            };
+            // Woken or not, look again: the loop decides.
+            let _ = tokio::time::timeout_at(wake_by, notified).await;
+        }
     }
 }
 
@@ -241,38 +239,46 @@ impl MemoryTransport {
             .read()
             .unwrap_or_else(|p| p.into_inner());
         let targets = bindings.get(&name).map(Vec::as_slice).unwrap_or_default();
+        if let [only] = targets {
+            // One queue: room checked and the copy pushed under one lock.
+            return match only.try_push(Stored::fresh(envelope), false) {
+                Ok(()) => Ok(Ok(())),
+                Err(stored) => Err(Outgoing {
+                    destination: Destination::Event(name),
+                    envelope: stored.envelope,
+                    delay: None,
+                }),
+            };
+        }
         let mut slots = Vec::with_capacity(targets.len());
         for q in targets {
-            if let Some(room) = &q.room {
-                match room.try_acquire() {
-                    Ok(permit) => slots.push(permit),
-                    Err(TryAcquireError::Closed) => return Ok(Err(TransportError::Closed)),
-                    // Taken slots go back as `slots` drops.
-                    Err(TryAcquireError::NoPermits) => {
-                        return Err(Outgoing {
-                            destination: Destination::Event(name),
-                            envelope,
-                            delay: None,
-                        })
-                    }
+            match q.try_reserve() {
+                Some(slot) => slots.push(slot),
+                // Taken slots go back as `slots` drops.
+                None => {
+                    return Err(Outgoing {
+                        destination: Destination::Event(name),
+                        envelope,
+                        delay: None,
+                    })
                 }
             }
         }
-        // Each slot is given back when its copy is acked.
-        slots.into_iter().for_each(|permit| permit.forget());
-        push_copies(targets, envelope);
+        push_copies(slots, envelope);
         Ok(Ok(()))
     }
 }
 
-/// A copy of `envelope` to each of `targets` (the envelope itself to the last), their slots
-/// already taken.
-fn push_copies(targets: &[Arc<Queue>], envelope: Envelope) {
-    if let Some((last, rest)) = targets.split_last() {
-        for q in rest {
-            q.push(Stored::fresh(envelope.clone()), false);
+/// A copy of `envelope` into each reserved slot (the envelope itself into the last).
+fn push_copies(slots: Vec<Reserved<'_>>, envelope: Envelope) {
+    let mut slots = slots.into_iter().peekable();
+    while let Some(slot) = slots.next() {
+        if slots.peek().is_some() {
+            slot.push(Stored::fresh(envelope.clone()));
+        } else {
+            slot.push(Stored::fresh(envelope));
+            return;
         }
-        last.push(Stored::fresh(envelope), false);
     }
 }
 
@@ -332,28 +338,28 @@ impl Transport for MemoryTransport {
                 })
             }
         };
-        let Some(q) = self.queue(&e) else {
-            return Ok(Err(TransportError::Unroutable(e)));
+        // The queue is used under the map's read lock, not cloned out of it: its reference
+        // count is shared with every consumer's acks, and touching it here would pull that
+        // cache line over to the producer's thread and back on every message.
+        let pushed = {
+            let queues = self.inner.queues.read().unwrap_or_else(|p| p.into_inner());
+            queues
+                .get(&e)
+                .map(|q| q.try_push(Stored::fresh(envelope), false))
         };
-        if let Some(room) = &q.room {
-            match room.try_acquire() {
-                // The slot is given back when the message is acked.
-                Ok(permit) => permit.forget(),
-                Err(TryAcquireError::Closed) => return Ok(Err(TransportError::Closed)),
-                Err(TryAcquireError::NoPermits) => {
-                    return Err(Outgoing {
-                        destination: Destination::Endpoint(e),
-                        envelope,
-                        delay: None,
-                    })
-                }
-            }
+        match pushed {
+            None => Ok(Err(TransportError::Unroutable(e))),
+            Some(Ok(())) => Ok(Ok(())),
+            Some(Err(stored)) => Err(Outgoing {
+                destination: Destination::Endpoint(e),
+                envelope: stored.envelope,
+                delay: None,
+            }),
         }
-        q.push(Stored::fresh(envelope), false);
-        Ok(Ok(()))
     }
 
     async fn send(&self, message: Outgoing) -> Result<(), TransportError> {
+        let deadline = Instant::now() + self.inner.send_timeout;
         if let (Destination::Endpoint(e), None) =
             (&message.destination, message.delay.filter(|d| !d.is_zero()))
         {
@@ -361,16 +367,22 @@ impl Transport for MemoryTransport {
             let q = self
                 .queue(e)
                 .ok_or_else(|| TransportError::Unroutable(e.clone()))?;
-            return self.enqueue(&q, message.envelope).await;
+            let slot = self.reserve(&q, deadline).await?;
+            slot.push(Stored::fresh(message.envelope));
+            return Ok(());
         }
         let targets = self.targets(&message.destination)?;
         if let Some(delay) = message.delay.filter(|d| !d.is_zero()) {
             let this = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
+                let deadline = Instant::now() + this.inner.send_timeout;
                 for q in targets {
-                    if let Err(error) = this.enqueue(&q, message.envelope.clone()).await {
-                        tracing::error!(queue = %q.name, %error, "delayed message could not be enqueued");
+                    match this.reserve(&q, deadline).await {
+                        Ok(slot) => slot.push(Stored::fresh(message.envelope.clone())),
+                        Err(error) => {
+                            tracing::error!(queue = %q.name, %error, "delayed message could not be enqueued");
+                        }
                     }
                 }
             });
@@ -379,14 +391,11 @@ impl Transport for MemoryTransport {
         // Room in every queue first, then a copy to each: an event that cannot get into one
         // queue in time gets into none (its slots go back as `slots` drops), so a caller's
         // retry does not duplicate it where it did get in.
-        let deadline = tokio::time::Instant::now() + self.inner.send_timeout;
         let mut slots = Vec::with_capacity(targets.len());
         for q in &targets {
             slots.push(self.reserve(q, deadline).await?);
         }
-        // Each slot is given back when its copy is acked.
-        slots.into_iter().flatten().for_each(|slot| slot.forget());
-        push_copies(&targets, message.envelope);
+        push_copies(slots, message.envelope);
         Ok(())
     }
 
@@ -399,8 +408,14 @@ impl Transport for MemoryTransport {
             .queue(endpoint)
             .ok_or_else(|| TransportError::Unroutable(endpoint.to_string()))?;
         Ok(Box::new(MemorySubscription {
-            queue,
-            prefetch: Arc::new(Semaphore::new(options.prefetch.max(1))),
+            consumer: Arc::new(Consumer {
+                queue,
+                prefetch: options.prefetch.max(1),
+                taken: AtomicUsize::new(0),
+                freed: Notify::new(),
+            }),
+            buffer: VecDeque::new(),
+            cancelled: false,
         }))
     }
 }
@@ -423,31 +438,100 @@ impl Stored {
 #[derive(Default)]
 struct QueueState {
     ready: VecDeque<Stored>,
+    /// Taken by consumers and not settled yet.
     unacked: usize,
+    /// Slots held by producers that have not pushed yet.
+    reserved: usize,
     /// Consumers waiting for a message, first come first served.
     waiters: VecDeque<oneshot::Sender<Stored>>,
+    /// Free slots a waiting producer wants before it is woken (the fewest any of them wants);
+    /// `None` when none waits.
+    room_wanted: Option<usize>,
 }
 
+/// One queue. Its room (bounded queues only), its consumers' line and its messages are all
+/// kept under one lock, so a send, a take and an ack each cost one lock and nothing else.
 struct Queue {
     name: String,
-    state: Mutex<QueueState>,
-    /// Free slots; `None` for unbounded (error) queues.
-    room: Option<Arc<Semaphore>>,
+    /// Most messages ready, unacked or reserved at once; `None` for unbounded (error) queues.
+    capacity: Option<usize>,
     /// How many free slots a producer blocked on a full queue waits for before it goes on.
-    refill: u32,
+    refill: usize,
+    state: Mutex<QueueState>,
+    /// Producers waiting for room.
+    room: Notify,
 }
 
 /// How long a producer blocked on a full queue waits for `refill` slots before it settles for one.
 const REFILL_WAIT: Duration = Duration::from_millis(1);
 
 /// Slots a blocked producer waits for: an eighth of the bound, at most 64, at least 1.
-fn refill_for(capacity: usize) -> u32 {
-    u32::try_from((capacity / 8).clamp(1, 64)).unwrap_or(1)
+fn refill_for(capacity: usize) -> usize {
+    (capacity / 8).clamp(1, 64)
+}
+
+/// Most ready messages a consumer takes from the queue under one lock, within its prefetch.
+const TAKE_AT_ONCE: usize = 16;
+
+/// A slot reserved in a queue; given back when dropped unused.
+struct Reserved<'q> {
+    queue: Option<&'q Queue>,
+}
+
+impl Reserved<'_> {
+    /// Put the message into the reserved slot.
+    fn push(mut self, stored: Stored) {
+        if let Some(queue) = self.queue.take() {
+            let mut state = queue.lock();
+            state.reserved -= 1;
+            Queue::hand_over(&mut state, stored, false);
+        }
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(queue) = self.queue.take() {
+            let mut state = queue.lock();
+            state.reserved -= 1;
+            queue.wake_producers(state);
+        }
+    }
 }
 
 impl Queue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Free slots (unbounded: always some).
+    fn free(&self, state: &QueueState) -> usize {
+        match self.capacity {
+            Some(capacity) => {
+                capacity.saturating_sub(state.ready.len() + state.unacked + state.reserved)
+            }
+            None => usize::MAX,
+        }
+    }
+
+    /// Queue a message if there is room now, under one lock; otherwise give it back.
+    fn try_push(&self, stored: Stored, front: bool) -> Result<(), Stored> {
+        let mut state = self.lock();
+        if self.free(&state) == 0 {
+            return Err(stored);
+        }
+        Queue::hand_over(&mut state, stored, front);
+        Ok(())
+    }
+
+    /// A slot now, if there is room.
+    fn try_reserve(&self) -> Option<Reserved<'_>> {
+        let mut state = self.lock();
+        if self.free(&state) == 0 {
+            return None;
+        }
+        state.reserved += 1;
+        Some(Reserved { queue: Some(self) })
     }
 
     /// Hand a message to the consumer waiting longest, or queue it if none waits.
@@ -455,8 +539,7 @@ impl Queue {
     /// Handing it over (rather than waking a consumer to come and take it) keeps competing
     /// consumers fair: a consumer already running would otherwise win nearly every race against
     /// one just woken, and could starve it.
-    fn push(&self, mut stored: Stored, front: bool) {
-        let mut state = self.lock();
+    fn hand_over(state: &mut QueueState, mut stored: Stored, front: bool) {
         while let Some(waiter) = state.waiters.pop_front() {
             match waiter.send(stored) {
                 Ok(()) => {
@@ -474,12 +557,13 @@ impl Queue {
         }
     }
 
-    /// The oldest ready message, counted as unacked, if there is one.
-    fn pop_ready(&self) -> Option<Stored> {
+    /// Move up to `most` of the oldest ready messages to `into`, counted as unacked; how many.
+    fn take_ready(&self, into: &mut VecDeque<Stored>, most: usize) -> usize {
         let mut state = self.lock();
-        let stored = state.ready.pop_front()?;
-        state.unacked += 1;
-        Some(stored)
+        let n = most.min(state.ready.len());
+        into.extend(state.ready.drain(..n));
+        state.unacked += n;
+        n
     }
 
     /// The oldest ready message, counted as unacked; or a place in line for the next one.
@@ -498,50 +582,154 @@ impl Queue {
         }
     }
 
-    fn settle(&self, requeue: Option<Stored>) {
-        {
-            let mut state = self.lock();
+    /// Settle taken messages: acked (`requeue` empty), or returned to the head of the queue in
+    /// their order.
+    fn settle(&self, acked: usize, requeue: impl DoubleEndedIterator<Item = Stored>) {
+        let mut state = self.lock();
+        state.unacked -= acked;
+        for stored in requeue.rev() {
             state.unacked -= 1;
+            Queue::hand_over(&mut state, stored, true);
         }
-        match requeue {
-            Some(stored) => self.push(stored, true),
-            None => {
-                if let Some(room) = &self.room {
-                    room.add_permits(1);
-                }
+        self.wake_producers(state);
+    }
+
+    /// Wake the producers waiting for room if there is as much as they want.
+    fn wake_producers(&self, mut state: MutexGuard<'_, QueueState>) {
+        if let Some(want) = state.room_wanted {
+            if self.free(&state) >= want {
+                state.room_wanted = None;
+                drop(state);
+                self.room.notify_waiters();
             }
         }
     }
 }
 
-struct MemorySubscription {
+/// What a subscription shares with the acks of its deliveries.
+struct Consumer {
     queue: Arc<Queue>,
-    prefetch: Arc<Semaphore>,
+    /// Most deliveries taken and not settled (handed out or taken ahead).
+    prefetch: usize,
+    /// Deliveries taken from the queue and not settled yet. Only the subscription adds to
+    /// it; settling subtracts.
+    taken: AtomicUsize,
+    /// A settle that frees a full prefetch wakes the subscription's waiting `next`.
+    freed: Notify,
+}
+
+impl Consumer {
+    /// One delivery settled: acked, or returned to the queue.
+    fn settled(&self, requeue: Option<Stored>) {
+        match requeue {
+            Some(stored) => self.queue.settle(0, std::iter::once(stored)),
+            None => self.queue.settle(1, std::iter::empty()),
+        }
+        if self.taken.fetch_sub(1, Ordering::AcqRel) == self.prefetch {
+            self.freed.notify_one();
+        }
+    }
+}
+
+struct MemorySubscription {
+    consumer: Arc<Consumer>,
+    /// Messages taken from the queue ahead, under one lock, and not handed out yet; oldest
+    /// first. They count against the prefetch, as a broker's prefetched messages do.
+    buffer: VecDeque<Stored>,
+    cancelled: bool,
+}
+
+impl MemorySubscription {
+    /// Return what was taken ahead to the head of the queue, in order.
+    fn give_back(&mut self) {
+        let n = self.buffer.len();
+        if n > 0 {
+            self.consumer.queue.settle(0, self.buffer.drain(..));
+            self.consumer.taken.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    fn deliver(&self, mut stored: Stored) -> Delivery {
+        stored.delivery_count += 1;
+        let count = stored.delivery_count;
+        let acker = MemoryAcker {
+            consumer: self.consumer.clone(),
+            delivery_count: count,
+            settled: false,
+        };
+        Delivery::new(stored.envelope, Box::new(acker), count > 1, count)
+    }
+}
+
+impl Drop for MemorySubscription {
+    fn drop(&mut self) {
+        self.give_back();
+    }
 }
 
 #[async_trait]
 impl Subscription for MemorySubscription {
     async fn cancel(&mut self) {
-        // No more deliveries: `next` returns `None` from now on. Deliveries already handed out
-        // keep their permits and are settled as usual.
-        self.prefetch.close();
+        // No more deliveries: `next` returns `None` from now on, and what was taken ahead goes
+        // back to the queue for other consumers. Deliveries already handed out are settled as
+        // usual.
+        self.cancelled = true;
+        self.give_back();
     }
 
     fn next_now(&mut self) -> Option<Delivery> {
-        let permit = self.prefetch.clone().try_acquire_owned().ok()?;
-        let stored = self.queue.pop_ready()?;
-        Some(self.deliver(stored, permit))
+        if self.cancelled {
+            return None;
+        }
+        if let Some(stored) = self.buffer.pop_front() {
+            return Some(self.deliver(stored));
+        }
+        // Only this subscription adds to `taken`: what it reads here can only shrink meanwhile.
+        let room = self
+            .consumer
+            .prefetch
+            .saturating_sub(self.consumer.taken.load(Ordering::Acquire));
+        if room == 0 {
+            return None;
+        }
+        let taken = self
+            .consumer
+            .queue
+            .take_ready(&mut self.buffer, room.min(TAKE_AT_ONCE));
+        if taken == 0 {
+            return None;
+        }
+        self.consumer.taken.fetch_add(taken, Ordering::AcqRel);
+        let stored = self.buffer.pop_front()?;
+        Some(self.deliver(stored))
     }
 
     async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
-        let permit = self.prefetch.clone().acquire_owned().await.ok()?;
-        let stored = loop {
-            let rx = match self.queue.pop_or_wait() {
-                Ok(stored) => break stored,
+        loop {
+            if let Some(ready) = self.next_now() {
+                return Some(Ok(ready));
+            }
+            if self.cancelled {
+                return None;
+            }
+            // Registered before the check, so a settle right after it is not missed.
+            let freed = self.consumer.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            if self.consumer.taken.load(Ordering::Acquire) >= self.consumer.prefetch {
+                freed.await;
+                continue;
+            }
+            // Room in the prefetch and nothing ready: wait in line for the next message.
+            let rx = match self.consumer.queue.pop_or_wait() {
+                Ok(stored) => {
+                    self.consumer.taken.fetch_add(1, Ordering::AcqRel);
+                    return Some(Ok(self.deliver(stored)));
+                }
                 Err(rx) => rx,
             };
             let mut waiting = Waiting {
-                queue: &self.queue,
+                queue: &self.consumer.queue,
                 rx: Some(rx),
             };
             let handed = match waiting.rx.as_mut() {
@@ -550,11 +738,11 @@ impl Subscription for MemorySubscription {
             };
             if let Some(stored) = handed {
                 waiting.rx = None;
-                break stored;
+                self.consumer.taken.fetch_add(1, Ordering::AcqRel);
+                return Some(Ok(self.deliver(stored)));
             }
             // The line was cleared without a message for us: take a place again.
-        };
-        Some(Ok(self.deliver(stored, permit)))
+        }
     }
 }
 
@@ -570,33 +758,17 @@ impl Drop for Waiting<'_> {
         if let Some(mut rx) = self.rx.take() {
             rx.close();
             if let Ok(stored) = rx.try_recv() {
-                self.queue.lock().unacked -= 1;
-                self.queue.push(stored, true);
+                self.queue.settle(0, std::iter::once(stored));
             }
         }
     }
 }
 
-impl MemorySubscription {
-    fn deliver(&self, mut stored: Stored, permit: OwnedSemaphorePermit) -> Delivery {
-        stored.delivery_count += 1;
-        let count = stored.delivery_count;
-        let acker = MemoryAcker {
-            queue: self.queue.clone(),
-            delivery_count: count,
-            settled: false,
-            _permit: permit,
-        };
-        Delivery::new(stored.envelope, Box::new(acker), count > 1, count)
-    }
-}
-
 struct MemoryAcker {
-    queue: Arc<Queue>,
+    consumer: Arc<Consumer>,
     delivery_count: u32,
     /// Acked through `ack_now`: nothing more to settle.
     settled: bool,
-    _permit: OwnedSemaphorePermit,
 }
 
 impl MemoryAcker {
@@ -608,7 +780,7 @@ impl MemoryAcker {
             envelope,
             delivery_count: self.delivery_count,
         };
-        self.queue.settle(Some(stored));
+        self.consumer.settled(Some(stored));
     }
 }
 
@@ -622,7 +794,7 @@ impl Acker for MemoryAcker {
         // Settled once, whatever a caller does after: a second settle would free a slot the
         // queue never gave.
         if !std::mem::replace(&mut self.settled, true) {
-            self.queue.settle(None);
+            self.consumer.settled(None);
         }
         Some(Ok(()))
     }
