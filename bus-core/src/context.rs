@@ -47,6 +47,41 @@ impl MessageContext {
         }
     }
 
+    /// A context for one handler attempt, in `spare`'s allocation when nothing else holds
+    /// that any more (a worker hands its previous context back for each message; a handler
+    /// that kept a clone of it makes a new one necessary).
+    pub(crate) fn for_attempt(
+        spare: Option<MessageContext>,
+        shared: &Arc<Shared>,
+        headers: &Arc<Headers>,
+        endpoint: &Arc<str>,
+        attempt: u32,
+        redelivered: bool,
+    ) -> Self {
+        if let Some(mut ctx) = spare {
+            if let Some(inner) = Arc::get_mut(&mut ctx.inner) {
+                if Arc::ptr_eq(&inner.shared, shared) && Arc::ptr_eq(&inner.endpoint, endpoint) {
+                    inner.headers = headers.clone();
+                    inner.attempt = attempt;
+                    inner.redelivered = redelivered;
+                    let outbox = inner.outbox.get_mut().unwrap_or_else(|p| p.into_inner());
+                    match outbox {
+                        Some(list) => list.clear(),
+                        None => *outbox = Some(Vec::new()),
+                    }
+                    return ctx;
+                }
+            }
+        }
+        MessageContext::new(
+            shared.clone(),
+            headers.clone(),
+            endpoint.clone(),
+            attempt,
+            redelivered,
+        )
+    }
+
     /// The incoming message's headers.
     pub fn headers(&self) -> &Headers {
         &self.inner.headers

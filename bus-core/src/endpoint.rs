@@ -90,7 +90,9 @@ pub struct EndpointConfig {
     pub concurrency: usize,
     /// Deliveries taken from the transport ahead of handling (at least `concurrency`).
     pub prefetch: usize,
-    /// A handler attempt running longer is abandoned and counted as a failure.
+    /// A handler attempt running longer is abandoned and counted as a failure. It is timed
+    /// from the moment it first waits (a handler done in its first poll, as most are, is never
+    /// timed; a blocking first poll cannot be cut short by a timeout anyway).
     pub handler_timeout: Option<Duration>,
     /// Retry policy.
     pub recoverability: Recoverability,

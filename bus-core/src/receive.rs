@@ -19,6 +19,7 @@ use crate::codec::Codec;
 use crate::context::MessageContext;
 use crate::endpoint::EndpointConfig;
 use crate::envelope::{header, Body, Envelope, Headers};
+use crate::error::TransportError;
 use crate::failure::{Failure, FailureReason};
 use crate::handler::HandlerDescriptor;
 use crate::transport::{Delivery, Destination, Outgoing, Subscription};
@@ -102,10 +103,18 @@ pub(crate) async fn consume(
     running: Arc<AtomicUsize>,
 ) {
     running.fetch_add(1, Ordering::SeqCst);
-    let sub = Arc::new(tokio::sync::Mutex::new(sub));
-    let workers: Vec<_> = (0..ep.config.concurrency.max(1))
-        .map(|_| tracker.spawn(work(ep.clone(), sub.clone(), stop.clone(), abort.clone())))
-        .collect();
+    let concurrency = ep.config.concurrency.max(1);
+    // One worker owns the subscription outright; several share it behind a lock.
+    let (workers, shared): (Vec<_>, _) = if concurrency == 1 {
+        let worker = work_alone(ep.clone(), sub, stop.clone(), abort.clone());
+        (vec![tracker.spawn(worker)], None)
+    } else {
+        let sub = Arc::new(tokio::sync::Mutex::new(sub));
+        let workers = (0..concurrency)
+            .map(|_| tracker.spawn(work(ep.clone(), sub.clone(), stop.clone(), abort.clone())))
+            .collect();
+        (workers, Some(sub))
+    };
     let mut all_done = std::pin::pin!(futures_util::future::join_all(workers));
     let ended = tokio::select! {
         _ = stop.fired() => false,
@@ -115,11 +124,46 @@ pub(crate) async fn consume(
     tracing::debug!(endpoint = %ep.name, "stopped taking messages");
     if !ended {
         // Keep the subscription open until the in-flight handlers are done (or abandoned), so
-        // their deliveries can still be acked on it. Workers let go of it once `stop` fired.
-        sub.lock().await.cancel().await;
+        // their deliveries can still be acked on it. Workers let go of it once `stop` fired;
+        // a lone worker cancels it itself once its handler is done.
+        if let Some(sub) = &shared {
+            sub.lock().await.cancel().await;
+        }
         all_done.await;
     }
-    drop(sub);
+    drop(shared);
+}
+
+/// The only worker of an endpoint: it owns the subscription, so taking a delivery needs no
+/// lock. Like [`work`] otherwise; it cancels the subscription once it stops.
+async fn work_alone(
+    ep: Arc<EndpointRuntime>,
+    mut sub: Box<dyn Subscription>,
+    stop: Signal,
+    abort: Signal,
+) {
+    let mut spare = None;
+    loop {
+        if stop.is_fired() {
+            break;
+        }
+        let next = match sub.next_now() {
+            Some(delivery) => {
+                // Nothing on this path waits: count it against the cooperative budget, so a
+                // backlog cannot keep the worker from yielding.
+                tokio::task::coop::consume_budget().await;
+                Some(Ok(delivery))
+            }
+            None => match unless_cancelled(&stop, sub.next()).await {
+                Some(next) => next,
+                None => break,
+            },
+        };
+        if !take(&ep, next, &stop, &abort, &mut spare).await {
+            break;
+        }
+    }
+    sub.cancel().await;
 }
 
 /// One worker: take a delivery, handle it, repeat, until `stop` (or the subscription ends).
@@ -129,6 +173,7 @@ async fn work(
     stop: Signal,
     abort: Signal,
 ) {
+    let mut spare = None;
     loop {
         // A delivery ready at once, taken without queueing for the subscription: workers that
         // queue on its lock are woken one by one as it is passed on, a cross-thread wake-up per
@@ -161,21 +206,34 @@ async fn work(
                 },
             }
         };
-        match next {
-            None => break,
-            Some(Err(error)) => {
-                tracing::warn!(endpoint = %ep.name, %error, "receive failed; retrying shortly");
-                let pause = tokio::time::sleep(Duration::from_millis(200));
-                if unless_cancelled(&stop, pause).await.is_none() {
-                    break;
-                }
-            }
-            Some(Ok(delivery)) => {
-                // Dropping the handler drops its delivery unsettled: redelivered.
-                // Pinned in place: moving a future this size costs a copy per message.
-                let handling = std::pin::pin!(handle_delivery(&ep, delivery));
-                let _ = unless_cancelled(&abort, handling).await;
-            }
+        if !take(&ep, next, &stop, &abort, &mut spare).await {
+            break;
+        }
+    }
+}
+
+/// What a worker does with what it took: handle a delivery, or pause after a receive error.
+/// `false` when the worker should stop (the subscription ended, or `stop` fired in a pause).
+async fn take(
+    ep: &EndpointRuntime,
+    next: Option<Result<Delivery, TransportError>>,
+    stop: &Signal,
+    abort: &Signal,
+    spare: &mut Option<MessageContext>,
+) -> bool {
+    match next {
+        None => false,
+        Some(Err(error)) => {
+            tracing::warn!(endpoint = %ep.name, %error, "receive failed; retrying shortly");
+            let pause = tokio::time::sleep(Duration::from_millis(200));
+            unless_cancelled(stop, pause).await.is_some()
+        }
+        Some(Ok(delivery)) => {
+            // Dropping the handler drops its delivery unsettled: redelivered.
+            // Pinned in place: moving a future this size costs a copy per message.
+            let handling = std::pin::pin!(handle_delivery(ep, delivery, spare));
+            let _ = unless_cancelled(abort, handling).await;
+            true
         }
     }
 }
@@ -200,7 +258,11 @@ async fn unless_cancelled<F: Future>(signal: &Signal, work: F) -> Option<F::Outp
 }
 
 /// Everything that happens to one delivery.
-pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
+pub(crate) async fn handle_delivery(
+    ep: &EndpointRuntime,
+    delivery: Delivery,
+    spare: &mut Option<MessageContext>,
+) {
     // Only the headers are kept apart (they outlive the delivery in the logs below); the body
     // is read from the delivery in place: no clone of the envelope on the way through.
     let headers = delivery.envelope().headers.clone();
@@ -230,8 +292,8 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
         );
         return dead_letter(ep, delivery, f, 1).await;
     };
-    let codec: Arc<dyn Codec> = match &delivery.envelope().body {
-        Body::Message(_) => ep.shared.codecs.default_codec().clone(),
+    let codec: &Arc<dyn Codec> = match &delivery.envelope().body {
+        Body::Message(_) => ep.shared.codecs.default_codec(),
         Body::Bytes(bytes) => {
             if bytes.len() > ep.shared.max_body_size {
                 let f = Failure::rejected(
@@ -245,7 +307,7 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
                 return dead_letter(ep, delivery, f, 1).await;
             }
             match ep.shared.codecs.get(&headers.content_type) {
-                Some(c) => c.clone(),
+                Some(c) => c,
                 None => {
                     let f = Failure::rejected(
                         FailureReason::UnsupportedContentType,
@@ -265,7 +327,7 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
         many.resize_with(handlers.len(), || None);
         &mut many
     };
-    let builtin_json = ep.shared.codecs.is_builtin_json(&codec);
+    let builtin_json = ep.shared.codecs.is_builtin_json(codec);
     for (h, slot) in handlers.iter().zip(decoded.iter_mut()) {
         match h.decode(&delivery.envelope().body, codec.as_ref(), builtin_json) {
             Ok(value) => *slot = Some(value),
@@ -326,6 +388,7 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
             codec.as_ref(),
             attempt,
             delivery.redelivered(),
+            spare,
         )
         .await
         {
@@ -373,6 +436,7 @@ pub(crate) async fn handle_delivery(ep: &EndpointRuntime, delivery: Delivery) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_attempt(
     ep: &EndpointRuntime,
     handlers: &[HandlerDescriptor],
@@ -381,14 +445,41 @@ async fn run_attempt(
     codec: &dyn Codec,
     attempt: u32,
     redelivered: bool,
+    spare: &mut Option<MessageContext>,
 ) -> Result<(), Failure> {
-    let ctx = MessageContext::new(
-        ep.shared.clone(),
-        envelope.headers.clone(),
-        ep.name.clone(),
+    let ctx = MessageContext::for_attempt(
+        spare.take(),
+        &ep.shared,
+        &envelope.headers,
+        &ep.name,
         attempt,
         redelivered,
     );
+    let outcome = run_handlers(ep, handlers, decoded, envelope, codec, &ctx).await;
+    // Closed either way: what a failed attempt staged is dropped, and a handler that kept
+    // its context can stage nothing more.
+    let outbox = ctx.take_outbox();
+    *spare = Some(ctx);
+    outcome?;
+    if !outbox.is_empty() {
+        ep.shared
+            .transport
+            .send_batch(outbox)
+            .await
+            .map_err(|e| Failure::dispatch(&e))?;
+    }
+    Ok(())
+}
+
+/// Run an attempt's handlers in order, each with a clone of `ctx`; the first failure ends it.
+async fn run_handlers(
+    ep: &EndpointRuntime,
+    handlers: &[HandlerDescriptor],
+    decoded: &mut [Option<Box<dyn std::any::Any + Send>>],
+    envelope: &Envelope,
+    codec: &dyn Codec,
+    ctx: &MessageContext,
+) -> Result<(), Failure> {
     for (h, slot) in handlers.iter().zip(decoded.iter_mut()) {
         let message = match slot.take() {
             Some(m) => m,
@@ -399,46 +490,27 @@ async fn run_attempt(
         };
         let mut call =
             std::pin::pin!(AssertUnwindSafe(h.invoke(message, ctx.clone())).catch_unwind());
-        // A handler done in its first poll (most are) needs no timer; one that waits is timed
-        // from its start.
-        let started = tokio::time::Instant::now();
+        // A handler done in its first poll (most are) needs neither a timer nor the clock; one
+        // that waits is timed from then on. A limit too far away to express is no limit.
         let outcome = match futures_util::poll!(call.as_mut()) {
             Poll::Ready(outcome) => outcome,
             Poll::Pending => match ep
                 .config
                 .handler_timeout
-                .and_then(|limit| Some((limit, started.checked_add(limit)?)))
+                .and_then(|limit| Some((limit, tokio::time::Instant::now().checked_add(limit)?)))
             {
-                // A limit too far away to express is no limit.
                 Some((limit, deadline)) => match tokio::time::timeout_at(deadline, call).await {
                     Ok(outcome) => outcome,
-                    Err(_) => {
-                        ctx.take_outbox();
-                        return Err(Failure::timeout(limit).with_handler(h.name()));
-                    }
+                    Err(_) => return Err(Failure::timeout(limit).with_handler(h.name())),
                 },
                 None => call.await,
             },
         };
         match outcome {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                ctx.take_outbox();
-                return Err(Failure::from_handler(&error).with_handler(h.name()));
-            }
-            Err(panic) => {
-                ctx.take_outbox();
-                return Err(Failure::panic(panic.as_ref()).with_handler(h.name()));
-            }
+            Ok(Err(error)) => return Err(Failure::from_handler(&error).with_handler(h.name())),
+            Err(panic) => return Err(Failure::panic(panic.as_ref()).with_handler(h.name())),
         }
-    }
-    let outbox = ctx.take_outbox();
-    if !outbox.is_empty() {
-        ep.shared
-            .transport
-            .send_batch(outbox)
-            .await
-            .map_err(|e| Failure::dispatch(&e))?;
     }
     Ok(())
 }

@@ -162,9 +162,16 @@ struct Tick {
 
 /// A handler that feeds its own queue keeps its endpoint busy forever, and nothing it does on
 /// the in-memory transport has to wait. Its worker must still yield to the runtime now and
-/// then: on a single-threaded runtime, a timer and the shutdown run only if it does.
+/// then: on a single-threaded runtime, a timer and the shutdown run only if it does. Both
+/// kinds of worker: a lone one (it owns the subscription) and several sharing it.
 #[test]
 fn an_endpoint_that_is_never_idle_still_lets_the_runtime_run_other_tasks() {
+    for concurrency in [1, 2] {
+        never_idle_endpoint_yields(concurrency);
+    }
+}
+
+fn never_idle_endpoint_yields(concurrency: usize) {
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -185,13 +192,14 @@ fn an_endpoint_that_is_never_idle_still_lets_the_runtime_run_other_tasks() {
                         Ok::<(), HandlerError>(())
                     }
                 })
-                .endpoint("t-loop", |e| e.concurrency(2))
+                .endpoint("t-loop", move |e| e.concurrency(concurrency))
                 .host(["t-loop"])
                 .start()
                 .await
                 .unwrap();
-            bus.send(Tick { n: 0 }).await.unwrap();
-            bus.send(Tick { n: 0 }).await.unwrap();
+            for _ in 0..concurrency {
+                bus.send(Tick { n: 0 }).await.unwrap();
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
             bus.shutdown().await;
             count.load(Ordering::Relaxed)
@@ -200,9 +208,11 @@ fn an_endpoint_that_is_never_idle_still_lets_the_runtime_run_other_tasks() {
     });
     let handled = finished
         .recv_timeout(Duration::from_secs(30))
-        .expect("the busy endpoint never let the timer or the shutdown run");
+        .unwrap_or_else(|_| {
+            panic!("with {concurrency} workers, the busy endpoint never let the timer or the shutdown run")
+        });
     assert!(
         handled > 100,
-        "the endpoint was busy meanwhile: {handled} handled"
+        "with {concurrency} workers, the endpoint was busy meanwhile: {handled} handled"
     );
 }
