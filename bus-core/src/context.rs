@@ -178,8 +178,13 @@ impl MessageContext {
     }
 
     /// Close the outbox and take what the handler staged.
-    pub(crate) fn take_outbox(&self) -> Vec<Outgoing> {
-        let mut outbox = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
+    pub(crate) fn take_outbox(&mut self) -> Vec<Outgoing> {
+        // Nobody else holds the context (the handler's clone is gone, as it usually is by
+        // now): no lock needed.
+        let outbox = match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.outbox.get_mut().unwrap_or_else(|p| p.into_inner()),
+            None => &mut *self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner()),
+        };
         outbox.take().unwrap_or_default()
     }
 }

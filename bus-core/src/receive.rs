@@ -447,7 +447,7 @@ async fn run_attempt(
     redelivered: bool,
     spare: &mut Option<MessageContext>,
 ) -> Result<(), Failure> {
-    let ctx = MessageContext::for_attempt(
+    let mut ctx = MessageContext::for_attempt(
         spare.take(),
         &ep.shared,
         &envelope.headers,
