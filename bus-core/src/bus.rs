@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::codec::{Codec, Codecs};
 use crate::endpoint::EndpointConfig;
-use crate::envelope::{header, Body, Envelope, Headers};
+use crate::envelope::{header, Body, Envelope, Headers, MessageId};
 use crate::error::{BusError, CodecError};
 use crate::extract::StateMap;
 use crate::handler::{
@@ -168,7 +168,7 @@ fn new_headers(
     let sent_at = SystemTime::now();
     let message_id = options
         .message_id
-        .unwrap_or_else(|| new_message_id(sent_at));
+        .map_or_else(|| new_message_id(sent_at), MessageId::from);
     let mut custom = options.headers;
     // A root message starts its conversation and carries neither a correlation id (unless
     // given one) nor the conversation header: its message id is both (see
@@ -184,7 +184,10 @@ fn new_headers(
                 conversation.to_string(),
             );
         }
-        custom.insert(header::CAUSATION_ID.to_string(), parent.message_id.clone());
+        custom.insert(
+            header::CAUSATION_ID.to_string(),
+            parent.message_id.to_string(),
+        );
     }
     Headers {
         message_id,
@@ -202,7 +205,7 @@ fn new_headers(
 /// `Uuid::now_v7` takes a global lock and asks the OS for random bytes on every call, which
 /// was the largest single cost of a send. Ids are ordered by time to the millisecond; within
 /// one millisecond their order is random.
-fn new_message_id(now: SystemTime) -> String {
+fn new_message_id(now: SystemTime) -> MessageId {
     let millis = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -210,7 +213,7 @@ fn new_message_id(now: SystemTime) -> String {
     fastrand::fill(&mut random);
     let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
     let mut buf = uuid::Uuid::encode_buffer();
-    id.hyphenated().encode_lower(&mut buf).to_string()
+    MessageId::from(&*id.hyphenated().encode_lower(&mut buf))
 }
 
 /// Configures and builds a [`Bus`].
@@ -897,7 +900,7 @@ mod tests {
             Some(&root),
             SendOptions::default(),
         );
-        let id = Some(root.message_id.clone());
+        let id = Some(root.message_id.to_string());
         assert_eq!(child.correlation_id, id);
         assert_eq!(child.get(header::CONVERSATION_ID), id.as_deref());
         assert_eq!(child.get(header::CAUSATION_ID), id.as_deref());
@@ -933,7 +936,7 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
-        let ids: HashSet<String> = (0..10_000).map(|_| new_message_id(now)).collect();
+        let ids: HashSet<MessageId> = (0..10_000).map(|_| new_message_id(now)).collect();
         assert_eq!(ids.len(), 10_000);
         for id in ids.iter().take(100) {
             let uuid = uuid::Uuid::parse_str(id).expect("a UUID");

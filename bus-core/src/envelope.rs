@@ -41,11 +41,140 @@ pub mod header {
     pub const FAILURE_TIME: &str = "bus-failure-time";
 }
 
+/// A message's id: text (a UUIDv7 when the bus makes it), kept inline up to 36 bytes, the
+/// length of a UUID as text, so a message id costs no allocation of its own. Longer ids, as
+/// other senders may use, live on the heap. Reads as a `&str` (it derefs to `str`) and compares
+/// with string types.
+///
+/// ```
+/// use bus_core::MessageId;
+///
+/// let id = MessageId::from("0190b6e4-5c1a-7cc2-9d6e-1a2b3c4d5e6f");
+/// assert_eq!(id, "0190b6e4-5c1a-7cc2-9d6e-1a2b3c4d5e6f");
+/// assert_eq!(id.len(), 36);
+/// let text: String = id.to_string();
+/// assert_eq!(MessageId::from(text), id);
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(smallstr::SmallString<[u8; 36]>);
+
+impl MessageId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl Default for MessageId {
+    /// The empty id (a message without one is rejected on receive).
+    fn default() -> Self {
+        MessageId(smallstr::SmallString::new())
+    }
+}
+
+impl std::ops::Deref for MessageId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl AsRef<str> for MessageId {
+    fn as_ref(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for MessageId {
+    fn borrow(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.0.as_str(), f)
+    }
+}
+
+impl From<&str> for MessageId {
+    fn from(id: &str) -> Self {
+        MessageId(id.into())
+    }
+}
+
+impl From<&String> for MessageId {
+    fn from(id: &String) -> Self {
+        MessageId(id.as_str().into())
+    }
+}
+
+impl From<String> for MessageId {
+    /// Inline when it fits (the `String`'s buffer is then freed), else the `String`'s own
+    /// buffer is kept.
+    fn from(id: String) -> Self {
+        if id.len() <= 36 {
+            MessageId(id.as_str().into())
+        } else {
+            MessageId(id.into())
+        }
+    }
+}
+
+impl From<MessageId> for String {
+    fn from(id: MessageId) -> Self {
+        id.0.into_string()
+    }
+}
+
+impl PartialEq<str> for MessageId {
+    fn eq(&self, other: &str) -> bool {
+        self.0.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for MessageId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for MessageId {
+    fn eq(&self, other: &String) -> bool {
+        self.0.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<MessageId> for str {
+    fn eq(&self, other: &MessageId) -> bool {
+        self == other.0.as_str()
+    }
+}
+
+impl PartialEq<MessageId> for &str {
+    fn eq(&self, other: &MessageId) -> bool {
+        *self == other.0.as_str()
+    }
+}
+
+impl PartialEq<MessageId> for String {
+    fn eq(&self, other: &MessageId) -> bool {
+        self.as_str() == other.0.as_str()
+    }
+}
+
 /// The metadata that travels with every message.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Headers {
     /// Unique id of this message (UUIDv7 when the bus creates it). Kept across retries.
-    pub message_id: String,
+    pub message_id: MessageId,
     /// The message's wire name, e.g. `sales.PlaceOrder`. Routing reads only this.
     ///
     /// Borrowed from the message type's `NAME` when the bus builds the headers (no allocation

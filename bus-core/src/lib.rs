@@ -71,7 +71,7 @@ pub use bus::{Bus, BusBuilder, BusStats, Health, SendOptions, ShutdownReport};
 pub use codec::{decode, decode_any, decode_envelope, encode, Codec, Codecs, JsonCodec, JSON};
 pub use context::MessageContext;
 pub use endpoint::{EndpointConfig, Recoverability};
-pub use envelope::{header, Body, Envelope, Headers};
+pub use envelope::{header, Body, Envelope, Headers, MessageId};
 pub use error::{BusError, CodecError, HandlerError, TransportError};
 pub use extract::{FromContext, State};
 pub use failure::FailureReason;

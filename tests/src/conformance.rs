@@ -454,7 +454,7 @@ async fn declare(t: &dyn Transport, endpoints: &[(&str, &[&str])]) {
 
 fn raw_headers(id: &str, message_type: &str) -> Headers {
     Headers {
-        message_id: id.to_string(),
+        message_id: id.into(),
         message_type: message_type.to_string().into(),
         content_type: "application/octet-stream".into(),
         ..Headers::default()
@@ -575,7 +575,7 @@ async fn expect_empty(f: &dyn TransportFactory, endpoint: &str) {
 }
 
 fn id_of(d: &Delivery) -> String {
-    d.envelope().headers.message_id.clone()
+    d.envelope().headers.message_id.to_string()
 }
 
 fn bytes_of(envelope: &Envelope) -> &[u8] {
@@ -721,7 +721,7 @@ fn round_trip_cases() -> Vec<Case> {
     let now = SystemTime::now();
     let whole = whole_seconds(now);
     let base = |name: &str| Headers {
-        message_id: String::new(),
+        message_id: Default::default(),
         message_type: format!("conformance.rt.{name}").into(),
         content_type: "application/json".into(),
         correlation_id: None,
@@ -843,7 +843,7 @@ async fn round_trip_body(f: &dyn TransportFactory) {
         ] {
             let id = format!("rt-{}-{route}", case.name);
             let mut headers = case.headers.clone();
-            headers.message_id = id.clone();
+            headers.message_id = id.clone().into();
             let mut want = headers.clone();
             if features.sent_at_whole_seconds {
                 want.sent_at = want.sent_at.map(whole_seconds);

@@ -1172,7 +1172,7 @@ mod tests {
                 destination: Destination::Endpoint("e".into()),
                 envelope: Envelope::from_bytes(
                     Headers {
-                        message_id: format!("m{i}"),
+                        message_id: format!("m{i}").into(),
                         message_type: "t".into(),
                         content_type: "application/json".into(),
                         ..Headers::default()
@@ -1196,7 +1196,7 @@ mod tests {
         loop {
             match timeout(Duration::from_millis(1_500), sub.next()).await {
                 Ok(Some(Ok(d))) => {
-                    ids.push(d.envelope().headers.message_id.clone());
+                    ids.push(d.envelope().headers.message_id.to_string());
                     d.ack().await.expect("ack");
                 }
                 _ => break,

@@ -82,7 +82,11 @@ pub(crate) fn envelope(props: &BasicProperties, data: Vec<u8>) -> Envelope {
         }
     }
     let headers = Headers {
-        message_id: text(props.message_id()).unwrap_or_default(),
+        message_id: props
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().into())
+            .unwrap_or_default(),
         message_type: text(props.kind()).unwrap_or_default().into(),
         content_type: text(props.content_type()).unwrap_or_default().into(),
         correlation_id: text(props.correlation_id()),

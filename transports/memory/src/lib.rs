@@ -822,7 +822,7 @@ mod tests {
             destination: Destination::Endpoint("ep".into()),
             envelope: Envelope::from_bytes(
                 Headers {
-                    message_id: format!("m-{n}"),
+                    message_id: format!("m-{n}").into(),
                     message_type: "t".into(),
                     content_type: "application/json".into(),
                     ..Headers::default()

@@ -65,10 +65,10 @@ pub(crate) fn dedup_id(destination: &Destination, headers: &Headers) -> Option<S
     let id = &headers.message_id;
     match destination {
         Destination::Endpoint(_) => match headers.delayed_retries() {
-            0 => Some(id.clone()),
+            0 => Some(id.to_string()),
             n => Some(format!("{id}/retry-{n}")),
         },
-        Destination::Event(_) => Some(id.clone()),
+        Destination::Event(_) => Some(id.to_string()),
         Destination::ErrorQueue(_) => headers
             .get(bus_core::header::FAILURE_TIME)
             .map(|t| format!("{id}/error/{t}")),
@@ -169,7 +169,7 @@ pub(crate) fn envelope(map: Option<&HeaderMap>, payload: Bytes) -> Envelope {
             };
             let value = decode_value(value.as_str());
             match name {
-                MESSAGE_ID => h.message_id = value,
+                MESSAGE_ID => h.message_id = value.into(),
                 MESSAGE_TYPE => h.message_type = value.into(),
                 CONTENT_TYPE => h.content_type = value.into(),
                 CORRELATION_ID => h.correlation_id = Some(value),
@@ -186,7 +186,7 @@ pub(crate) fn envelope(map: Option<&HeaderMap>, payload: Bytes) -> Envelope {
     }
     if h.message_id.is_empty() {
         if let Some(id) = nats_msg_id {
-            h.message_id = id;
+            h.message_id = id.into();
         }
     }
     h.custom = custom;

@@ -94,7 +94,7 @@ pub(crate) fn envelope(fields: Vec<(Vec<u8>, Vec<u8>)>) -> Envelope {
     for (k, v) in fields {
         match k.as_slice() {
             b"body" => body = v,
-            b"message_id" => headers.message_id = text(v),
+            b"message_id" => headers.message_id = text(v).into(),
             b"type" => headers.message_type = text(v).into(),
             b"content_type" => headers.content_type = text(v).into(),
             b"correlation_id" => headers.correlation_id = Some(text(v)),
