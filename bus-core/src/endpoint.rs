@@ -139,7 +139,9 @@ impl EndpointConfig {
         self
     }
 
-    /// Abandon a handler attempt after this long.
+    /// Abandon a handler attempt after this long, counted from its first wait: a handler done
+    /// in its first poll is never timed, and time spent blocking in that first poll (which no
+    /// timeout could cut short) is not counted.
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         self.handler_timeout = Some(timeout);
         self

@@ -135,7 +135,8 @@ pub(crate) async fn consume(
 }
 
 /// The only worker of an endpoint: it owns the subscription, so taking a delivery needs no
-/// lock. Like [`work`] otherwise; it cancels the subscription once it stops.
+/// lock. Like [`work`] otherwise; it cancels the subscription itself when `stop` fires (at
+/// once, while a handler that waits finishes) or when it ends.
 async fn work_alone(
     ep: Arc<EndpointRuntime>,
     mut sub: Box<dyn Subscription>,
@@ -143,6 +144,7 @@ async fn work_alone(
     abort: Signal,
 ) {
     let mut spare = None;
+    let mut cancelled = false;
     loop {
         if stop.is_fired() {
             break;
@@ -159,11 +161,30 @@ async fn work_alone(
                 None => break,
             },
         };
-        if !take(&ep, next, &stop, &abort, &mut spare).await {
+        let mut taking = std::pin::pin!(take(&ep, next, &stop, &abort, &mut spare));
+        // Most deliveries are handled in their first poll. One that waits is watched for
+        // `stop`: the subscription is then cancelled at once, as with shared workers (what it
+        // took ahead goes back to the queue for other consumers), while the handler finishes.
+        let go_on = match futures_util::poll!(taking.as_mut()) {
+            Poll::Ready(go_on) => go_on,
+            Poll::Pending => tokio::select! {
+                biased;
+                go_on = taking.as_mut() => go_on,
+                () = stop.fired() => {
+                    let (go_on, ()) =
+                        futures_util::future::join(taking.as_mut(), sub.cancel()).await;
+                    cancelled = true;
+                    go_on
+                }
+            },
+        };
+        if !go_on {
             break;
         }
     }
-    sub.cancel().await;
+    if !cancelled {
+        sub.cancel().await;
+    }
 }
 
 /// One worker: take a delivery, handle it, repeat, until `stop` (or the subscription ends).

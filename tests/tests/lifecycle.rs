@@ -99,6 +99,70 @@ async fn graceful_shutdown_finishes_short_handlers_and_redelivers_the_rest() {
     assert_eq!(transport.depth("t-life"), Some(0));
 }
 
+/// An endpoint with one worker that is stopped while its handler waits gives back what it
+/// took ahead at once, so another instance handles those messages meanwhile, not after that
+/// handler is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_worker_stopped_mid_handler_gives_back_at_once_what_it_took_ahead() {
+    let transport = MemoryTransport::new();
+    let done = Ledger::new();
+    let instance = |name: &'static str| {
+        let done = done.clone();
+        Bus::builder()
+            .without_discovery()
+            .transport(transport.clone())
+            .handler("t-life", move |cmd: Slow| {
+                let done = done.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(cmd.millis)).await;
+                    done.record(cmd.n.to_string(), name);
+                    Ok::<(), HandlerError>(())
+                }
+            })
+            .endpoint("t-life", |e| e.concurrency(1))
+            .host(["t-life"])
+            .shutdown_grace(Duration::from_secs(10))
+    };
+    // Everything is queued before `a` starts, so its worker takes the rest ahead along with
+    // the first, whose handler then takes three seconds.
+    let a = instance("a").build().await.unwrap();
+    a.send(Slow {
+        n: 0,
+        millis: 3_000,
+    })
+    .await
+    .unwrap();
+    for n in 1..10 {
+        a.send(Slow { n, millis: 1 }).await.unwrap();
+    }
+    a.start().await.unwrap();
+    let b = instance("b").start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        done.total(),
+        0,
+        "`a` holds them all, the first in its handler"
+    );
+
+    let stopping = tokio::spawn(async move { a.shutdown().await });
+    assert!(
+        eventually(Duration::from_secs(1), || done.by_instance().get("b")
+            == Some(&9))
+        .await,
+        "`b` handled {:?} while `a`'s handler still ran",
+        done.by_instance()
+    );
+    let report = stopping.await.unwrap();
+    assert!(
+        report.drained,
+        "`a`'s handler finished within the grace period"
+    );
+    assert_eq!(done.count("0"), 1);
+    assert_eq!(done.total(), 10, "each handled once");
+    b.shutdown().await;
+    assert_eq!(transport.depth("t-life"), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_handler_bounds_the_queue_and_blocks_producers() {
     const CAPACITY: usize = 50;

@@ -155,7 +155,6 @@ impl MemoryTransport {
                     capacity: bounded.then_some(self.inner.capacity),
                     refill: refill_for(self.inner.capacity),
                     state: Mutex::new(QueueState::default()),
-                    room: Notify::new(),
                 })
             })
             .clone()
@@ -181,47 +180,104 @@ impl MemoryTransport {
 
     /// A slot in `queue` for one message, waiting for room until `deadline`. Dropping the slot
     /// unused gives it back.
+    ///
+    /// Blocked producers wait in line, and a freed slot is given to the first of them, not
+    /// raced for: a producer that just arrived (or a no-wait send) never takes room from one
+    /// that waits. The first in line waits a moment for a few free slots, not just one, so a
+    /// producer that outruns its consumers is woken once per `refill` acks rather than on every
+    /// ack (a cross-thread wake-up each, which cost more than the ack). A slow consumer does
+    /// not free that many in a moment: it then takes the first slot freed, until the deadline.
     async fn reserve<'q>(
         &self,
         queue: &'q Queue,
         deadline: Instant,
     ) -> Result<Reserved<'q>, TransportError> {
-        // Full: wait a moment for a few slots, not just one, so a producer that outruns its
-        // consumers is woken once per `refill` acks rather than on every ack (a cross-thread
-        // wake-up each, which cost more than the ack). A slow consumer does not free that many
-        // in a moment: then wait for one slot, until the deadline. Producers blocked on one
-        // queue are served in order to within that moment, not strictly.
-        let refill_until = Instant::now() + REFILL_WAIT;
-        loop {
-            // Registered before the check, so a slot freed right after it is not missed.
-            let notified = queue.room.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
-            let now = Instant::now();
-            let refilling = now < refill_until;
-            {
-                let mut state = queue.lock();
-                if queue.free(&state) > 0 {
-                    state.reserved += 1;
-                    return Ok(Reserved { queue: Some(queue) });
-                }
-                if now >= deadline {
-                    return Err(TransportError::Timeout {
-                        operation: "waiting for room in a full in-memory queue",
-                        after: self.inner.send_timeout,
-                    });
-                }
-                let want = if refilling { queue.refill } else { 1 };
-                state.room_wanted = Some(state.room_wanted.map_or(want, |w| w.min(want)));
+        let timeout = || TransportError::Timeout {
+            operation: "waiting for room in a full in-memory queue",
+            after: self.inner.send_timeout,
+        };
+        let mut place = {
+            let mut state = queue.lock();
+            if state.blocked.is_empty() && queue.free(&state) > 0 {
+                state.reserved += 1;
+                return Ok(Reserved { queue: Some(queue) });
             }
-            let wake_by = if refilling {
-                refill_until.min(deadline)
-            } else {
-                deadline
-            };
-            // Woken or not, look again: the loop decides.
-            let _ = tokio::time::timeout_at(wake_by, notified).await;
+            if Instant::now() >= deadline {
+                return Err(timeout());
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = state.next_blocked;
+            state.next_blocked += 1;
+            state.blocked.push_back(Blocked {
+                id,
+                want: queue.refill,
+                granted: tx,
+            });
+            // The line may have moved on without a wake-up for it (a producer ahead gave up).
+            queue.grant(&mut state);
+            InLine {
+                queue,
+                id,
+                rx: Some(rx),
+            }
+        };
+        let refill_until = (Instant::now() + REFILL_WAIT).min(deadline);
+        if place.granted_by(refill_until).await {
+            return Ok(Reserved { queue: Some(queue) });
         }
+        // The moment is over: the first slot freed will do.
+        {
+            let mut state = queue.lock();
+            if let Some(me) = state.blocked.iter_mut().find(|b| b.id == place.id) {
+                me.want = 1;
+            }
+            queue.grant(&mut state);
+        }
+        if place.granted_by(deadline).await {
+            return Ok(Reserved { queue: Some(queue) });
+        }
+        Err(timeout())
+    }
+}
+
+/// A blocked producer's place in line for room. Leaving it (a timeout, or the send dropped)
+/// takes it out of the line; a slot granted meanwhile goes back to the queue.
+struct InLine<'q> {
+    queue: &'q Queue,
+    id: u64,
+    rx: Option<oneshot::Receiver<()>>,
+}
+
+impl InLine<'_> {
+    /// Whether a slot was granted by `deadline`. Once it was, the slot is the caller's.
+    async fn granted_by(&mut self, deadline: Instant) -> bool {
+        let Some(rx) = self.rx.as_mut() else {
+            return false;
+        };
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(())) => {
+                self.rx = None;
+                true
+            }
+            // Not granted in time, or taken out of the line (only this place does that).
+            Ok(Err(_)) | Err(_) => false,
+        }
+    }
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let mut state = self.queue.lock();
+        state.blocked.retain(|b| b.id != self.id);
+        rx.close();
+        if rx.try_recv().is_ok() {
+            // Granted just as it gave up: the slot goes to the next in line, or back to the room.
+            state.reserved -= 1;
+        }
+        self.queue.grant(&mut state);
     }
 }
 
@@ -444,13 +500,23 @@ struct QueueState {
     reserved: usize,
     /// Consumers waiting for a message, first come first served.
     waiters: VecDeque<oneshot::Sender<Stored>>,
-    /// Free slots a waiting producer wants before it is woken (the fewest any of them wants);
-    /// `None` when none waits.
-    room_wanted: Option<usize>,
+    /// Producers waiting for room, first come first served.
+    blocked: VecDeque<Blocked>,
+    /// The id the next blocked producer gets.
+    next_blocked: u64,
 }
 
-/// One queue. Its room (bounded queues only), its consumers' line and its messages are all
-/// kept under one lock, so a send, a take and an ack each cost one lock and nothing else.
+/// A producer waiting for room: its place in line, the free slots it waits for, and how it
+/// is told that one of them is now reserved for it.
+struct Blocked {
+    id: u64,
+    want: usize,
+    granted: oneshot::Sender<()>,
+}
+
+/// One queue. Its room (bounded queues only), its consumers' and its producers' lines and its
+/// messages are all kept under one lock, so a send, a take and an ack each take that one lock
+/// (an ack also updates its consumer's count of deliveries taken).
 struct Queue {
     name: String,
     /// Most messages ready, unacked or reserved at once; `None` for unbounded (error) queues.
@@ -458,8 +524,6 @@ struct Queue {
     /// How many free slots a producer blocked on a full queue waits for before it goes on.
     refill: usize,
     state: Mutex<QueueState>,
-    /// Producers waiting for room.
-    room: Notify,
 }
 
 /// How long a producer blocked on a full queue waits for `refill` slots before it settles for one.
@@ -514,10 +578,16 @@ impl Queue {
         }
     }
 
+    /// Whether a producer may take a slot now: there is room, and no blocked producer waits
+    /// for it first.
+    fn room_now(&self, state: &QueueState) -> bool {
+        state.blocked.is_empty() && self.free(state) > 0
+    }
+
     /// Queue a message if there is room now, under one lock; otherwise give it back.
     fn try_push(&self, stored: Stored, front: bool) -> Result<(), Stored> {
         let mut state = self.lock();
-        if self.free(&state) == 0 {
+        if !self.room_now(&state) {
             return Err(stored);
         }
         Queue::hand_over(&mut state, stored, front);
@@ -527,7 +597,7 @@ impl Queue {
     /// A slot now, if there is room.
     fn try_reserve(&self) -> Option<Reserved<'_>> {
         let mut state = self.lock();
-        if self.free(&state) == 0 {
+        if !self.room_now(&state) {
             return None;
         }
         state.reserved += 1;
@@ -594,13 +664,24 @@ impl Queue {
         self.wake_producers(state);
     }
 
-    /// Wake the producers waiting for room if there is as much as they want.
+    /// Room was freed: grant it to the blocked producers, in order.
     fn wake_producers(&self, mut state: MutexGuard<'_, QueueState>) {
-        if let Some(want) = state.room_wanted {
-            if self.free(&state) >= want {
-                state.room_wanted = None;
-                drop(state);
-                self.room.notify_waiters();
+        self.grant(&mut state);
+    }
+
+    /// Reserve a slot for each blocked producer in turn, first in line first, while there is
+    /// as much room as the first one waits for; a producer that stopped waiting is skipped.
+    fn grant(&self, state: &mut QueueState) {
+        while let Some(first) = state.blocked.front() {
+            if self.free(state) < first.want {
+                return;
+            }
+            let Some(first) = state.blocked.pop_front() else {
+                return;
+            };
+            state.reserved += 1;
+            if first.granted.send(()).is_err() {
+                state.reserved -= 1;
             }
         }
     }
@@ -939,6 +1020,73 @@ mod tests {
         d.ack().await.expect("acked");
         assert!(sub.next_now().is_none(), "nothing left");
         assert!(matches!(t.send_now(message(5)), Ok(Ok(()))));
+    }
+
+    /// Blocked producers are served in the order they blocked, and a freed slot is theirs: a
+    /// no-wait send that comes later does not take it.
+    #[tokio::test]
+    async fn blocked_producers_get_freed_slots_in_order_before_anyone_else() {
+        let t = full_queue(4, Duration::from_secs(10)).await;
+        let mut sub = t
+            .subscribe("ep", SubscribeOptions { prefetch: 4 })
+            .await
+            .expect("subscribed");
+        let blocked = |n: usize| {
+            let t = t.clone();
+            tokio::spawn(async move { t.send(message(n)).await })
+        };
+        let first = blocked(4);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = blocked(5);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!first.is_finished() && !second.is_finished(), "both wait");
+
+        sub.next_now().expect("ready").ack().await.expect("acked");
+        assert!(
+            t.send_now(message(6)).is_err(),
+            "the freed slot is the first producer's, not a newcomer's"
+        );
+        first.await.expect("first").expect("sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!second.is_finished(), "the second still waits");
+
+        sub.next_now().expect("ready").ack().await.expect("acked");
+        second.await.expect("second").expect("sent");
+        assert_eq!(t.depth("ep"), Some(4), "the bound held");
+        let ids: Vec<String> = t
+            .browse("ep")
+            .iter()
+            .map(|e| e.headers.message_id.to_string())
+            .collect();
+        assert_eq!(ids, ["m-4", "m-5"], "in the order they blocked");
+    }
+
+    /// A blocked producer that gives up leaves the line: the next one is served, and no slot is
+    /// lost to the one that left.
+    #[tokio::test]
+    async fn a_producer_that_gives_up_leaves_the_line_without_taking_a_slot() {
+        let t = full_queue(4, Duration::from_secs(10)).await;
+        let mut sub = t
+            .subscribe("ep", SubscribeOptions { prefetch: 4 })
+            .await
+            .expect("subscribed");
+        let quitter = {
+            let t = t.clone();
+            tokio::spawn(async move { t.send(message(4)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let next = {
+            let t = t.clone();
+            tokio::spawn(async move { t.send(message(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        quitter.abort();
+        let _ = quitter.await;
+        sub.next_now().expect("ready").ack().await.expect("acked");
+        next.await.expect("next").expect("sent");
+        sub.next_now().expect("ready").ack().await.expect("acked");
+        assert!(matches!(t.send_now(message(6)), Ok(Ok(()))), "a slot left");
+        assert_eq!(t.depth("ep"), Some(4), "no slot lost or double-counted");
     }
 
     /// Several acks in a moment serve a blocked producer's refill: it takes one slot and leaves
