@@ -109,7 +109,7 @@ pub(crate) async fn consume(
         let worker = work_alone(ep.clone(), sub, stop.clone(), abort.clone());
         (vec![tracker.spawn(worker)], None)
     } else {
-        let sub = Arc::new(tokio::sync::Mutex::new(sub));
+        let sub = Arc::new(SharedSubscription::new(sub));
         let workers = (0..concurrency)
             .map(|_| tracker.spawn(work(ep.clone(), sub.clone(), stop.clone(), abort.clone())))
             .collect();
@@ -124,12 +124,18 @@ pub(crate) async fn consume(
     tracing::debug!(endpoint = %ep.name, "stopped taking messages");
     if !ended {
         // Keep the subscription open until the in-flight handlers are done (or abandoned), so
-        // their deliveries can still be acked on it. Workers let go of it once `stop` fired;
-        // a lone worker cancels it itself once its handler is done.
-        if let Some(sub) = &shared {
-            sub.lock().await.cancel().await;
-        }
+        // their deliveries can still be acked on it. Workers give it back once `stop` fired;
+        // a lone worker cancels it itself.
+        let kept = match &shared {
+            Some(shared) => {
+                let mut sub = shared.once_back().await;
+                sub.cancel().await;
+                Some(sub)
+            }
+            None => None,
+        };
         all_done.await;
+        drop(kept);
     }
     drop(shared);
 }
@@ -187,50 +193,154 @@ async fn work_alone(
     }
 }
 
+/// A subscription shared by an endpoint's workers. It sits in its slot, where any worker
+/// takes a ready delivery from it under a plain lock held for nanoseconds; a worker that finds
+/// nothing ready takes it out of the slot to wait for the next delivery, and puts it back
+/// after. Workers that find the slot empty meanwhile wait for it to come back.
+///
+/// Not an async lock held across the wait: a fair async lock hands itself to the next queued
+/// worker on every release, so once workers queue on it (one brief collision is enough), each
+/// delivery costs a wake-up of another thread, and the queue of workers never drains while
+/// deliveries keep coming.
+struct SharedSubscription {
+    slot: Mutex<Option<Box<dyn Subscription>>>,
+    /// Told when the subscription is back in its slot.
+    back: tokio::sync::Notify,
+}
+
+/// What a worker found in the slot.
+enum Found {
+    /// A delivery ready at once.
+    Ready(Delivery),
+    /// Nothing ready: the subscription, taken out to wait on it.
+    Taken(Box<dyn Subscription>),
+    /// The slot was empty: another worker waits on the subscription.
+    Away,
+}
+
+impl SharedSubscription {
+    fn new(sub: Box<dyn Subscription>) -> Self {
+        SharedSubscription {
+            slot: Mutex::new(Some(sub)),
+            back: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Box<dyn Subscription>>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A ready delivery, or the subscription itself when none is ready (unless `stop` fired:
+    /// then nothing new is taken and the subscription stays).
+    fn find(&self, stop: &Signal) -> Found {
+        let mut slot = self.slot();
+        let Some(sub) = slot.as_mut() else {
+            return Found::Away;
+        };
+        if stop.is_fired() {
+            return Found::Away;
+        }
+        match sub.next_now() {
+            Some(delivery) => Found::Ready(delivery),
+            None => slot.take().map_or(Found::Away, Found::Taken),
+        }
+    }
+
+    /// Put the subscription back and tell one waiting worker.
+    fn put_back(&self, sub: Box<dyn Subscription>) {
+        *self.slot() = Some(sub);
+        self.back.notify_one();
+    }
+
+    /// The subscription, taken out for good once it is back in its slot.
+    async fn once_back(&self) -> Box<dyn Subscription> {
+        loop {
+            let back = self.back.notified();
+            let mut back = std::pin::pin!(back);
+            back.as_mut().enable();
+            if let Some(sub) = self.slot().take() {
+                return sub;
+            }
+            back.await;
+        }
+    }
+}
+
+/// A subscription taken out of its slot, put back when dropped (a wait that ended or was
+/// cancelled).
+struct TakenOut<'a> {
+    shared: &'a SharedSubscription,
+    sub: Option<Box<dyn Subscription>>,
+}
+
+impl Drop for TakenOut<'_> {
+    fn drop(&mut self) {
+        if let Some(sub) = self.sub.take() {
+            self.shared.put_back(sub);
+        }
+    }
+}
+
 /// One worker: take a delivery, handle it, repeat, until `stop` (or the subscription ends).
 async fn work(
     ep: Arc<EndpointRuntime>,
-    sub: Arc<tokio::sync::Mutex<Box<dyn Subscription>>>,
+    shared: Arc<SharedSubscription>,
     stop: Signal,
     abort: Signal,
 ) {
     let mut spare = None;
+    // Woken to take the subscription's turn: another worker may be waiting behind this one.
+    let mut woken = false;
     loop {
-        // A delivery ready at once, taken without queueing for the subscription: workers that
-        // queue on its lock are woken one by one as it is passed on, a cross-thread wake-up per
-        // delivery while the queue is busy. The lock is only waited for when nothing is ready
-        // (a worker is then waiting for the next delivery, or the subscription is busy).
-        let ready = match sub.try_lock() {
-            Ok(mut taking) if !stop.is_fired() => taking.next_now(),
-            _ => None,
-        };
-        let next = if let Some(delivery) = ready {
-            // Nothing on this path waits (an in-process transport takes, hands out and acks
-            // at once), so it must count against the task's cooperative budget itself, as the
-            // lock's wait did: a backlog must not keep the worker from ever yielding.
-            tokio::task::coop::consume_budget().await;
-            Some(Ok(delivery))
-        } else {
-            let Some(mut taking) = unless_cancelled(&stop, sub.lock()).await else {
-                break;
-            };
-            // A delivery ready at once needs no future; otherwise wait for one. `stop` may
-            // have fired while the lock was awaited: take nothing new then.
-            if stop.is_fired() {
-                break;
+        if stop.is_fired() {
+            break;
+        }
+        // Registered before looking, so a subscription put back right after is not missed.
+        let back = shared.back.notified();
+        let mut back = std::pin::pin!(back);
+        back.as_mut().enable();
+        let next = match shared.find(&stop) {
+            Found::Ready(delivery) => {
+                if std::mem::take(&mut woken) {
+                    // More may be ready: pass the turn on while handling this one.
+                    shared.back.notify_one();
+                }
+                // Nothing on this path waits (an in-process transport takes, hands out and
+                // acks at once), so it must count against the task's cooperative budget
+                // itself: a backlog must not keep the worker from ever yielding.
+                tokio::task::coop::consume_budget().await;
+                Some(Ok(delivery))
             }
-            match taking.next_now() {
-                Some(ready) => Some(Ok(ready)),
-                None => match unless_cancelled(&stop, taking.next()).await {
+            Found::Taken(sub) => {
+                woken = false;
+                let mut taken = TakenOut {
+                    shared: &shared,
+                    sub: Some(sub),
+                };
+                let Some(sub) = taken.sub.as_mut() else {
+                    break;
+                };
+                match unless_cancelled(&stop, sub.next()).await {
+                    // Put back (and the turn passed on) before the delivery is handled.
                     Some(next) => next,
                     None => break,
-                },
+                }
+            }
+            Found::Away => {
+                if unless_cancelled(&stop, back).await.is_none() {
+                    break;
+                }
+                woken = true;
+                continue;
             }
         };
         if !take(&ep, next, &stop, &abort, &mut spare).await {
             break;
         }
     }
+    // A turn this worker was given is not lost with it: whoever waits for the subscription
+    // (another worker, or the shutdown that cancels it) is told to look again.
+    shared.back.notify_one();
 }
 
 /// What a worker does with what it took: handle a delivery, or pause after a receive error.
