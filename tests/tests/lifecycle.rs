@@ -163,6 +163,45 @@ async fn a_lone_worker_stopped_mid_handler_gives_back_at_once_what_it_took_ahead
     assert_eq!(transport.depth("t-life"), Some(0));
 }
 
+/// Several workers with nothing to do: one waits on the subscription, the others for it to
+/// come back. Each message that arrives is handled at once, by whichever worker, and a
+/// shutdown then ends at once with nothing in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_workers_take_each_new_message_at_once_and_stop_at_once() {
+    let transport = MemoryTransport::new();
+    let done = Ledger::new();
+    let seen = done.clone();
+    let bus = Bus::builder()
+        .without_discovery()
+        .transport(transport.clone())
+        .handler("t-life", move |cmd: Slow| {
+            let seen = seen.clone();
+            async move {
+                seen.record(cmd.n.to_string(), "idle");
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .endpoint("t-life", |e| e.concurrency(4))
+        .host(["t-life"])
+        .start()
+        .await
+        .unwrap();
+    for n in 0..5 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        bus.send(Slow { n, millis: 0 }).await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(1), || done.count(&n.to_string()) == 1).await,
+            "message {n} was not handled within a second by idle workers"
+        );
+    }
+    let report = tokio::time::timeout(Duration::from_secs(5), bus.shutdown())
+        .await
+        .expect("a shutdown of idle workers ends at once");
+    assert!(report.drained);
+    assert_eq!(done.total(), 5);
+    assert_eq!(transport.depth("t-life"), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_handler_bounds_the_queue_and_blocks_producers() {
     const CAPACITY: usize = 50;
