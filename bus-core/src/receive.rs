@@ -295,11 +295,26 @@ async fn work(
         if stop.is_fired() {
             break;
         }
-        // Registered before looking, so a subscription put back right after is not missed.
-        let back = shared.back.notified();
-        let mut back = std::pin::pin!(back);
-        back.as_mut().enable();
-        let next = match shared.find(&stop) {
+        let found = {
+            // Registered before looking, so a subscription put back right after is not missed;
+            // and only for as long as this worker looks or waits for it: a registration kept
+            // while the worker handles a delivery would catch the wake-up meant for an idle
+            // worker (dropping it passes a caught wake-up on).
+            let back = shared.back.notified();
+            let mut back = std::pin::pin!(back);
+            back.as_mut().enable();
+            match shared.find(&stop) {
+                Found::Away => {
+                    if unless_cancelled(&stop, back).await.is_none() {
+                        break;
+                    }
+                    woken = true;
+                    continue;
+                }
+                found => found,
+            }
+        };
+        let next = match found {
             Found::Ready(delivery) => {
                 if std::mem::take(&mut woken) {
                     // More may be ready: pass the turn on while handling this one.
@@ -326,13 +341,8 @@ async fn work(
                     None => break,
                 }
             }
-            Found::Away => {
-                if unless_cancelled(&stop, back).await.is_none() {
-                    break;
-                }
-                woken = true;
-                continue;
-            }
+            // Handled above.
+            Found::Away => continue,
         };
         if !take(&ep, next, &stop, &abort, &mut spare).await {
             break;

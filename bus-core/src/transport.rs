@@ -136,7 +136,8 @@ pub trait Subscription: Send {
     /// A delivery that is ready at once, without waiting and without the boxed future of
     /// [`Subscription::next`]; `None` when there is none right now, and the runtime then
     /// awaits `next`. Like `next`, it hands out nothing after [`Subscription::cancel`]. The
-    /// default never has one.
+    /// default never has one. It must not block or take long: the runtime calls it under a
+    /// plain lock the endpoint's workers share.
     fn next_now(&mut self) -> Option<Delivery> {
         None
     }

@@ -202,6 +202,47 @@ async fn idle_workers_take_each_new_message_at_once_and_stop_at_once() {
     assert_eq!(transport.depth("t-life"), Some(0));
 }
 
+/// Two idle workers, two messages whose handlers must run at the same time (each waits for
+/// the other): the worker that took the first must not keep the second from the other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_does_not_keep_the_next_message_from_an_idle_one() {
+    let transport = MemoryTransport::new();
+    let done = Ledger::new();
+    let seen = done.clone();
+    let meet = Arc::new(tokio::sync::Barrier::new(2));
+    let bus = Bus::builder()
+        .without_discovery()
+        .transport(transport.clone())
+        .handler("t-life", move |cmd: Slow| {
+            let (seen, meet) = (seen.clone(), meet.clone());
+            async move {
+                // Each of the two waits for the other, so both must be running at once.
+                match tokio::time::timeout(Duration::from_secs(3), meet.wait()).await {
+                    Ok(_) => seen.record(cmd.n.to_string(), "met"),
+                    Err(_) => seen.record(cmd.n.to_string(), "alone"),
+                }
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .endpoint("t-life", |e| e.concurrency(2))
+        .host(["t-life"])
+        .start()
+        .await
+        .unwrap();
+    // Both workers idle: one waits on the subscription, the other for it to come back.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    bus.send(Slow { n: 0, millis: 0 }).await.unwrap();
+    bus.send(Slow { n: 1, millis: 0 }).await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || done.total() == 2).await);
+    assert_eq!(
+        done.by_instance().get("met"),
+        Some(&2),
+        "both handlers ran at once: {:?}",
+        done.by_instance()
+    );
+    bus.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_handler_bounds_the_queue_and_blocks_producers() {
     const CAPACITY: usize = 50;

@@ -593,6 +593,17 @@ async fn a_dead_consumers_deliveries_are_taken_over_after_the_idle_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_handler_keeps_its_delivery_past_the_idle_time() {
+    slow_handler_keeps_its_delivery(false).await;
+}
+
+/// A shutdown cancels the subscription at once, while handlers still run: what they hold is
+/// still renewed until they settle it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handler_keeps_its_delivery_after_its_subscription_is_cancelled() {
+    slow_handler_keeps_its_delivery(true).await;
+}
+
+async fn slow_handler_keeps_its_delivery(cancel_first: bool) {
     scoped("redis renew", |scope| async move {
         let idle = Duration::from_millis(900);
         let a = RedisTransport::connect(scope.config("a").reclaim_idle(idle))
@@ -608,6 +619,9 @@ async fn a_slow_handler_keeps_its_delivery_past_the_idle_time() {
             .unwrap();
         a.send(to("slow", work_envelope("s-1"))).await.unwrap();
         let d = next(&mut sub_a, Duration::from_secs(5)).await.unwrap();
+        if cancel_first {
+            sub_a.cancel().await;
+        }
         let mut sub_b = b
             .subscribe("slow", SubscribeOptions { prefetch: 1 })
             .await

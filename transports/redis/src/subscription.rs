@@ -53,6 +53,14 @@ struct Shared {
 }
 
 impl Shared {
+    /// Whether every delivery handed out has been settled.
+    fn nothing_in_flight(&self) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     /// Run a settling call (ack or nack; both may be repeated without harm) on the shared
     /// connection, again after a short pause when the connection failed, until it succeeds or
     /// the operation timeout is spent. A connection that drops under an ack would otherwise
@@ -100,7 +108,10 @@ impl Shared {
 /// A subscription on an endpoint's stream.
 pub(crate) struct RedisSubscription {
     deliveries: mpsc::Receiver<Result<Delivery, TransportError>>,
+    /// Stop reading (cancel, or drop).
     stop: CancellationToken,
+    /// The subscription is gone (dropped): stop renewing what was handed out, too.
+    ended: CancellationToken,
 }
 
 impl RedisSubscription {
@@ -122,6 +133,7 @@ impl RedisSubscription {
         });
         let (tx, deliveries) = mpsc::channel(prefetch + 4);
         let stop = CancellationToken::new();
+        let ended = CancellationToken::new();
         let reader = Reader {
             delayed: keys.delayed(endpoint),
             error_stream: keys.error_stream(endpoint),
@@ -131,10 +143,15 @@ impl RedisSubscription {
             slots: Arc::new(Semaphore::new(prefetch)),
             tx,
             stop: stop.clone(),
+            ended: ended.clone(),
         };
         tracing::debug!(endpoint, consumer = %reader.shared.consumer, prefetch, "subscribed");
         tokio::spawn(reader.run());
-        Ok(RedisSubscription { deliveries, stop })
+        Ok(RedisSubscription {
+            deliveries,
+            stop,
+            ended,
+        })
     }
 }
 
@@ -142,6 +159,7 @@ impl Drop for RedisSubscription {
     fn drop(&mut self) {
         // Deliveries still in the channel are dropped with it, and so returned for redelivery.
         self.stop.cancel();
+        self.ended.cancel();
     }
 }
 
@@ -152,7 +170,9 @@ impl Subscription for RedisSubscription {
     }
 
     /// Stops reading, and returns at once what was read but not handed out: `next` hands out
-    /// nothing more, while deliveries already handed out can still be settled.
+    /// nothing more, while deliveries already handed out can still be settled, and are still
+    /// renewed (so no other consumer takes over a handler that outlives the stop) until they
+    /// are, or until the subscription is dropped.
     async fn cancel(&mut self) {
         self.stop.cancel();
         self.deliveries.close();
@@ -172,6 +192,7 @@ struct Reader {
     slots: Arc<Semaphore>,
     tx: mpsc::Sender<Result<Delivery, TransportError>>,
     stop: CancellationToken,
+    ended: CancellationToken,
 }
 
 /// When the reader's periodic chores are next due.
@@ -210,6 +231,18 @@ impl Reader {
                     self.pause(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
+            }
+        }
+        // Reading stopped; deliveries handed out may still be in their handlers (a shutdown
+        // waits for them). Keep them renewed until they are settled or the subscription is
+        // dropped, so that no other consumer takes one over while its handler still runs.
+        while !self.ended.is_cancelled() && !self.shared.nothing_in_flight() {
+            tokio::select! {
+                _ = self.ended.cancelled() => break,
+                _ = tokio::time::sleep(renew_every) => {}
+            }
+            if let Err(CallError::Transport(error)) = self.renew().await {
+                tracing::warn!(endpoint = %self.shared.endpoint, %error, "renewing deliveries in progress after the stop failed; retrying");
             }
         }
         // Leave the group if nothing is pending on this consumer any more.
