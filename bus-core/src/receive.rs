@@ -295,24 +295,28 @@ async fn work(
         if stop.is_fired() {
             break;
         }
-        let found = {
-            // Registered before looking, so a subscription put back right after is not missed;
-            // and only for as long as this worker looks or waits for it: a registration kept
-            // while the worker handles a delivery would catch the wake-up meant for an idle
-            // worker (dropping it passes a caught wake-up on).
-            let back = shared.back.notified();
-            let mut back = std::pin::pin!(back);
-            back.as_mut().enable();
-            match shared.find(&stop) {
-                Found::Away => {
-                    if unless_cancelled(&stop, back).await.is_none() {
-                        break;
+        // Most of the time the subscription is in its slot. When it is not, register for its
+        // return, then look again (so a return right in between is not missed), then wait.
+        // Registered only while waiting: a registration kept while the worker handles a
+        // delivery would catch the wake-up meant for an idle worker.
+        let found = match shared.find(&stop) {
+            Found::Away => {
+                let back = shared.back.notified();
+                let mut back = std::pin::pin!(back);
+                back.as_mut().enable();
+                match shared.find(&stop) {
+                    Found::Away => {
+                        if unless_cancelled(&stop, back).await.is_none() {
+                            break;
+                        }
+                        woken = true;
+                        continue;
                     }
-                    woken = true;
-                    continue;
+                    // Dropping the registration passes on a wake-up it caught meanwhile.
+                    found => found,
                 }
-                found => found,
             }
+            found => found,
         };
         let next = match found {
             Found::Ready(delivery) => {
