@@ -752,7 +752,13 @@ impl Bus {
         }
         let transport = &self.inner.shared.transport;
         match transport.send_now(out) {
-            Ok(done) => done?,
+            Ok(done) => {
+                done?;
+                // Nothing waited: count the send against the task's cooperative budget, as
+                // tokio's own channels do, so a task that sends in a loop still yields now and
+                // then (to the consumers it woke, among others) while the queue has room.
+                tokio::task::coop::consume_budget().await;
+            }
             Err(out) => transport.send(out).await?,
         }
         Ok(())

@@ -304,6 +304,40 @@ struct Tick {
     n: u64,
 }
 
+/// A task that sends in a loop into a queue with room never waits, yet it must yield now and
+/// then, as with tokio's own channels: on a single-threaded runtime, another task runs before
+/// the loop is over.
+#[test]
+fn a_task_that_sends_in_a_loop_still_lets_other_tasks_run() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sent_before_it_ran = runtime.block_on(async {
+        // Built, not started: the queue exists and nothing consumes it.
+        let bus = Bus::builder()
+            .without_discovery()
+            .transport(MemoryTransport::new().capacity(100_000))
+            .handler("t-loop", |_: Tick| async { Ok::<(), HandlerError>(()) })
+            .host(["t-loop"])
+            .build()
+            .await
+            .unwrap();
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        tokio::spawn(async move { flag.store(true, Ordering::Relaxed) });
+        for n in 0..20_000 {
+            if ran.load(Ordering::Relaxed) {
+                return Some(n);
+            }
+            bus.send(Tick { n }).await.unwrap();
+        }
+        None
+    });
+    let sent = sent_before_it_ran.expect("the other task never ran during 20,000 sends");
+    assert!(sent <= 1_000, "it ran only after {sent} sends");
+}
+
 /// A handler that feeds its own queue keeps its endpoint busy forever, and nothing it does on
 /// the in-memory transport has to wait. Its worker must still yield to the runtime now and
 /// then: on a single-threaded runtime, a timer and the shutdown run only if it does. Both
