@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus_core::{Bus, Command, HandlerError, MessageContext, State};
+use bus_core::{Bus, BusBuilder, Command, Handler, HandlerError, MessageContext, State};
 use bus_tests::{eventually, Ledger};
 use bus_transport_memory::MemoryTransport;
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,21 @@ async fn life_bus(
         .start()
         .await
         .unwrap()
+}
+
+/// A bus hosting `t-life` on `transport` with `concurrency` workers and `handler` alone (the
+/// discovered `slow` handler left out), ready to build or start.
+fn t_life<Args>(
+    transport: &MemoryTransport,
+    concurrency: usize,
+    handler: impl Handler<Slow, Args>,
+) -> BusBuilder {
+    Bus::builder()
+        .without_discovery()
+        .transport(transport.clone())
+        .handler("t-life", handler)
+        .endpoint("t-life", move |e| e.concurrency(concurrency))
+        .host(["t-life"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,20 +123,15 @@ async fn a_lone_worker_stopped_mid_handler_gives_back_at_once_what_it_took_ahead
     let done = Ledger::new();
     let instance = |name: &'static str| {
         let done = done.clone();
-        Bus::builder()
-            .without_discovery()
-            .transport(transport.clone())
-            .handler("t-life", move |cmd: Slow| {
-                let done = done.clone();
-                async move {
-                    tokio::time::sleep(Duration::from_millis(cmd.millis)).await;
-                    done.record(cmd.n.to_string(), name);
-                    Ok::<(), HandlerError>(())
-                }
-            })
-            .endpoint("t-life", |e| e.concurrency(1))
-            .host(["t-life"])
-            .shutdown_grace(Duration::from_secs(10))
+        t_life(&transport, 1, move |cmd: Slow| {
+            let done = done.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(cmd.millis)).await;
+                done.record(cmd.n.to_string(), name);
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .shutdown_grace(Duration::from_secs(10))
     };
     // Everything is queued before `a` starts, so its worker takes the rest ahead along with
     // the first, whose handler then takes three seconds.
@@ -171,21 +181,16 @@ async fn idle_workers_take_each_new_message_at_once_and_stop_at_once() {
     let transport = MemoryTransport::new();
     let done = Ledger::new();
     let seen = done.clone();
-    let bus = Bus::builder()
-        .without_discovery()
-        .transport(transport.clone())
-        .handler("t-life", move |cmd: Slow| {
-            let seen = seen.clone();
-            async move {
-                seen.record(cmd.n.to_string(), "idle");
-                Ok::<(), HandlerError>(())
-            }
-        })
-        .endpoint("t-life", |e| e.concurrency(4))
-        .host(["t-life"])
-        .start()
-        .await
-        .unwrap();
+    let bus = t_life(&transport, 4, move |cmd: Slow| {
+        let seen = seen.clone();
+        async move {
+            seen.record(cmd.n.to_string(), "idle");
+            Ok::<(), HandlerError>(())
+        }
+    })
+    .start()
+    .await
+    .unwrap();
     for n in 0..5 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         bus.send(Slow { n, millis: 0 }).await.unwrap();
@@ -210,25 +215,20 @@ async fn a_busy_worker_does_not_keep_the_next_message_from_an_idle_one() {
     let done = Ledger::new();
     let seen = done.clone();
     let meet = Arc::new(tokio::sync::Barrier::new(2));
-    let bus = Bus::builder()
-        .without_discovery()
-        .transport(transport.clone())
-        .handler("t-life", move |cmd: Slow| {
-            let (seen, meet) = (seen.clone(), meet.clone());
-            async move {
-                // Each of the two waits for the other, so both must be running at once.
-                match tokio::time::timeout(Duration::from_secs(3), meet.wait()).await {
-                    Ok(_) => seen.record(cmd.n.to_string(), "met"),
-                    Err(_) => seen.record(cmd.n.to_string(), "alone"),
-                }
-                Ok::<(), HandlerError>(())
+    let bus = t_life(&transport, 2, move |cmd: Slow| {
+        let (seen, meet) = (seen.clone(), meet.clone());
+        async move {
+            // Each of the two waits for the other, so both must be running at once.
+            match tokio::time::timeout(Duration::from_secs(3), meet.wait()).await {
+                Ok(_) => seen.record(cmd.n.to_string(), "met"),
+                Err(_) => seen.record(cmd.n.to_string(), "alone"),
             }
-        })
-        .endpoint("t-life", |e| e.concurrency(2))
-        .host(["t-life"])
-        .start()
-        .await
-        .unwrap();
+            Ok::<(), HandlerError>(())
+        }
+    })
+    .start()
+    .await
+    .unwrap();
     // Both workers idle: one waits on the subscription, the other for it to come back.
     tokio::time::sleep(Duration::from_millis(50)).await;
     bus.send(Slow { n: 0, millis: 0 }).await.unwrap();

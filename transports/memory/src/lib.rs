@@ -932,15 +932,28 @@ mod tests {
         t
     }
 
+    /// A consumer of `ep` with this prefetch.
+    async fn consumer(t: &MemoryTransport, prefetch: usize) -> Box<dyn Subscription> {
+        t.subscribe("ep", SubscribeOptions { prefetch })
+            .await
+            .expect("subscribed")
+    }
+
+    /// Send message `n` to `ep` from a task of its own (it may have to wait for room).
+    fn send_in_task(
+        t: &MemoryTransport,
+        n: usize,
+    ) -> tokio::task::JoinHandle<Result<(), TransportError>> {
+        let t = t.clone();
+        tokio::spawn(async move { t.send(message(n)).await })
+    }
+
     /// A producer blocked on a full queue gets in soon after one slot frees, although it would
     /// rather wait for several; and the bound holds throughout.
     #[tokio::test]
     async fn a_blocked_send_takes_a_single_freed_slot_well_within_its_timeout() {
         let t = full_queue(100, Duration::from_secs(10)).await;
-        let mut sub = t
-            .subscribe("ep", SubscribeOptions { prefetch: 1 })
-            .await
-            .expect("subscribed");
+        let mut sub = consumer(&t, 1).await;
         let producer = {
             let t = t.clone();
             tokio::spawn(async move {
@@ -1006,10 +1019,7 @@ mod tests {
             Ok(Err(TransportError::Unroutable(_)))
         ));
         // A ready delivery comes at once; acking it at once frees its slot.
-        let mut sub = t
-            .subscribe("ep", SubscribeOptions { prefetch: 1 })
-            .await
-            .expect("subscribed");
+        let mut sub = consumer(&t, 1).await;
         let d = sub.next_now().expect("one is ready");
         assert_eq!(d.envelope().headers.message_id, "m-0");
         assert!(sub.next_now().is_none(), "prefetch 1 is taken");
@@ -1027,17 +1037,10 @@ mod tests {
     #[tokio::test]
     async fn blocked_producers_get_freed_slots_in_order_before_anyone_else() {
         let t = full_queue(4, Duration::from_secs(10)).await;
-        let mut sub = t
-            .subscribe("ep", SubscribeOptions { prefetch: 4 })
-            .await
-            .expect("subscribed");
-        let blocked = |n: usize| {
-            let t = t.clone();
-            tokio::spawn(async move { t.send(message(n)).await })
-        };
-        let first = blocked(4);
+        let mut sub = consumer(&t, 4).await;
+        let first = send_in_task(&t, 4);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let second = blocked(5);
+        let second = send_in_task(&t, 5);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!first.is_finished() && !second.is_finished(), "both wait");
 
@@ -1066,19 +1069,10 @@ mod tests {
     #[tokio::test]
     async fn a_producer_that_gives_up_leaves_the_line_without_taking_a_slot() {
         let t = full_queue(4, Duration::from_secs(10)).await;
-        let mut sub = t
-            .subscribe("ep", SubscribeOptions { prefetch: 4 })
-            .await
-            .expect("subscribed");
-        let quitter = {
-            let t = t.clone();
-            tokio::spawn(async move { t.send(message(4)).await })
-        };
+        let mut sub = consumer(&t, 4).await;
+        let quitter = send_in_task(&t, 4);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let next = {
-            let t = t.clone();
-            tokio::spawn(async move { t.send(message(5)).await })
-        };
+        let next = send_in_task(&t, 5);
         tokio::time::sleep(Duration::from_millis(20)).await;
         quitter.abort();
         let _ = quitter.await;
@@ -1094,14 +1088,8 @@ mod tests {
     #[tokio::test]
     async fn a_refill_takes_one_slot_and_leaves_the_others_free() {
         let t = full_queue(16, Duration::from_secs(10)).await; // refill: 2 slots
-        let mut sub = t
-            .subscribe("ep", SubscribeOptions { prefetch: 16 })
-            .await
-            .expect("subscribed");
-        let producer = {
-            let t = t.clone();
-            tokio::spawn(async move { t.send(message(16)).await })
-        };
+        let mut sub = consumer(&t, 16).await;
+        let producer = send_in_task(&t, 16);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!producer.is_finished(), "no room yet: the send waits");
         // Two acks back to back, within the producer's refill wait.
