@@ -104,7 +104,7 @@ pub(crate) async fn consume(
 ) {
     running.fetch_add(1, Ordering::SeqCst);
     let concurrency = ep.config.concurrency.max(1);
-    // One worker owns the subscription outright; several share it behind a lock.
+    // One worker owns the subscription outright; several share it through its slot.
     let (workers, shared): (Vec<_>, _) = if concurrency == 1 {
         let worker = work_alone(ep.clone(), sub, stop.clone(), abort.clone());
         (vec![tracker.spawn(worker)], None)
