@@ -121,11 +121,13 @@ async fn graceful_shutdown_finishes_short_handlers_and_redelivers_the_rest() {
 async fn a_lone_worker_stopped_mid_handler_gives_back_at_once_what_it_took_ahead() {
     let transport = MemoryTransport::new();
     let done = Ledger::new();
+    let started = Ledger::new();
     let instance = |name: &'static str| {
-        let done = done.clone();
+        let (done, started) = (done.clone(), started.clone());
         t_life(&transport, 1, move |cmd: Slow| {
-            let done = done.clone();
+            let (done, started) = (done.clone(), started.clone());
             async move {
+                started.record(cmd.n.to_string(), name);
                 tokio::time::sleep(Duration::from_millis(cmd.millis)).await;
                 done.record(cmd.n.to_string(), name);
                 Ok::<(), HandlerError>(())
@@ -146,6 +148,8 @@ async fn a_lone_worker_stopped_mid_handler_gives_back_at_once_what_it_took_ahead
         a.send(Slow { n, millis: 1 }).await.unwrap();
     }
     a.start().await.unwrap();
+    // `b` starts once `a`'s handler runs: `a` then holds the rest, taken ahead with the first.
+    assert!(eventually(Duration::from_secs(5), || started.count("0") == 1).await);
     let b = instance("b").start().await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
@@ -156,7 +160,7 @@ async fn a_lone_worker_stopped_mid_handler_gives_back_at_once_what_it_took_ahead
 
     let stopping = tokio::spawn(async move { a.shutdown().await });
     assert!(
-        eventually(Duration::from_secs(1), || done.by_instance().get("b")
+        eventually(Duration::from_secs(2), || done.by_instance().get("b")
             == Some(&9))
         .await,
         "`b` handled {:?} while `a`'s handler still ran",
