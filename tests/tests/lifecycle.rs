@@ -178,8 +178,9 @@ async fn a_lone_worker_stopped_mid_handler_gives_back_at_once_what_it_took_ahead
 }
 
 /// Several workers with nothing to do: one waits on the subscription, the others for it to
-/// come back. Each message that arrives is handled at once, by whichever worker, and a
-/// shutdown then ends at once with nothing in flight.
+/// come back. Each message that arrives is handled within a second, and a shutdown of workers
+/// in that state (the subscription out of its slot, the others waiting for it) ends at once.
+/// That idle workers share the work is the next test's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_workers_take_each_new_message_at_once_and_stop_at_once() {
     let transport = MemoryTransport::new();

@@ -129,7 +129,7 @@ impl MemoryTransport {
             Some(q) => {
                 let mut state = q.lock();
                 let drained = state.ready.drain(..).map(|m| m.envelope).collect();
-                q.wake_producers(state);
+                q.grant(&mut state);
                 drained
             }
             None => Vec::new(),
@@ -297,7 +297,7 @@ impl MemoryTransport {
         let targets = bindings.get(&name).map(Vec::as_slice).unwrap_or_default();
         if let [only] = targets {
             // One queue: room checked and the copy pushed under one lock.
-            return match only.try_push(Stored::fresh(envelope), false) {
+            return match only.try_push(Stored::fresh(envelope)) {
                 Ok(()) => Ok(Ok(())),
                 Err(stored) => Err(Outgoing {
                     destination: Destination::Event(name),
@@ -399,9 +399,7 @@ impl Transport for MemoryTransport {
         // cache line over to the producer's thread and back on every message.
         let pushed = {
             let queues = self.inner.queues.read().unwrap_or_else(|p| p.into_inner());
-            queues
-                .get(&e)
-                .map(|q| q.try_push(Stored::fresh(envelope), false))
+            queues.get(&e).map(|q| q.try_push(Stored::fresh(envelope)))
         };
         match pushed {
             None => Ok(Err(TransportError::Unroutable(e))),
@@ -558,7 +556,7 @@ impl Drop for Reserved<'_> {
         if let Some(queue) = self.queue.take() {
             let mut state = queue.lock();
             state.reserved -= 1;
-            queue.wake_producers(state);
+            queue.grant(&mut state);
         }
     }
 }
@@ -585,12 +583,12 @@ impl Queue {
     }
 
     /// Queue a message if there is room now, under one lock; otherwise give it back.
-    fn try_push(&self, stored: Stored, front: bool) -> Result<(), Stored> {
+    fn try_push(&self, stored: Stored) -> Result<(), Stored> {
         let mut state = self.lock();
         if !self.room_now(&state) {
             return Err(stored);
         }
-        Queue::hand_over(&mut state, stored, front);
+        Queue::hand_over(&mut state, stored, false);
         Ok(())
     }
 
@@ -661,11 +659,6 @@ impl Queue {
             state.unacked -= 1;
             Queue::hand_over(&mut state, stored, true);
         }
-        self.wake_producers(state);
-    }
-
-    /// Room was freed: grant it to the blocked producers, in order.
-    fn wake_producers(&self, mut state: MutexGuard<'_, QueueState>) {
         self.grant(&mut state);
     }
 
@@ -1032,17 +1025,29 @@ mod tests {
         assert!(matches!(t.send_now(message(5)), Ok(Ok(()))));
     }
 
-    /// Blocked producers are served in the order they blocked, and a freed slot is theirs: a
-    /// no-wait send that comes later does not take it.
-    #[tokio::test]
-    async fn blocked_producers_get_freed_slots_in_order_before_anyone_else() {
+    /// A full queue of 4 with a consumer, and two producers blocked on it in turn (messages 4
+    /// and 5).
+    async fn two_in_line() -> (
+        MemoryTransport,
+        Box<dyn Subscription>,
+        tokio::task::JoinHandle<Result<(), TransportError>>,
+        tokio::task::JoinHandle<Result<(), TransportError>>,
+    ) {
         let t = full_queue(4, Duration::from_secs(10)).await;
-        let mut sub = consumer(&t, 4).await;
+        let sub = consumer(&t, 4).await;
         let first = send_in_task(&t, 4);
         tokio::time::sleep(Duration::from_millis(20)).await;
         let second = send_in_task(&t, 5);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!first.is_finished() && !second.is_finished(), "both wait");
+        (t, sub, first, second)
+    }
+
+    /// Blocked producers are served in the order they blocked, and a freed slot is theirs: a
+    /// no-wait send that comes later does not take it.
+    #[tokio::test]
+    async fn blocked_producers_get_freed_slots_in_order_before_anyone_else() {
+        let (t, mut sub, first, second) = two_in_line().await;
 
         sub.next_now().expect("ready").ack().await.expect("acked");
         assert!(
@@ -1068,12 +1073,7 @@ mod tests {
     /// lost to the one that left.
     #[tokio::test]
     async fn a_producer_that_gives_up_leaves_the_line_without_taking_a_slot() {
-        let t = full_queue(4, Duration::from_secs(10)).await;
-        let mut sub = consumer(&t, 4).await;
-        let quitter = send_in_task(&t, 4);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let next = send_in_task(&t, 5);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (t, mut sub, quitter, next) = two_in_line().await;
         quitter.abort();
         let _ = quitter.await;
         sub.next_now().expect("ready").ack().await.expect("acked");
