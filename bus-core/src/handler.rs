@@ -59,11 +59,19 @@ pub struct StateRequirement {
     pub type_name: &'static str,
 }
 
+/// A body decoded for a handler.
+pub(crate) enum Decoded {
+    /// The value, decoded from bytes.
+    Value(Box<dyn Any + Send>),
+    /// A typed in-process body, checked to be the handler's type: the call clones it from the
+    /// body itself, so it is not boxed on the way.
+    InBody,
+}
+
 /// Decodes a body for the handler; the flag says the codec is the built-in JSON one.
-type DecodeFn = fn(&Body, &dyn Codec, bool) -> Result<Box<dyn Any + Send>, CodecError>;
-type InvokeFn = dyn Fn(Box<dyn Any + Send>, MessageContext) -> BoxFuture<Result<(), HandlerError>>
-    + Send
-    + Sync;
+type DecodeFn = fn(&Body, &dyn Codec, bool) -> Result<Decoded, CodecError>;
+type InvokeFn =
+    dyn Fn(Decoded, &Body, MessageContext) -> BoxFuture<Result<(), HandlerError>> + Send + Sync;
 
 /// A handler ready to be hosted by an endpoint.
 #[derive(Clone)]
@@ -106,13 +114,20 @@ impl HandlerDescriptor {
             message,
             requires,
             decode: decode_body::<M>,
-            invoke: Arc::new(move |msg, ctx| match msg.downcast::<M>() {
-                Ok(msg) => Box::pin(f(*msg, ctx)),
-                Err(_) => Box::pin(async {
-                    Err(HandlerError::unrecoverable(
-                        "internal: decoded value of the wrong type",
-                    ))
-                }),
+            invoke: Arc::new(move |msg, body, ctx| {
+                let msg = match (msg, body) {
+                    (Decoded::Value(value), _) => value.downcast::<M>().ok().map(|m| *m),
+                    (Decoded::InBody, Body::Message(m)) => m.downcast_ref::<M>().cloned(),
+                    (Decoded::InBody, Body::Bytes(_)) => None,
+                };
+                match msg {
+                    Some(msg) => Box::pin(f(msg, ctx)),
+                    None => Box::pin(async {
+                        Err(HandlerError::unrecoverable(
+                            "internal: decoded value of the wrong type",
+                        ))
+                    }),
+                }
             }),
         }
     }
@@ -145,16 +160,18 @@ impl HandlerDescriptor {
         body: &Body,
         codec: &dyn Codec,
         builtin_json: bool,
-    ) -> Result<Box<dyn Any + Send>, CodecError> {
+    ) -> Result<Decoded, CodecError> {
         (self.decode)(body, codec, builtin_json)
     }
 
+    /// Call the handler with what [`HandlerDescriptor::decode`] made of `body`.
     pub(crate) fn invoke(
         &self,
-        msg: Box<dyn Any + Send>,
+        msg: Decoded,
+        body: &Body,
         ctx: MessageContext,
     ) -> BoxFuture<Result<(), HandlerError>> {
-        (self.invoke)(msg, ctx)
+        (self.invoke)(msg, body, ctx)
     }
 }
 
@@ -162,18 +179,20 @@ fn decode_body<M: Message>(
     body: &Body,
     codec: &dyn Codec,
     builtin_json: bool,
-) -> Result<Box<dyn Any + Send>, CodecError> {
+) -> Result<Decoded, CodecError> {
     match body {
         Body::Message(m) => match m.downcast_ref::<M>() {
-            Some(m) => Ok(Box::new(m.clone())),
+            Some(_) => Ok(Decoded::InBody),
             None => Err(CodecError::Decode(format!(
                 "in-process body is a `{}`, not a `{}`",
                 m.message_name(),
                 M::NAME
             ))),
         },
-        Body::Bytes(bytes) if builtin_json => Ok(Box::new(codec::decode_json::<M>(bytes)?)),
-        Body::Bytes(bytes) => Ok(Box::new(codec::decode::<M>(codec, bytes)?)),
+        Body::Bytes(bytes) if builtin_json => {
+            Ok(Decoded::Value(Box::new(codec::decode_json::<M>(bytes)?)))
+        }
+        Body::Bytes(bytes) => Ok(Decoded::Value(Box::new(codec::decode::<M>(codec, bytes)?))),
     }
 }
 

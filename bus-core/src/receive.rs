@@ -21,7 +21,7 @@ use crate::endpoint::EndpointConfig;
 use crate::envelope::{header, Body, Envelope, Headers};
 use crate::error::TransportError;
 use crate::failure::{Failure, FailureReason};
-use crate::handler::HandlerDescriptor;
+use crate::handler::{Decoded, HandlerDescriptor};
 use crate::transport::{Delivery, Destination, Outgoing, Subscription};
 
 /// A one-way signal (stop taking messages, abandon handlers) checked with one atomic load.
@@ -466,7 +466,7 @@ pub(crate) async fn handle_delivery(
     // One handler is the common case: its slot lives on the stack, not in a Vec.
     let mut one = [None];
     let mut many = Vec::new();
-    let decoded: &mut [Option<Box<dyn std::any::Any + Send>>] = if handlers.len() == 1 {
+    let decoded: &mut [Option<Decoded>] = if handlers.len() == 1 {
         &mut one
     } else {
         many.resize_with(handlers.len(), || None);
@@ -585,7 +585,7 @@ pub(crate) async fn handle_delivery(
 async fn run_attempt(
     ep: &EndpointRuntime,
     handlers: &[HandlerDescriptor],
-    decoded: &mut [Option<Box<dyn std::any::Any + Send>>],
+    decoded: &mut [Option<Decoded>],
     envelope: &Envelope,
     codec: &dyn Codec,
     attempt: u32,
@@ -620,7 +620,7 @@ async fn run_attempt(
 async fn run_handlers(
     ep: &EndpointRuntime,
     handlers: &[HandlerDescriptor],
-    decoded: &mut [Option<Box<dyn std::any::Any + Send>>],
+    decoded: &mut [Option<Decoded>],
     envelope: &Envelope,
     codec: &dyn Codec,
     ctx: &MessageContext,
@@ -634,7 +634,9 @@ async fn run_handlers(
             })?,
         };
         let mut call =
-            std::pin::pin!(AssertUnwindSafe(h.invoke(message, ctx.clone())).catch_unwind());
+            std::pin::pin!(
+                AssertUnwindSafe(h.invoke(message, &envelope.body, ctx.clone())).catch_unwind()
+            );
         // A handler done in its first poll (most are) needs neither a timer nor the clock; one
         // that waits is timed from then on. A limit too far away to express is no limit.
         let outcome = match futures_util::poll!(call.as_mut()) {

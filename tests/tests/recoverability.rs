@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus_core::{
-    decode_envelope, header, Bus, Command, Destination, Envelope, Event, HandlerError, Headers,
-    MessageContext, Outgoing, SendOptions, State, Transport,
+    decode_envelope, header, Body, Bus, Command, Destination, Envelope, Event, HandlerError,
+    Headers, MessageContext, Outgoing, SendOptions, State, Transport,
 };
 use bus_tests::{eventually, Ledger};
 use bus_transport_memory::MemoryTransport;
@@ -328,6 +328,71 @@ async fn malformed_and_unknown_messages_go_to_the_error_queue_at_once_and_good_o
     reasons.sort();
     expected.sort();
     assert_eq!(reasons, expected);
+    assert_eq!(bus.stats().failed_attempts, 0);
+}
+
+#[derive(Command, Serialize, Deserialize, Clone, Debug)]
+#[command(name = "t.bad.Typed", endpoint = "t-bad-typed")]
+struct Typed {
+    n: u32,
+}
+
+#[bus_core::handler]
+async fn typed(cmd: Typed, State(ledger): State<Ledger>) -> Result<(), HandlerError> {
+    ledger.record(cmd.n.to_string(), "typed");
+    Ok(())
+}
+
+/// On the typed in-memory transport a body is a Rust value: one of another type than its
+/// wire name says (a bridge or a test can put one there) is bad input, not a handler call.
+#[tokio::test]
+async fn a_typed_body_of_another_type_goes_to_the_error_queue_at_once() {
+    let transport = MemoryTransport::new();
+    let ledger = Ledger::new();
+    let bus = Bus::builder()
+        .transport(transport.clone())
+        .host(["t-bad-typed"])
+        .state(ledger.clone())
+        .endpoint("t-bad-typed", |e| e.immediate_retries(5))
+        .start()
+        .await
+        .unwrap();
+    let wrong = Outgoing {
+        destination: Destination::Endpoint("t-bad-typed".into()),
+        envelope: Envelope {
+            headers: Arc::new(Headers {
+                message_id: "wrong-1".into(),
+                message_type: "t.bad.Typed".into(),
+                content_type: "application/json".into(),
+                ..Headers::default()
+            }),
+            body: Body::Message(Arc::new(Parse { n: 1 })),
+        },
+        delay: None,
+    };
+    transport.send(wrong).await.unwrap();
+    bus.send(Typed { n: 2 }).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            transport.error_queue("t-bad-typed").len() == 1 && ledger.distinct() == 1
+        })
+        .await
+    );
+    bus.shutdown().await;
+    assert_eq!(ledger.count("2"), 1, "the good message was handled");
+    let dead = transport.error_queue("t-bad-typed");
+    let headers = &dead[0].headers;
+    assert_eq!(headers.message_id, "wrong-1");
+    assert_eq!(
+        headers.get(header::FAILURE_REASON),
+        Some("deserialization-failed")
+    );
+    assert_eq!(headers.get(header::FAILURE_ATTEMPTS), Some("1"));
+    let error = headers.get(header::FAILURE_ERROR).unwrap();
+    assert!(
+        error.contains("t.bad.Parse") && error.contains("t.bad.Typed"),
+        "{error}"
+    );
     assert_eq!(bus.stats().failed_attempts, 0);
 }
 
