@@ -20,6 +20,8 @@ pub struct Machine {
     pub load_at_start: String,
     /// `--quick` or full.
     pub mode: &'static str,
+    /// The allocator both sides ran on: `mimalloc`, or `system` without the default features.
+    pub allocator: &'static str,
 }
 
 impl Machine {
@@ -57,14 +59,26 @@ impl Machine {
             },
             load_at_start,
             mode: if quick { "quick" } else { "full" },
+            allocator: if cfg!(feature = "mimalloc") {
+                "mimalloc"
+            } else {
+                "system"
+            },
         }
     }
 
     /// The facts as a few lines of text.
     pub fn describe(&self) -> String {
         format!(
-            "cores: {}  cpu: {}\nrabbitmq: {}  rustc: {}  profile: {}  mode: {}  load at start: {}\n",
-            self.cores, self.cpu, self.rabbitmq, self.rustc, self.profile, self.mode, self.load_at_start
+            "cores: {}  cpu: {}\nrabbitmq: {}  rustc: {}  profile: {}  allocator: {}  mode: {}  load at start: {}\n",
+            self.cores,
+            self.cpu,
+            self.rabbitmq,
+            self.rustc,
+            self.profile,
+            self.allocator,
+            self.mode,
+            self.load_at_start
         )
     }
 }

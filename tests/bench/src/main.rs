@@ -5,6 +5,7 @@
 //! cargo run -p bus-bench --release -- --quick      # about a minute
 //! cargo run -p bus-bench --release                 # the full run
 //! cargo run -p bus-bench --release -- --json       # one JSON object per line
+//! cargo run -p bus-bench --release --no-default-features   # on the system allocator
 //! ```
 //!
 //! Where things live: `memory` (in-memory commands and events against tokio channels), `amqp`
@@ -12,6 +13,11 @@
 //! (Redis Streams against the raw `redis` crate), `rss` (memory held by queued messages, measured in child
 //! processes), `probe` (messages, the shared handler, the sink and its histograms), `machine`
 //! (facts printed with the table), `report` (table and JSON lines).
+
+/// The allocator of both sides of every case (the `mimalloc` feature, on by default).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod amqp;
 mod jetstream;
