@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod conformance;
+pub mod fault_run;
 pub mod faulty;
 pub mod messages;
 pub mod nats_broker;
@@ -112,4 +113,37 @@ pub async fn eventually(deadline: Duration, mut done: impl FnMut() -> bool) -> b
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Run a test's `body` as a task of its own, then `cleanup`, also when the body panicked; its
+/// panic is raised again once the broker is clean.
+pub async fn then_clean(
+    body: impl std::future::Future<Output = ()> + Send + 'static,
+    cleanup: impl std::future::Future<Output = ()>,
+) {
+    let result = tokio::spawn(body).await;
+    cleanup.await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// The handler of `Work` the broker tests host: fails its first `fail_first` attempts, then
+/// records the message's number in the [`Ledger`] under its endpoint, with a note of the
+/// attempt that succeeded.
+pub async fn record(
+    cmd: messages::Work,
+    ctx: bus_core::MessageContext,
+    bus_core::State(ledger): bus_core::State<Ledger>,
+) -> Result<(), bus_core::HandlerError> {
+    if ctx.attempt() <= cmd.fail_first {
+        return Err(bus_core::HandlerError::new(format!(
+            "work {} failing on attempt {}",
+            cmd.n,
+            ctx.attempt()
+        )));
+    }
+    ledger.record(cmd.n.to_string(), ctx.endpoint());
+    ledger.note(format!("{} attempt {}", cmd.n, ctx.attempt()));
+    Ok(())
 }

@@ -15,7 +15,7 @@ use bus_core::{
 use bus_tests::broker::AmqpScope;
 use bus_tests::messages::{Noticed, Work};
 use bus_tests::proxy::Proxy;
-use bus_tests::{eventually, Ledger};
+use bus_tests::{eventually, record, Ledger};
 use bus_transport_amqp::{AmqpConfig, AmqpError, AmqpTransport};
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -34,28 +34,7 @@ where
     let Some(scope) = AmqpScope::new(test).await else {
         return;
     };
-    let result = tokio::spawn(body(scope.clone())).await;
-    scope.cleanup().await;
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
-async fn record(
-    cmd: Work,
-    ctx: MessageContext,
-    State(ledger): State<Ledger>,
-) -> Result<(), HandlerError> {
-    if ctx.attempt() <= cmd.fail_first {
-        return Err(HandlerError::new(format!(
-            "work {} failing on attempt {}",
-            cmd.n,
-            ctx.attempt()
-        )));
-    }
-    ledger.record(cmd.n.to_string(), ctx.endpoint());
-    ledger.note(format!("{} attempt {}", cmd.n, ctx.attempt()));
-    Ok(())
+    bus_tests::then_clean(body(scope.clone()), scope.cleanup()).await;
 }
 
 /// A bus on its own connection hosting `endpoint` with the `record` handler.

@@ -19,11 +19,7 @@ where
         return;
     };
     let factory = Arc::new(AmqpFactory::new(scope.clone()));
-    let result = tokio::spawn(body(factory)).await;
-    scope.cleanup().await;
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    bus_tests::then_clean(body(factory), scope.cleanup()).await;
 }
 
 macro_rules! suite {

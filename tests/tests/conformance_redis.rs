@@ -72,11 +72,7 @@ where
     let factory = Arc::new(RedisFactory {
         scope: scope.clone(),
     });
-    let result = tokio::spawn(body(factory)).await;
-    scope.cleanup().await;
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    bus_tests::then_clean(body(factory), scope.cleanup()).await;
 }
 
 macro_rules! suite {

@@ -23,7 +23,7 @@ use bus_tests::proxy::Proxy;
 use bus_tests::server_process::{ServerKind, ServerProcess};
 use bus_tests::tls::refused_quickly;
 use bus_tests::tls::Ca;
-use bus_tests::{eventually, Ledger};
+use bus_tests::{eventually, record, Ledger};
 use bus_transport_nats::async_nats;
 use bus_transport_nats::{NatsConfig, NatsError, NatsTransport};
 use futures_lite::StreamExt;
@@ -37,28 +37,7 @@ where
     let Some(scope) = NatsScope::new(test).await else {
         return;
     };
-    let result = tokio::spawn(body(scope.clone())).await;
-    scope.cleanup().await;
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
-async fn record(
-    cmd: Work,
-    ctx: MessageContext,
-    State(ledger): State<Ledger>,
-) -> Result<(), HandlerError> {
-    if ctx.attempt() <= cmd.fail_first {
-        return Err(HandlerError::new(format!(
-            "work {} failing on attempt {}",
-            cmd.n,
-            ctx.attempt()
-        )));
-    }
-    ledger.record(cmd.n.to_string(), ctx.endpoint());
-    ledger.note(format!("{} attempt {}", cmd.n, ctx.attempt()));
-    Ok(())
+    bus_tests::then_clean(body(scope.clone()), scope.cleanup()).await;
 }
 
 /// A bus on its own connection hosting `endpoint` with the `record` handler.

@@ -35,12 +35,11 @@ where
     let Some(scope) = AmqpScope::new(test).await else {
         return;
     };
-    let result = tokio::spawn(body(scope.clone())).await;
-    reliability::wait_broker_ready();
-    scope.cleanup().await;
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    let cleanup = async {
+        reliability::wait_broker_ready();
+        scope.cleanup().await;
+    };
+    bus_tests::then_clean(body(scope.clone()), cleanup).await;
 }
 
 struct Endpoint {

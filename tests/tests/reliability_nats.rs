@@ -26,14 +26,15 @@
 //! a repeated publish it no longer remembers).
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bus_core::{Bus, BusError, SendOptions, TransportError};
+use bus_core::Bus;
 use bus_tests::eventually;
+use bus_tests::fault_run::{
+    all_handled, burst, check_outcomes, confirmed_reach, handled_lines, logs, produce,
+    produce_range, within, worker_lines, Outcome, TempDir, WorkIds, Worker,
+};
 use bus_tests::messages::Work;
 use bus_tests::nats_server::NatsServer;
 use bus_tests::proxy::Proxy;
@@ -112,111 +113,6 @@ async fn producer(url: &str, endpoint: &str, timeout: Duration) -> Bus {
         .build()
         .await
         .expect("build the producer")
-}
-
-/// The message id of `Work` number `n` in a run: the same on every try.
-fn message_id(run: &str, n: u64) -> String {
-    format!("{run}-{n}")
-}
-
-/// Send `Work` number `n` with its message id.
-async fn send(bus: &Bus, run: &str, n: u64) -> Result<(), BusError> {
-    bus.send_with(
-        Work { n, fail_first: 0 },
-        SendOptions::new().message_id(message_id(run, n)),
-    )
-    .await
-}
-
-/// What producing went through.
-#[derive(Debug, Default)]
-struct Produced {
-    /// The slowest single send attempt.
-    slowest: Duration,
-    /// Send attempts that failed (and were tried again).
-    failed: u64,
-    /// Messages given up on (never confirmed).
-    abandoned: u64,
-    /// Failures that were not typed transport errors.
-    untyped: Vec<String>,
-}
-
-/// Send `0..n` from `tasks` concurrent senders. A failed send is tried again after a pause,
-/// with the same message id, until it is confirmed or `give_up` passed since its first try.
-/// Only `Ok` counts as confirmed.
-async fn produce(bus: &Bus, tally: &Tally, n: u64, tasks: u64, give_up: Duration) -> Produced {
-    let run = bus_tests::broker::unique("run");
-    let slowest = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let abandoned = Arc::new(AtomicU64::new(0));
-    let untyped = Arc::new(Mutex::new(Vec::new()));
-    let mut handles = Vec::new();
-    for t in 0..tasks {
-        let (bus, tally, run) = (bus.clone(), tally.clone(), run.clone());
-        let (slowest, failed, abandoned, untyped) = (
-            slowest.clone(),
-            failed.clone(),
-            abandoned.clone(),
-            untyped.clone(),
-        );
-        handles.push(tokio::spawn(async move {
-            for i in (t..n).step_by(tasks as usize) {
-                tally.sent(i);
-                let first = Instant::now();
-                loop {
-                    let started = Instant::now();
-                    let result = send(&bus, &run, i).await;
-                    slowest.fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    match result {
-                        Ok(()) => {
-                            tally.confirmed(i);
-                            break;
-                        }
-                        Err(e) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            if !matches!(e, BusError::Transport(_)) {
-                                untyped.lock().unwrap().push(format!("send {i}: {e}"));
-                            }
-                            if first.elapsed() > give_up {
-                                eprintln!("send {i} failed, not tried again: {e}");
-                                abandoned.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-            }
-        }));
-    }
-    for h in handles {
-        h.await.unwrap();
-    }
-    let untyped = std::mem::take(&mut *untyped.lock().unwrap());
-    Produced {
-        slowest: Duration::from_millis(slowest.load(Ordering::Relaxed)),
-        failed: failed.load(Ordering::Relaxed),
-        abandoned: abandoned.load(Ordering::Relaxed),
-        untyped,
-    }
-}
-
-/// Log to the test output when `RUST_LOG` is set (e.g. `RUST_LOG=bus_transport_nats=debug`).
-fn logs() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
-}
-
-/// Run `body`, failing the test if it takes longer than `limit` (a hang is a failure).
-async fn within<F: Future>(test: &str, limit: Duration, body: F) -> F::Output {
-    match tokio::time::timeout(limit, body).await {
-        Ok(out) => out,
-        Err(_) => panic!("{test}: no result within {limit:?}"),
-    }
 }
 
 /// A plain JetStream client of the test's server, reconnecting every 100 ms while it is down.
@@ -319,25 +215,6 @@ async fn resumed(
     None
 }
 
-/// Wait until every confirmed message is handled, polling every 20 ms.
-async fn all_handled(tally: &Tally, limit: Duration) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if tally.all_confirmed_handled() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tally.all_confirmed_handled()
-}
-
-/// Wait until at least `at` sends were confirmed.
-async fn confirmed_reach(tally: &Tally, at: usize) {
-    while tally.summary().confirmed < at {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 // ---- B. faults -------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,8 +252,11 @@ async fn b13_connections_dropped_repeatedly_mid_stream() {
             }
             (dropped, resumes)
         };
-        let (produced, (dropped, resumes)) =
-            tokio::join!(produce(&p, &tally, n, 16, Duration::from_secs(60)), faults);
+        let ids = WorkIds::per_run();
+        let (produced, (dropped, resumes)) = tokio::join!(
+            produce(&p, &tally, &ids, n, 16, Duration::from_secs(60)),
+            faults
+        );
         let done = all_handled(
             &tally,
             tier.pick(Duration::from_secs(120), Duration::from_secs(600)),
@@ -492,8 +372,11 @@ async fn b14_server_killed_and_restarted_mid_stream_with_file_storage() {
             }
             (resumes, restored_total)
         };
-        let (produced, (resumes, restored_total)) =
-            tokio::join!(produce(&p, &tally, n, 8, Duration::from_secs(60)), faults);
+        let ids = WorkIds::per_run();
+        let (produced, (resumes, restored_total)) = tokio::join!(
+            produce(&p, &tally, &ids, n, 8, Duration::from_secs(60)),
+            faults
+        );
         let done = all_handled(
             &tally,
             tier.pick(Duration::from_secs(120), Duration::from_secs(300)),
@@ -562,76 +445,6 @@ async fn b14_server_killed_and_restarted_mid_stream_with_file_storage() {
     .await;
 }
 
-/// What one send returned, and how long it took.
-type Outcome = (Result<(), BusError>, Duration);
-
-/// Send `ns` at once, each with the producer's timeout; returns each outcome and its time.
-async fn burst(p: &Bus, tally: &Tally, run: &str, ns: std::ops::Range<u64>) -> Vec<Outcome> {
-    let mut tasks = Vec::new();
-    for n in ns {
-        let (p, t, run) = (p.clone(), tally.clone(), run.to_string());
-        tasks.push(tokio::spawn(async move {
-            t.sent(n);
-            let started = Instant::now();
-            let r = send(&p, &run, n).await;
-            if r.is_ok() {
-                t.confirmed(n);
-            }
-            (r, started.elapsed())
-        }));
-    }
-    let mut out = Vec::new();
-    for task in tasks {
-        out.push(task.await.unwrap());
-    }
-    out
-}
-
-/// Every outcome came within `limit`, and every failure is a connection error or a timeout.
-fn check_outcomes(what: &str, outcomes: &[Outcome], limit: Duration) {
-    for (r, took) in outcomes {
-        assert!(*took <= limit, "{what}: a publish took {took:?}");
-        if let Err(e) = r {
-            assert!(
-                matches!(
-                    e,
-                    BusError::Transport(
-                        TransportError::Connection(_) | TransportError::Timeout { .. }
-                    )
-                ),
-                "{what}: not a typed connection error or timeout: {e}"
-            );
-        }
-    }
-}
-
-/// Send `ns` one by one, each tried again (same message id) until confirmed (at most 20 s);
-/// returns how many attempts failed.
-async fn produce_range(p: &Bus, tally: &Tally, run: &str, ns: std::ops::Range<u64>) -> u64 {
-    let mut failed = 0;
-    for n in ns {
-        tally.sent(n);
-        let first = Instant::now();
-        loop {
-            match send(p, run, n).await {
-                Ok(()) => {
-                    tally.confirmed(n);
-                    break;
-                }
-                Err(e) => {
-                    failed += 1;
-                    assert!(
-                        first.elapsed() < Duration::from_secs(20),
-                        "publishing did not recover: {e}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-    failed
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b15_server_down_while_publishing() {
     let test = "B15 nats-server down while publishing";
@@ -642,13 +455,13 @@ async fn b15_server_down_while_publishing() {
     };
     let url = server.url();
     within(test, Duration::from_secs(180), async {
-        let run = bus_tests::broker::unique("run");
+        let ids = WorkIds::per_run();
         let tally = Tally::new();
         let c = consumer(&url, "b15", &tally).await;
         let timeout = Duration::from_secs(2);
         let limit = timeout + Duration::from_secs(1);
         let p = producer(&url, "b15", timeout).await;
-        let before = burst(&p, &tally, &run, 0..10).await;
+        let before = burst(&p, &tally, &ids, 0..10).await;
         assert!(before.iter().all(|(r, _)| r.is_ok()), "{before:?}");
         // Settled before the fault, so this test counts only what the fault does.
         assert!(all_handled(&tally, Duration::from_secs(10)).await);
@@ -658,18 +471,18 @@ async fn b15_server_down_while_publishing() {
 
         // Killed: connections are refused.
         server.kill();
-        let killed = burst(&p, &tally, &run, 10..30).await;
+        let killed = burst(&p, &tally, &ids, 10..30).await;
         check_outcomes("nats-server killed", &killed, limit);
         server.restart().await;
 
         // Frozen: connections are accepted (by the kernel) but nothing is answered.
         server.freeze();
-        let frozen = burst(&p, &tally, &run, 30..50).await;
+        let frozen = burst(&p, &tally, &ids, 30..50).await;
         server.thaw();
         check_outcomes("nats-server frozen", &frozen, limit);
 
         // Publishing works again by itself.
-        let after = produce_range(&p, &tally, &run, 50..60).await;
+        let after = produce_range(&p, &tally, &ids, 50..60).await;
         let done = all_handled(&tally, Duration::from_secs(60)).await;
         let left = settled(&js, "b15", Duration::from_secs(30)).await;
         c.shutdown().await;
@@ -705,64 +518,16 @@ async fn b15_server_down_while_publishing() {
     .await;
 }
 
-/// A worker process, killed when dropped (also when the test fails).
-struct Worker(std::process::Child);
-
-impl Worker {
-    fn spawn(url: &str, dir: &Path, i: u32) -> Worker {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_bus-test-worker"))
-            .env("WORKER_NATS_URL", url)
-            .env("WORKER_PREFIX", PREFIX)
-            .env("WORKER_ENDPOINT", "b16")
-            .env("WORKER_DELAY_MS", "2")
-            .env("WORKER_ACK_WAIT_MS", "2000")
-            .env("WORKER_OUT", dir.join(format!("w{i}.txt")))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn worker");
-        Worker(child)
-    }
-
-    /// The exit status, once it ended.
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.0.try_wait().ok().flatten()
-    }
-
-    /// `kill -9`, and reap it.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-
-    /// `SIGTERM` (graceful shutdown), and wait for it.
-    fn terminate(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The numbers a worker wrote, one per handling.
-fn worker_lines(dir: &Path, i: u32) -> Vec<u64> {
-    std::fs::read_to_string(dir.join(format!("w{i}.txt")))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').next().and_then(|v| v.parse().ok()))
-        .collect()
-}
-
-/// The numbers both workers wrote.
-fn handled_lines(dir: &Path) -> Vec<u64> {
-    let mut all = worker_lines(dir, 0);
-    all.extend(worker_lines(dir, 1));
-    all
+/// Worker process `i` of B16, consuming the endpoint `b16` of the server at `url`.
+fn worker(url: &str, dir: &Path, i: u32) -> Worker {
+    let env = [
+        ("WORKER_NATS_URL", url),
+        ("WORKER_PREFIX", PREFIX),
+        ("WORKER_ENDPOINT", "b16"),
+        ("WORKER_DELAY_MS", "2"),
+        ("WORKER_ACK_WAIT_MS", "2000"),
+    ];
+    Worker::spawn(env!("CARGO_BIN_EXE_bus-test-worker"), &env, dir, i)
 }
 
 /// Whether the endpoint's durable consumer exists (the worker declared its endpoint).
@@ -808,15 +573,6 @@ async fn pending_work(js: &async_nats::jetstream::Context, endpoint: &str) -> Ve
     out
 }
 
-/// Removes a directory when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b16_consumer_process_killed_and_restarted() {
     let test = "B16 consumer killed (nats)";
@@ -831,9 +587,8 @@ async fn b16_consumer_process_killed_and_restarted() {
     within(test, limit, async {
         let n = tier.pick(2_000u64, 20_000);
         let prefetch = 50;
-        let dir = TempDir(std::env::temp_dir().join(bus_tests::broker::unique("bus-kill")));
-        std::fs::create_dir_all(&dir.0).unwrap();
-        let mut first = Worker::spawn(&url, &dir.0, 0);
+        let dir = TempDir::new("bus-kill");
+        let mut first = worker(&url, dir.path(), 0);
         // Wait until the worker declared its endpoint (and so created the consumer with its
         // short ack wait), then produce.
         let js = raw(&url).await;
@@ -852,7 +607,7 @@ async fn b16_consumer_process_killed_and_restarted() {
         let p = producer(&url, "b16", Duration::from_secs(10)).await;
         let kill = async {
             let started = Instant::now();
-            while (handled_lines(&dir.0).len() as u64) < n / 3 {
+            while (handled_lines(dir.path()).len() as u64) < n / 3 {
                 assert!(
                     started.elapsed() < Duration::from_secs(60),
                     "the first worker stalled"
@@ -860,22 +615,25 @@ async fn b16_consumer_process_killed_and_restarted() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             first.kill();
-            let handled = handled_lines(&dir.0).len();
+            let handled = handled_lines(dir.path()).len();
             let pending = pending_work(&js, "b16").await;
             println!(
                 "{test}: worker killed (kill -9) after {handled} handlings, \
                  {} deliveries pending on it",
                 pending.len()
             );
-            let second = Worker::spawn(&url, &dir.0, 1);
+            let second = worker(&url, dir.path(), 1);
             (second, Instant::now(), pending)
         };
-        let (produced, (mut second, killed_at, pending)) =
-            tokio::join!(produce(&p, &tally, n, 8, Duration::from_secs(30)), kill);
+        let ids = WorkIds::per_run();
+        let (produced, (mut second, killed_at, pending)) = tokio::join!(
+            produce(&p, &tally, &ids, n, 8, Duration::from_secs(30)),
+            kill
+        );
         let done = eventually(
             tier.pick(Duration::from_secs(120), Duration::from_secs(300)),
             || {
-                let seen: HashSet<u64> = handled_lines(&dir.0).into_iter().collect();
+                let seen: HashSet<u64> = handled_lines(dir.path()).into_iter().collect();
                 seen.len() as u64 >= n
             },
         )
@@ -886,14 +644,14 @@ async fn b16_consumer_process_killed_and_restarted() {
         );
         let left = settled(&js, "b16", Duration::from_secs(30)).await;
         second.terminate();
-        let by_second: HashSet<u64> = worker_lines(&dir.0, 1).into_iter().collect();
+        let by_second: HashSet<u64> = worker_lines(dir.path(), 1).into_iter().collect();
         let not_taken_over: Vec<u64> = pending
             .iter()
             .copied()
             .filter(|n| !by_second.contains(n))
             .collect();
         // Redelivered: what the next worker handled of what was pending on the dead one.
-        for (i, lines) in [worker_lines(&dir.0, 0), worker_lines(&dir.0, 1)]
+        for (i, lines) in [worker_lines(dir.path(), 0), worker_lines(dir.path(), 1)]
             .into_iter()
             .enumerate()
         {
