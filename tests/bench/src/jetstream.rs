@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use bus_core::Bus;
 use bus_transport_nats::async_nats::{self, jetstream};
 use bus_transport_nats::{Naming, NatsConfig, NatsTransport};
 use futures_util::StreamExt;
@@ -15,7 +14,7 @@ use jetstream::consumer::{pull, AckPolicy};
 use jetstream::stream::{RetentionPolicy, StorageType};
 
 use crate::amqp::{payload_of, warmed_run, Run};
-use crate::probe::{handle, progress, runtime, Sink, StreamWork};
+use crate::probe::{handle, progress, runtime, stream_bus_run, Sink, StreamWork};
 use crate::report::Row;
 use crate::Scale;
 
@@ -87,39 +86,14 @@ fn bus_throughput(url: &str, n: u64, concurrency: usize, confirm_acks: bool) -> 
         .await
         .expect("bus connects");
         let js = transport.jetstream().clone();
-        let sink = Sink::new();
-        let s = sink.clone();
-        let bus = Bus::builder()
-            .without_discovery()
-            .transport(transport)
-            .handler(ENDPOINT, move |m: StreamWork| handle(s.clone(), m.sent_ns))
-            .endpoint(ENDPOINT, move |e| {
-                e.prefetch(PREFETCH).concurrency(concurrency)
-            })
-            .host([ENDPOINT])
-            .start()
-            .await
-            .expect("bus starts");
-        let payload = payload_of(BODY);
-        let send = || {
-            let bus = bus.clone();
-            let payload = payload.clone();
-            move |seq| {
-                let bus = bus.clone();
-                let payload = payload.clone();
-                async move {
-                    bus.send(StreamWork {
-                        seq,
-                        sent_ns: 0,
-                        payload: String::clone(&payload),
-                    })
-                    .await
-                    .map_err(|e| e.to_string())
-                }
-            }
-        };
-        let run = warmed_run(&sink, WARMUP, n, "bus NATS run", send).await;
-        bus.shutdown().await;
+        let run = stream_bus_run(
+            transport,
+            ENDPOINT,
+            (PREFETCH, concurrency),
+            (BODY, WARMUP, n),
+            "bus NATS run",
+        )
+        .await;
         delete_streams(&js, &prefix.to_uppercase()).await;
         run
     })

@@ -231,3 +231,49 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
 pub fn progress(text: impl AsRef<str>) {
     eprintln!("[bus-bench] {}", text.as_ref());
 }
+
+/// The bus side of the NATS and Redis cases: a bus on `transport` hosting `endpoint` with
+/// `concurrency` handlers and `prefetch`, `n` messages of `body` bytes sent through it after
+/// `warmup` ones; the bus is shut down after.
+pub async fn stream_bus_run(
+    transport: impl bus_core::Transport,
+    endpoint: &'static str,
+    (prefetch, concurrency): (usize, usize),
+    (body, warmup, n): (usize, u64, u64),
+    what: &str,
+) -> crate::amqp::Run {
+    let sink = Sink::new();
+    let s = sink.clone();
+    let bus = bus_core::Bus::builder()
+        .without_discovery()
+        .transport(transport)
+        .handler(endpoint, move |m: StreamWork| handle(s.clone(), m.sent_ns))
+        .endpoint(endpoint, move |e| {
+            e.prefetch(prefetch).concurrency(concurrency)
+        })
+        .host([endpoint])
+        .start()
+        .await
+        .expect("bus starts");
+    let payload = crate::amqp::payload_of(body);
+    let send = || {
+        let bus = bus.clone();
+        let payload = payload.clone();
+        move |seq| {
+            let bus = bus.clone();
+            let payload = payload.clone();
+            async move {
+                bus.send(StreamWork {
+                    seq,
+                    sent_ns: 0,
+                    payload: String::clone(&payload),
+                })
+                .await
+                .map_err(|e| e.to_string())
+            }
+        }
+    };
+    let run = crate::amqp::warmed_run(&sink, warmup, n, what, send).await;
+    bus.shutdown().await;
+    run
+}

@@ -7,13 +7,12 @@
 
 use std::time::Duration;
 
-use bus_core::Bus;
 use bus_transport_redis::{RedisConfig, RedisTransport};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 use crate::amqp::{payload_of, warmed_run, Run};
-use crate::probe::{handle, progress, runtime, Sink, StreamWork};
+use crate::probe::{handle, progress, runtime, stream_bus_run, Sink, StreamWork};
 use crate::report::Row;
 use crate::Scale;
 
@@ -93,39 +92,14 @@ fn bus_throughput(url: &str, n: u64, concurrency: usize) -> Run {
         )
         .await
         .expect("bus connects");
-        let sink = Sink::new();
-        let s = sink.clone();
-        let bus = Bus::builder()
-            .without_discovery()
-            .transport(transport)
-            .handler(ENDPOINT, move |m: StreamWork| handle(s.clone(), m.sent_ns))
-            .endpoint(ENDPOINT, move |e| {
-                e.prefetch(COUNT).concurrency(concurrency)
-            })
-            .host([ENDPOINT])
-            .start()
-            .await
-            .expect("bus starts");
-        let payload = payload_of(BODY);
-        let send = || {
-            let bus = bus.clone();
-            let payload = payload.clone();
-            move |seq| {
-                let bus = bus.clone();
-                let payload = payload.clone();
-                async move {
-                    bus.send(StreamWork {
-                        seq,
-                        sent_ns: 0,
-                        payload: String::clone(&payload),
-                    })
-                    .await
-                    .map_err(|e| e.to_string())
-                }
-            }
-        };
-        let run = warmed_run(&sink, WARMUP, n, "bus Redis run", send).await;
-        bus.shutdown().await;
+        let run = stream_bus_run(
+            transport,
+            ENDPOINT,
+            (COUNT, concurrency),
+            (BODY, WARMUP, n),
+            "bus Redis run",
+        )
+        .await;
         delete_keys(url, &prefix).await;
         run
     })
