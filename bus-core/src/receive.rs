@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
@@ -151,6 +151,7 @@ async fn work_alone(
 ) {
     let mut spare = None;
     let mut cancelled = false;
+    let mut settling = Settling::default();
     loop {
         if stop.is_fired() {
             break;
@@ -162,28 +163,36 @@ async fn work_alone(
                 tokio::task::coop::consume_budget().await;
                 Some(Ok(delivery))
             }
-            None => match unless_cancelled(&stop, sub.next()).await {
+            None => match settling
+                .alongside(unless_cancelled(&stop, sub.next()))
+                .await
+            {
                 Some(next) => next,
                 None => break,
             },
         };
-        let mut taking = std::pin::pin!(take(&ep, next, &stop, &abort, &mut spare));
-        // Most deliveries are handled in their first poll. One that waits is watched for
-        // `stop`: the subscription is then cancelled at once, as with shared workers (what it
-        // took ahead goes back to the queue for other consumers), while the handler finishes.
-        let go_on = match futures_util::poll!(taking.as_mut()) {
-            Poll::Ready(go_on) => go_on,
-            Poll::Pending => tokio::select! {
-                biased;
-                go_on = taking.as_mut() => go_on,
-                () = stop.fired() => {
-                    let (go_on, ()) =
-                        futures_util::future::join(taking.as_mut(), sub.cancel()).await;
-                    cancelled = true;
-                    go_on
-                }
-            },
+        let (go_on, pending) = {
+            let taking = settling.alongside(take(&ep, next, &stop, &abort, &mut spare));
+            let mut taking = std::pin::pin!(taking);
+            // Most deliveries are handled in their first poll. One that waits is watched for
+            // `stop`: the subscription is then cancelled at once, as with shared workers (what
+            // it took ahead goes back to the queue for other consumers), while the handler
+            // finishes.
+            match futures_util::poll!(taking.as_mut()) {
+                Poll::Ready(taken) => taken,
+                Poll::Pending => tokio::select! {
+                    biased;
+                    taken = taking.as_mut() => taken,
+                    () = stop.fired() => {
+                        let (taken, ()) =
+                            futures_util::future::join(taking.as_mut(), sub.cancel()).await;
+                        cancelled = true;
+                        taken
+                    }
+                },
+            }
         };
+        settling.push(pending);
         if !go_on {
             break;
         }
@@ -191,6 +200,7 @@ async fn work_alone(
     if !cancelled {
         sub.cancel().await;
     }
+    settling.finish(&abort).await;
 }
 
 /// A subscription shared by an endpoint's workers. It sits in its slot, where any worker
@@ -289,6 +299,7 @@ async fn work(
     abort: Signal,
 ) {
     let mut spare = None;
+    let mut settling = Settling::default();
     // Woken to take the subscription's turn: another worker may be waiting behind this one.
     let mut woken = false;
     loop {
@@ -306,7 +317,11 @@ async fn work(
                 back.as_mut().enable();
                 match shared.find(&stop) {
                     Found::Away => {
-                        if unless_cancelled(&stop, back).await.is_none() {
+                        if settling
+                            .alongside(unless_cancelled(&stop, back))
+                            .await
+                            .is_none()
+                        {
                             break;
                         }
                         woken = true;
@@ -339,7 +354,10 @@ async fn work(
                 let Some(sub) = taken.sub.as_mut() else {
                     break;
                 };
-                match unless_cancelled(&stop, sub.next()).await {
+                match settling
+                    .alongside(unless_cancelled(&stop, sub.next()))
+                    .await
+                {
                     // Put back (and the turn passed on) before the delivery is handled.
                     Some(next) => next,
                     None => break,
@@ -348,38 +366,118 @@ async fn work(
             // Handled above.
             Found::Away => continue,
         };
-        if !take(&ep, next, &stop, &abort, &mut spare).await {
+        let (go_on, pending) = settling
+            .alongside(take(&ep, next, &stop, &abort, &mut spare))
+            .await;
+        settling.push(pending);
+        if !go_on {
             break;
         }
     }
     // A turn this worker was given is not lost with it: whoever waits for the subscription
     // (another worker, or the shutdown that cancels it) is told to look again.
     shared.back.notify_one();
+    settling.finish(&abort).await;
 }
 
 /// What a worker does with what it took: handle a delivery, or pause after a receive error.
-/// `false` when the worker should stop (the subscription ended, or `stop` fired in a pause).
+/// `false` when the worker should stop (the subscription ended, or `stop` fired in a pause);
+/// with the delivery's ack when it is still on its way (see [`Settling`]).
 async fn take(
     ep: &EndpointRuntime,
     next: Option<Result<Delivery, TransportError>>,
     stop: &Signal,
     abort: &Signal,
     spare: &mut Option<MessageContext>,
-) -> bool {
+) -> (bool, Option<PendingAck>) {
     match next {
-        None => false,
+        None => (false, None),
         Some(Err(error)) => {
             tracing::warn!(endpoint = %ep.name, %error, "receive failed; retrying shortly");
             let pause = tokio::time::sleep(Duration::from_millis(200));
-            unless_cancelled(stop, pause).await.is_some()
+            (unless_cancelled(stop, pause).await.is_some(), None)
         }
         Some(Ok(delivery)) => {
             // Dropping the handler drops its delivery unsettled: redelivered.
             // Pinned in place: moving a future this size costs a copy per message.
             let handling = std::pin::pin!(handle_delivery(ep, delivery, spare));
-            let _ = unless_cancelled(abort, handling).await;
-            true
+            (true, unless_cancelled(abort, handling).await.flatten())
         }
+    }
+}
+
+/// The ack of a handled delivery that the transport has to wait for (a broker's confirmation),
+/// with what its failure is logged with.
+pub(crate) struct PendingAck {
+    ack: crate::BoxFuture<Result<(), TransportError>>,
+    endpoint: Arc<str>,
+    message_id: crate::MessageId,
+}
+
+impl Future for PendingAck {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        match self.ack.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Ready(Err(error)) => {
+                tracing::warn!(endpoint = %self.endpoint, message_id = %self.message_id, %error, "ack failed; the message may be redelivered");
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+/// A worker's acks still on their way. A transport that has to wait for its broker to confirm
+/// an ack (NATS JetStream's confirmed acks, Redis) would otherwise cost a round trip per
+/// message before the worker takes the next one, even with one handler at a time; instead the
+/// worker drives them alongside what it does next, and waits for the rest before it ends. The
+/// delivery stays unsettled until its ack completes, so it still counts against the prefetch,
+/// and one whose ack fails is redelivered as before. Transports that ack at once (in memory,
+/// AMQP) never add to it.
+#[derive(Default)]
+struct Settling {
+    acks: futures_util::stream::FuturesUnordered<PendingAck>,
+}
+
+impl Settling {
+    /// Keep an ack going; it is first polled (and so sent) by the worker's next wait.
+    fn push(&mut self, ack: Option<PendingAck>) {
+        if let Some(ack) = ack {
+            self.acks.push(ack);
+        }
+    }
+
+    /// Run `work`, driving the acks on their way meanwhile.
+    async fn alongside<F: Future>(&mut self, work: F) -> F::Output {
+        if self.acks.is_empty() {
+            return work.await;
+        }
+        let mut work = std::pin::pin!(work);
+        let acks = &mut self.acks;
+        std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(())) = acks.poll_next_unpin(cx) {}
+            work.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Wait for the acks on their way, unless `abort` fires first (their deliveries are then
+    /// redelivered, or were acked: the transport decides).
+    async fn finish(&mut self, abort: &Signal) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let acks = &mut self.acks;
+        let all = std::future::poll_fn(|cx| loop {
+            match acks.poll_next_unpin(cx) {
+                Poll::Ready(Some(())) => {}
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        });
+        let _ = unless_cancelled(abort, all).await;
     }
 }
 
@@ -402,12 +500,13 @@ async fn unless_cancelled<F: Future>(signal: &Signal, work: F) -> Option<F::Outp
     .await
 }
 
-/// Everything that happens to one delivery.
+/// Everything that happens to one delivery. A successful one's ack is returned when the
+/// transport has to wait for it (see [`Settling`]); every other outcome is settled here.
 pub(crate) async fn handle_delivery(
     ep: &EndpointRuntime,
     delivery: Delivery,
     spare: &mut Option<MessageContext>,
-) {
+) -> Option<PendingAck> {
     // Only the headers are kept apart (they outlive the delivery in the logs below); the body
     // is read from the delivery in place: no clone of the envelope on the way through.
     let headers = delivery.envelope().headers.clone();
@@ -418,14 +517,16 @@ pub(crate) async fn handle_delivery(
             FailureReason::MissingHeader,
             "the message id header is missing",
         );
-        return dead_letter(ep, delivery, f, 1).await;
+        dead_letter(ep, delivery, f, 1).await;
+        return None;
     }
     if headers.message_type.is_empty() {
         let f = Failure::rejected(
             FailureReason::MissingHeader,
             "the message type header is missing",
         );
-        return dead_letter(ep, delivery, f, 1).await;
+        dead_letter(ep, delivery, f, 1).await;
+        return None;
     }
     let Some(handlers) = ep.handlers.get(headers.message_type.as_ref()) else {
         let f = Failure::rejected(
@@ -435,7 +536,8 @@ pub(crate) async fn handle_delivery(
                 ep.name, headers.message_type
             ),
         );
-        return dead_letter(ep, delivery, f, 1).await;
+        dead_letter(ep, delivery, f, 1).await;
+        return None;
     };
     let codec: &Arc<dyn Codec> = match &delivery.envelope().body {
         Body::Message(_) => ep.shared.codecs.default_codec(),
@@ -449,7 +551,8 @@ pub(crate) async fn handle_delivery(
                         ep.shared.max_body_size
                     ),
                 );
-                return dead_letter(ep, delivery, f, 1).await;
+                dead_letter(ep, delivery, f, 1).await;
+                return None;
             }
             match ep.shared.codecs.get(&headers.content_type) {
                 Some(c) => c,
@@ -458,7 +561,8 @@ pub(crate) async fn handle_delivery(
                         FailureReason::UnsupportedContentType,
                         format!("no codec for content type `{}`", headers.content_type),
                     );
-                    return dead_letter(ep, delivery, f, 1).await;
+                    dead_letter(ep, delivery, f, 1).await;
+                    return None;
                 }
             }
         }
@@ -479,7 +583,8 @@ pub(crate) async fn handle_delivery(
             Err(error) => {
                 let f = Failure::rejected(FailureReason::Deserialization, error.to_string())
                     .with_handler(h.name());
-                return dead_letter(ep, delivery, f, 1).await;
+                dead_letter(ep, delivery, f, 1).await;
+                return None;
             }
         }
     }
@@ -490,7 +595,8 @@ pub(crate) async fn handle_delivery(
             None => {
                 // A copy of this message is being handled right now; once it is done the
                 // inbox will know it, so return this one for later.
-                return requeue_later(delivery).await;
+                requeue_later(delivery).await;
+                return None;
             }
         },
         None => None,
@@ -506,12 +612,13 @@ pub(crate) async fn handle_delivery(
                 if let Err(error) = delivery.ack().await {
                     tracing::warn!(endpoint = %ep.name, %error, "ack of a duplicate failed");
                 }
-                return;
+                return None;
             }
             Ok(false) => {}
             Err(error) => {
                 tracing::warn!(endpoint = %ep.name, %error, "inbox unavailable; returning the message to the queue");
-                return requeue_later(delivery).await;
+                requeue_later(delivery).await;
+                return None;
             }
         }
     }
@@ -544,10 +651,18 @@ pub(crate) async fn handle_delivery(
                         tracing::warn!(endpoint = %ep.name, message_id = %headers.message_id, %error, "could not record the message in the inbox; a redelivery would run again");
                     }
                 }
-                if let Err(error) = delivery.ack().await {
-                    tracing::warn!(endpoint = %ep.name, message_id = %headers.message_id, %error, "ack failed; the message may be redelivered");
-                }
-                return;
+                return match delivery.ack_or_pending() {
+                    Ok(Ok(())) => None,
+                    Ok(Err(error)) => {
+                        tracing::warn!(endpoint = %ep.name, message_id = %headers.message_id, %error, "ack failed; the message may be redelivered");
+                        None
+                    }
+                    Err(pending) => Some(PendingAck {
+                        ack: pending,
+                        endpoint: ep.name.clone(),
+                        message_id: headers.message_id.clone(),
+                    }),
+                };
             }
             Err(f) => {
                 ep.shared
@@ -579,6 +694,7 @@ pub(crate) async fn handle_delivery(
     } else {
         dead_letter(ep, delivery, failure, total).await;
     }
+    None
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -209,12 +209,46 @@ impl Delivery {
     }
 
     /// Settle: done with the message.
-    pub async fn ack(mut self) -> Result<(), TransportError> {
+    pub async fn ack(self) -> Result<(), TransportError> {
+        match self.ack_or_pending() {
+            Ok(done) => done,
+            Err(pending) => pending.await,
+        }
+    }
+
+    /// Settle: done with the message, without waiting here. `Ok` with the outcome when the
+    /// transport acked at once; otherwise the ack as a future, which sends nothing until it is
+    /// polled and completes when the broker confirmed it. A runtime that drives it alongside
+    /// its next deliveries overlaps the ack's round trip with their handling.
+    ///
+    /// ```
+    /// use bus_core::{Delivery, Envelope, Headers};
+    /// # use bus_core::{async_trait, Acker, TransportError};
+    /// # struct Confirmed;
+    /// # #[async_trait]
+    /// # impl Acker for Confirmed {
+    /// #     async fn ack(self: Box<Self>) -> Result<(), TransportError> { Ok(()) }
+    /// #     async fn nack(self: Box<Self>, _: Envelope) -> Result<(), TransportError> { Ok(()) }
+    /// #     fn abandon(self: Box<Self>, _: Envelope) {}
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let envelope = Envelope::from_bytes(Headers::default(), "{}");
+    /// // An acker that has to wait for its broker (it does not implement `ack_now`).
+    /// let delivery = Delivery::new(envelope, Box::new(Confirmed), false, 1);
+    /// match delivery.ack_or_pending() {
+    ///     Ok(done) => done.unwrap(),
+    ///     Err(pending) => pending.await.unwrap(),
+    /// }
+    /// # });
+    /// ```
+    pub fn ack_or_pending(
+        mut self,
+    ) -> Result<Result<(), TransportError>, crate::BoxFuture<Result<(), TransportError>>> {
         let mut acker = self.acker.take().expect("unsettled delivery has an acker");
         self.envelope = None;
         match acker.ack_now() {
-            Some(done) => done,
-            None => acker.ack().await,
+            Some(done) => Ok(done),
+            None => Err(acker.ack()),
         }
     }
 

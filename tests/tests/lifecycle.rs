@@ -1,11 +1,13 @@
 //! Lifecycle on the in-memory transport: graceful shutdown with handlers in flight, and bounded
-//! memory (backpressure) under a slow handler, and a never-idle endpoint that still yields.
+//! memory (backpressure) under a slow handler, and a never-idle endpoint that still yields; and
+//! acks that wait for their broker, kept going while the workers go on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bus_core::{Bus, BusBuilder, Command, Handler, HandlerError, MessageContext, State};
+use bus_tests::faulty::GatedAcks;
 use bus_tests::{eventually, Ledger};
 use bus_transport_memory::MemoryTransport;
 use serde::{Deserialize, Serialize};
@@ -246,6 +248,110 @@ async fn a_busy_worker_does_not_keep_the_next_message_from_an_idle_one() {
         done.by_instance()
     );
     bus.shutdown().await;
+}
+
+/// A bus hosting `t-life` on `transport` behind acks that wait for the test to let them
+/// through (as a broker's confirmed acks wait for its answer), with `concurrency` workers and
+/// a handler that records each message in `done`.
+async fn gated_bus(
+    transport: &MemoryTransport,
+    concurrency: usize,
+    done: &Ledger,
+) -> (Bus, Arc<GatedAcks>) {
+    let gated = Arc::new(GatedAcks::new(Arc::new(transport.clone())));
+    let done = done.clone();
+    let bus = Bus::builder()
+        .without_discovery()
+        .transport_arc(gated.clone())
+        .handler("t-life", move |cmd: Slow| {
+            let done = done.clone();
+            async move {
+                done.record(cmd.n.to_string(), "gated");
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .endpoint("t-life", move |e| e.concurrency(concurrency).prefetch(10))
+        .host(["t-life"])
+        .shutdown_grace(Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap();
+    (bus, gated)
+}
+
+/// An ack the transport has to wait for does not keep a worker from its next delivery: with
+/// one worker and with two, all five messages are handled while all five acks wait, and the
+/// messages stay unacked (counted in the queue) until the acks go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_that_wait_for_the_broker_do_not_hold_up_the_next_delivery() {
+    for concurrency in [1, 2] {
+        let transport = MemoryTransport::new();
+        let done = Ledger::new();
+        let (bus, gated) = gated_bus(&transport, concurrency, &done).await;
+        for n in 0..5 {
+            bus.send(Slow { n, millis: 0 }).await.unwrap();
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || done.distinct() == 5
+                && gated.waiting() == 5)
+            .await,
+            "concurrency {concurrency}: {} handled, {} acks waiting",
+            done.distinct(),
+            gated.waiting()
+        );
+        assert_eq!(transport.depth("t-life"), Some(5), "not acked yet");
+        gated.release(5);
+        assert!(
+            eventually(Duration::from_secs(5), || transport.depth("t-life")
+                == Some(0))
+            .await,
+            "concurrency {concurrency}: {:?} left after the acks went through",
+            transport.depth("t-life")
+        );
+        assert!(bus.shutdown().await.drained);
+        assert_eq!(done.total(), 5, "each handled once");
+    }
+}
+
+/// Shutdown waits for the acks still on their way, with one worker and with two: nothing
+/// handled is redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_the_acks_still_on_their_way() {
+    for concurrency in [1, 2] {
+        let transport = MemoryTransport::new();
+        let done = Ledger::new();
+        let (bus, gated) = gated_bus(&transport, concurrency, &done).await;
+        for n in 0..3 {
+            bus.send(Slow { n, millis: 0 }).await.unwrap();
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || done.distinct() == 3
+                && gated.waiting() == 3)
+            .await,
+            "concurrency {concurrency}"
+        );
+        let release = {
+            let gated = gated.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                gated.release(3);
+            })
+        };
+        let report = bus.shutdown().await;
+        release.await.unwrap();
+        assert!(report.drained, "concurrency {concurrency}");
+        assert_eq!(gated.waiting(), 0, "concurrency {concurrency}");
+        assert_eq!(
+            transport.depth("t-life"),
+            Some(0),
+            "concurrency {concurrency}: every ack went through"
+        );
+        assert_eq!(
+            done.total(),
+            3,
+            "concurrency {concurrency}: none handled again"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -177,10 +177,11 @@ pub struct NatsConfig {
     pub duplicate_window: Duration,
     /// Send progress signals for deliveries in flight, so long handlers keep them.
     pub progress: bool,
-    /// Wait for the server to confirm each ack (a request and reply per message; on by default),
-    /// so an ack lost with a connection is reported and the delivery known to come again. Off,
-    /// an ack is sent and not awaited, as most JetStream clients do: faster, and a lost ack
-    /// means a redelivery after the ack wait, never a lost message.
+    /// Have the server confirm each ack (a request and reply per message; on by default), so an
+    /// ack lost with a connection is reported and the delivery known to come again. The bus's
+    /// workers go on to their next deliveries while a confirmation is on its way. Off, an ack
+    /// is sent and not awaited, as most JetStream clients do: less work for client and server,
+    /// and a lost ack means a redelivery after the ack wait, never a lost message.
     pub confirm_acks: bool,
     /// Subject, stream and consumer names.
     pub naming: Naming,
