@@ -163,29 +163,31 @@ async fn work_alone(
                 tokio::task::coop::consume_budget().await;
                 Some(Ok(delivery))
             }
-            None => match settling
-                .alongside(unless_cancelled(&stop, sub.next()))
-                .await
-            {
-                Some(next) => next,
-                None => break,
-            },
+            None => {
+                let mut waiting = std::pin::pin!(unless_cancelled(&stop, sub.next()));
+                match std::future::poll_fn(|cx| settling.poll_alongside(waiting.as_mut(), cx)).await
+                {
+                    Some(next) => next,
+                    None => break,
+                }
+            }
         };
         let (go_on, pending) = {
-            let taking = settling.alongside(take(&ep, next, &stop, &abort, &mut spare));
-            let mut taking = std::pin::pin!(taking);
+            let mut taking = std::pin::pin!(take(&ep, next, &stop, &abort, &mut spare));
+            let mut taking =
+                std::future::poll_fn(|cx| settling.poll_alongside(taking.as_mut(), cx));
             // Most deliveries are handled in their first poll. One that waits is watched for
             // `stop`: the subscription is then cancelled at once, as with shared workers (what
             // it took ahead goes back to the queue for other consumers), while the handler
             // finishes.
-            match futures_util::poll!(taking.as_mut()) {
+            match futures_util::poll!(&mut taking) {
                 Poll::Ready(taken) => taken,
                 Poll::Pending => tokio::select! {
                     biased;
-                    taken = taking.as_mut() => taken,
+                    taken = &mut taking => taken,
                     () = stop.fired() => {
                         let (taken, ()) =
-                            futures_util::future::join(taking.as_mut(), sub.cancel()).await;
+                            futures_util::future::join(&mut taking, sub.cancel()).await;
                         cancelled = true;
                         taken
                     }
@@ -317,11 +319,10 @@ async fn work(
                 back.as_mut().enable();
                 match shared.find(&stop) {
                     Found::Away => {
-                        if settling
-                            .alongside(unless_cancelled(&stop, back))
-                            .await
-                            .is_none()
-                        {
+                        let mut back = std::pin::pin!(unless_cancelled(&stop, back));
+                        let back =
+                            std::future::poll_fn(|cx| settling.poll_alongside(back.as_mut(), cx));
+                        if back.await.is_none() {
                             break;
                         }
                         woken = true;
@@ -354,9 +355,8 @@ async fn work(
                 let Some(sub) = taken.sub.as_mut() else {
                     break;
                 };
-                match settling
-                    .alongside(unless_cancelled(&stop, sub.next()))
-                    .await
+                let mut waiting = std::pin::pin!(unless_cancelled(&stop, sub.next()));
+                match std::future::poll_fn(|cx| settling.poll_alongside(waiting.as_mut(), cx)).await
                 {
                     // Put back (and the turn passed on) before the delivery is handled.
                     Some(next) => next,
@@ -366,9 +366,10 @@ async fn work(
             // Handled above.
             Found::Away => continue,
         };
-        let (go_on, pending) = settling
-            .alongside(take(&ep, next, &stop, &abort, &mut spare))
-            .await;
+        let (go_on, pending) = {
+            let mut taking = std::pin::pin!(take(&ep, next, &stop, &abort, &mut spare));
+            std::future::poll_fn(|cx| settling.poll_alongside(taking.as_mut(), cx)).await
+        };
         settling.push(pending);
         if !go_on {
             break;
@@ -449,18 +450,18 @@ impl Settling {
         }
     }
 
-    /// Run `work`, driving the acks on their way meanwhile.
-    async fn alongside<F: Future>(&mut self, work: F) -> F::Output {
-        if self.acks.is_empty() {
-            return work.await;
+    /// Poll `work`, driving the acks on their way first. A poll function over a pinned future,
+    /// not an `async fn` taking it: moving a future the size of a delivery's handling into
+    /// another costs a copy per message.
+    fn poll_alongside<F: Future>(
+        &mut self,
+        work: std::pin::Pin<&mut F>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<F::Output> {
+        if !self.acks.is_empty() {
+            while let Poll::Ready(Some(())) = self.acks.poll_next_unpin(cx) {}
         }
-        let mut work = std::pin::pin!(work);
-        let acks = &mut self.acks;
-        std::future::poll_fn(|cx| {
-            while let Poll::Ready(Some(())) = acks.poll_next_unpin(cx) {}
-            work.as_mut().poll(cx)
-        })
-        .await
+        work.poll(cx)
     }
 
     /// Wait for the acks on their way, unless `abort` fires first (their deliveries are then
