@@ -200,7 +200,9 @@ async fn work_alone(
         }
     }
     if !cancelled {
-        sub.cancel().await;
+        // The last delivery's ack may have just been pushed: keep it going while cancelling.
+        let mut cancelling = std::pin::pin!(sub.cancel());
+        std::future::poll_fn(|cx| settling.poll_alongside(cancelling.as_mut(), cx)).await;
     }
     settling.finish(&abort).await;
 }
@@ -430,20 +432,21 @@ impl Future for PendingAck {
     }
 }
 
-/// A worker's acks still on their way. A transport that has to wait for its broker to confirm
-/// an ack (NATS JetStream's confirmed acks, Redis) would otherwise cost a round trip per
-/// message before the worker takes the next one, even with one handler at a time; instead the
-/// worker drives them alongside what it does next, and waits for the rest before it ends. The
-/// delivery stays unsettled until its ack completes, so it still counts against the prefetch,
-/// and one whose ack fails is redelivered as before. Transports that ack at once (in memory,
-/// AMQP) never add to it.
+/// A worker's acks still on their way. A transport whose ack has to wait (lapin writing the
+/// AMQP frame, NATS JetStream's ack and its confirmation, Redis's `XACK`) would otherwise cost a
+/// round trip per message before the worker takes the next one, even with one handler at a
+/// time; instead the worker drives them alongside what it does next, and waits for the rest
+/// before it ends (until the shutdown's abort). The delivery stays unsettled until its ack
+/// completes, so it still counts against the prefetch, and one whose ack fails is redelivered
+/// as before. A transport that acks at once (`Acker::ack_now`: in memory) never adds to it.
 #[derive(Default)]
 struct Settling {
     acks: futures_util::stream::FuturesUnordered<PendingAck>,
 }
 
 impl Settling {
-    /// Keep an ack going; it is first polled (and so sent) by the worker's next wait.
+    /// Keep an ack going; it is first polled (and so sent) by the worker's next poll of what it
+    /// does next.
     fn push(&mut self, ack: Option<PendingAck>) {
         if let Some(ack) = ack {
             self.acks.push(ack);
@@ -464,21 +467,29 @@ impl Settling {
         work.poll(cx)
     }
 
-    /// Wait for the acks on their way, unless `abort` fires first (their deliveries are then
-    /// redelivered, or were acked: the transport decides).
+    /// Wait for the acks on their way, unless `abort` fires first. Each is polled at least
+    /// once, so its request is on its way even then (dropped after that, the transport decides:
+    /// the ack may still arrive, or the delivery is redelivered).
     async fn finish(&mut self, abort: &Signal) {
         if self.acks.is_empty() {
             return;
         }
         let acks = &mut self.acks;
-        let all = std::future::poll_fn(|cx| loop {
-            match acks.poll_next_unpin(cx) {
-                Poll::Ready(Some(())) => {}
-                Poll::Ready(None) => return Poll::Ready(()),
-                Poll::Pending => return Poll::Pending,
+        let mut aborted = std::pin::pin!(abort.fired());
+        std::future::poll_fn(|cx| {
+            loop {
+                match acks.poll_next_unpin(cx) {
+                    Poll::Ready(Some(())) => {}
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending => break,
+                }
             }
-        });
-        let _ = unless_cancelled(abort, all).await;
+            if abort.is_fired() {
+                return Poll::Ready(());
+            }
+            aborted.as_mut().poll(cx)
+        })
+        .await;
     }
 }
 

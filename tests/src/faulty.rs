@@ -197,9 +197,10 @@ struct GatedAcker {
 #[async_trait]
 impl Acker for GatedAcker {
     async fn ack(self: Box<Self>) -> Result<(), TransportError> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let permit = self.gate.acquire().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let permit = {
+            let _waiting = Waiting::start(&self.waiting);
+            self.gate.acquire().await
+        };
         permit
             .map_err(|_| TransportError::Connection("the ack gate closed".into()))?
             .forget();
@@ -212,5 +213,21 @@ impl Acker for GatedAcker {
 
     fn abandon(self: Box<Self>, _envelope: Envelope) {
         // Dropping the inner delivery unsettled makes it available again.
+    }
+}
+
+/// Counts one ack waiting at the gate while it lives (also when the ack is dropped).
+struct Waiting<'a>(&'a AtomicU32);
+
+impl<'a> Waiting<'a> {
+    fn start(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
