@@ -86,7 +86,7 @@ impl Transport for FailingErrorQueue {
     }
 }
 
-/// Wraps a transport; every ack waits for a permit of [`GatedAcks::gate`] before it reaches
+/// Wraps a transport; every ack waits until [`GatedAcks::release`] lets it through before it reaches
 /// the transport, as a broker's confirmed ack waits for the broker's answer. Nacks and
 /// abandoned deliveries pass through at once.
 pub struct GatedAcks {
