@@ -279,6 +279,29 @@ async fn gated_bus(
     (bus, gated)
 }
 
+/// [`gated_bus`] with `n` messages sent, once every one of them is handled and its ack waits
+/// at the gate (with acks awaited one by one, only the first would be).
+async fn handled_with_acks_waiting(
+    transport: &MemoryTransport,
+    concurrency: usize,
+    n: u32,
+    done: &Ledger,
+) -> (Bus, Arc<GatedAcks>) {
+    let (bus, gated) = gated_bus(transport, concurrency, done).await;
+    for n in 0..n {
+        bus.send(Slow { n, millis: 0 }).await.unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || done.distinct() == n as usize
+            && gated.waiting() == n)
+        .await,
+        "concurrency {concurrency}: {} of {n} handled, {} acks waiting",
+        done.distinct(),
+        gated.waiting()
+    );
+    (bus, gated)
+}
+
 /// An ack the transport has to wait for does not keep a worker from its next delivery: with
 /// one worker and with two, all five messages are handled while all five acks wait, and the
 /// messages stay unacked (counted in the queue) until the acks go through.
@@ -287,18 +310,7 @@ async fn acks_that_wait_for_the_broker_do_not_hold_up_the_next_delivery() {
     for concurrency in [1, 2] {
         let transport = MemoryTransport::new();
         let done = Ledger::new();
-        let (bus, gated) = gated_bus(&transport, concurrency, &done).await;
-        for n in 0..5 {
-            bus.send(Slow { n, millis: 0 }).await.unwrap();
-        }
-        assert!(
-            eventually(Duration::from_secs(5), || done.distinct() == 5
-                && gated.waiting() == 5)
-            .await,
-            "concurrency {concurrency}: {} handled, {} acks waiting",
-            done.distinct(),
-            gated.waiting()
-        );
+        let (bus, gated) = handled_with_acks_waiting(&transport, concurrency, 5, &done).await;
         assert_eq!(transport.depth("t-life"), Some(5), "not acked yet");
         gated.release(5);
         assert!(
@@ -320,16 +332,7 @@ async fn shutdown_waits_for_the_acks_still_on_their_way() {
     for concurrency in [1, 2] {
         let transport = MemoryTransport::new();
         let done = Ledger::new();
-        let (bus, gated) = gated_bus(&transport, concurrency, &done).await;
-        for n in 0..3 {
-            bus.send(Slow { n, millis: 0 }).await.unwrap();
-        }
-        assert!(
-            eventually(Duration::from_secs(5), || done.distinct() == 3
-                && gated.waiting() == 3)
-            .await,
-            "concurrency {concurrency}"
-        );
+        let (bus, gated) = handled_with_acks_waiting(&transport, concurrency, 3, &done).await;
         let release = {
             let gated = gated.clone();
             tokio::spawn(async move {
