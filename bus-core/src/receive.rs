@@ -164,30 +164,28 @@ async fn work_alone(
                 Some(Ok(delivery))
             }
             None => {
-                let mut waiting = std::pin::pin!(unless_cancelled(&stop, sub.next()));
-                match std::future::poll_fn(|cx| settling.poll_alongside(waiting.as_mut(), cx)).await
-                {
+                let waiting = std::pin::pin!(unless_cancelled(&stop, sub.next()));
+                match settling.alongside(waiting).await {
                     Some(next) => next,
                     None => break,
                 }
             }
         };
         let (go_on, pending) = {
-            let mut taking = std::pin::pin!(take(&ep, next, &stop, &abort, &mut spare));
-            let mut taking =
-                std::future::poll_fn(|cx| settling.poll_alongside(taking.as_mut(), cx));
+            let taking = std::pin::pin!(take(&ep, next, &stop, &abort, &mut spare));
+            let mut taking = std::pin::pin!(settling.alongside(taking));
             // Most deliveries are handled in their first poll. One that waits is watched for
             // `stop`: the subscription is then cancelled at once, as with shared workers (what
             // it took ahead goes back to the queue for other consumers), while the handler
             // finishes.
-            match futures_util::poll!(&mut taking) {
+            match futures_util::poll!(taking.as_mut()) {
                 Poll::Ready(taken) => taken,
                 Poll::Pending => tokio::select! {
                     biased;
-                    taken = &mut taking => taken,
+                    taken = taking.as_mut() => taken,
                     () = stop.fired() => {
                         let (taken, ()) =
-                            futures_util::future::join(&mut taking, sub.cancel()).await;
+                            futures_util::future::join(taking.as_mut(), sub.cancel()).await;
                         cancelled = true;
                         taken
                     }
@@ -201,8 +199,8 @@ async fn work_alone(
     }
     if !cancelled {
         // The last delivery's ack may have just been pushed: keep it going while cancelling.
-        let mut cancelling = std::pin::pin!(sub.cancel());
-        std::future::poll_fn(|cx| settling.poll_alongside(cancelling.as_mut(), cx)).await;
+        let cancelling = std::pin::pin!(sub.cancel());
+        settling.alongside(cancelling).await;
     }
     settling.finish(&abort).await;
 }
@@ -321,10 +319,8 @@ async fn work(
                 back.as_mut().enable();
                 match shared.find(&stop) {
                     Found::Away => {
-                        let mut back = std::pin::pin!(unless_cancelled(&stop, back));
-                        let back =
-                            std::future::poll_fn(|cx| settling.poll_alongside(back.as_mut(), cx));
-                        if back.await.is_none() {
+                        let back = std::pin::pin!(unless_cancelled(&stop, back));
+                        if settling.alongside(back).await.is_none() {
                             break;
                         }
                         woken = true;
@@ -357,9 +353,8 @@ async fn work(
                 let Some(sub) = taken.sub.as_mut() else {
                     break;
                 };
-                let mut waiting = std::pin::pin!(unless_cancelled(&stop, sub.next()));
-                match std::future::poll_fn(|cx| settling.poll_alongside(waiting.as_mut(), cx)).await
-                {
+                let waiting = std::pin::pin!(unless_cancelled(&stop, sub.next()));
+                match settling.alongside(waiting).await {
                     // Put back (and the turn passed on) before the delivery is handled.
                     Some(next) => next,
                     None => break,
@@ -369,8 +364,8 @@ async fn work(
             Found::Away => continue,
         };
         let (go_on, pending) = {
-            let mut taking = std::pin::pin!(take(&ep, next, &stop, &abort, &mut spare));
-            std::future::poll_fn(|cx| settling.poll_alongside(taking.as_mut(), cx)).await
+            let taking = std::pin::pin!(take(&ep, next, &stop, &abort, &mut spare));
+            settling.alongside(taking).await
         };
         settling.push(pending);
         if !go_on {
@@ -453,18 +448,19 @@ impl Settling {
         }
     }
 
-    /// Poll `work`, driving the acks on their way first. A poll function over a pinned future,
-    /// not an `async fn` taking it: moving a future the size of a delivery's handling into
+    /// `work`, with the acks on their way driven each time it is polled. It takes the work
+    /// pinned where it is, not by value: moving a future the size of a delivery's handling into
     /// another costs a copy per message.
-    fn poll_alongside<F: Future>(
-        &mut self,
-        work: std::pin::Pin<&mut F>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<F::Output> {
-        if !self.acks.is_empty() {
-            while let Poll::Ready(Some(())) = self.acks.poll_next_unpin(cx) {}
-        }
-        work.poll(cx)
+    fn alongside<'a, F: Future>(
+        &'a mut self,
+        mut work: std::pin::Pin<&'a mut F>,
+    ) -> impl Future<Output = F::Output> + 'a {
+        std::future::poll_fn(move |cx| {
+            if !self.acks.is_empty() {
+                while let Poll::Ready(Some(())) = self.acks.poll_next_unpin(cx) {}
+            }
+            work.as_mut().poll(cx)
+        })
     }
 
     /// Wait for the acks on their way, unless `abort` fires first. Each is polled at least

@@ -197,16 +197,9 @@ pub fn check_outcomes(what: &str, outcomes: &[Outcome], limit: Duration) {
     }
 }
 
-/// Wait until every confirmed message is handled, polling every 20 ms.
+/// Wait until every confirmed message is handled, at most `limit`.
 pub async fn all_handled(tally: &Tally, limit: Duration) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if tally.all_confirmed_handled() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tally.all_confirmed_handled()
+    crate::eventually(limit, || tally.all_confirmed_handled()).await
 }
 
 /// Wait until at least `at` sends were confirmed.
