@@ -14,8 +14,29 @@ use bytes::Bytes;
 
 use crate::message::AnyMessage;
 
-/// Names of the headers the bus reads and writes in the custom header table.
+/// Header names: the one table every transport uses.
+///
+/// The first five name the envelope's own fields ([`Headers::message_id`] and the others) on
+/// transports that have no native property for them: NATS headers, Redis stream fields. (AMQP
+/// carries them as the properties `message_id`, `type`, `content_type`, `correlation_id` and
+/// `timestamp`.) They never appear in [`Headers::custom`]. The others are headers the bus
+/// reads and writes in the custom header table.
+///
+/// [`Headers::message_id`]: crate::Headers::message_id
+/// [`Headers::custom`]: crate::Headers::custom
 pub mod header {
+    /// The message id ([`Headers::message_id`](crate::Headers::message_id)).
+    pub const MESSAGE_ID: &str = "bus-message-id";
+    /// The message type, i.e. its wire name
+    /// ([`Headers::message_type`](crate::Headers::message_type)).
+    pub const MESSAGE_TYPE: &str = "bus-message-type";
+    /// The body's content type ([`Headers::content_type`](crate::Headers::content_type)).
+    pub const CONTENT_TYPE: &str = "bus-content-type";
+    /// The correlation id ([`Headers::correlation_id`](crate::Headers::correlation_id)).
+    pub const CORRELATION_ID: &str = "bus-correlation-id";
+    /// When the message was sent ([`Headers::sent_at`](crate::Headers::sent_at)), RFC 3339,
+    /// UTC, with nanoseconds: `2026-01-02T03:04:05.123456789Z`.
+    pub const SENT_TIME: &str = "bus-sent-time";
     /// Conversation id: shared by every message caused, directly or not, by one root message.
     /// A root message does not carry it: its own message id is the conversation id.
     pub const CONVERSATION_ID: &str = "bus-conversation-id";
@@ -25,6 +46,9 @@ pub mod header {
     pub const REPLY_TO: &str = "bus-reply-to";
     /// How many delayed retries this message has already been through.
     pub const DELAYED_RETRIES: &str = "bus-delayed-retries";
+    /// How many handler attempts it had before its current round, written with each delayed
+    /// retry.
+    pub const ATTEMPTS: &str = "bus-attempts";
     /// Why the message was moved to the error queue (see [`crate::FailureReason`]).
     pub const FAILURE_REASON: &str = "bus-failure-reason";
     /// The Rust type of the error, or `panic` / `timeout`.

@@ -2,7 +2,10 @@
 //! [`CodecError`] is what codecs return; [`HandlerError`] is what handlers return.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::redact::scrub_urls;
 
 /// An error from a bus operation: building, sending, publishing, shutting down.
 #[derive(Debug, thiserror::Error)]
@@ -102,14 +105,34 @@ pub enum CodecError {
 }
 
 /// An error from a transport.
-#[derive(Debug, Clone, thiserror::Error)]
+///
+/// [`Connection`](TransportError::Connection), [`Refused`](TransportError::Refused) and
+/// [`Other`](TransportError::Other) keep the client library's error as
+/// [`source`](std::error::Error::source), so that a caller can downcast it; their constructors
+/// ([`TransportError::connection`], [`TransportError::refused`], [`TransportError::other`])
+/// fill it in. The source is shared, so the error stays `Clone`.
+///
+/// The message shows the source's text too, with the password of any URL in it hidden (see
+/// [`crate::scrub_urls`]): logs print only the message.
+///
+/// ```
+/// use std::error::Error;
+/// use bus_core::TransportError;
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+/// let err = TransportError::connection("connecting to the broker at 127.0.0.1:5672", io);
+/// assert_eq!(
+///     err.to_string(),
+///     "connection error: connecting to the broker at 127.0.0.1:5672: refused"
+/// );
+/// assert!(err.source().unwrap().downcast_ref::<std::io::Error>().is_some());
+/// ```
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum TransportError {
     /// Nothing is bound to receive this message: an unknown endpoint, or no queue declared yet.
-    #[error("unroutable: no queue receives messages for `{0}`; is the owning endpoint declared (started once) on this transport?")]
     Unroutable(String),
-    /// An operation did not finish in time.
-    #[error("{operation} timed out after {after:?}")]
+    /// An operation did not finish in time; see [`TransportError::within`].
     Timeout {
         /// What was attempted.
         operation: &'static str,
@@ -117,17 +140,150 @@ pub enum TransportError {
         after: Duration,
     },
     /// The connection to the broker is down or was refused.
-    #[error("connection error: {0}")]
-    Connection(String),
+    Connection {
+        /// What was being done, and what to check; never a password.
+        context: String,
+        /// The client library's error, when there is one.
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
     /// The broker refused the operation.
-    #[error("the broker refused the operation: {0}")]
-    Refused(String),
+    Refused {
+        /// What was refused, and what to check; never a password.
+        context: String,
+        /// The client library's error, when there is one.
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
     /// The transport or subscription has been closed.
-    #[error("the transport is closed")]
     Closed,
     /// Anything else.
-    #[error("{0}")]
-    Other(String),
+    Other {
+        /// What went wrong; never a password.
+        context: String,
+        /// The underlying error, when there is one.
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl TransportError {
+    /// The connection to the broker failed while doing `context`, because of `source`.
+    ///
+    /// `source` is the client library's error, kept as it is so that it can be downcast; as
+    /// with [`std::io::Error::new`], a message does too. `context` says what was being done
+    /// and, where it helps, what to check; it may be empty when the source says it all.
+    pub fn connection(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        TransportError::Connection {
+            context: context.into(),
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    /// The broker refused `context`, saying `source`.
+    pub fn refused(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        TransportError::Refused {
+            context: context.into(),
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    /// Some other failure while doing `context`, because of `source`.
+    pub fn other(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        TransportError::Other {
+            context: context.into(),
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    /// `operation` did not finish within `after`.
+    pub fn timeout(operation: &'static str, after: Duration) -> Self {
+        TransportError::Timeout { operation, after }
+    }
+
+    /// Run `future` for at most `after`; past that it is dropped and the result is
+    /// [`TransportError::Timeout`] naming `operation`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bus_core::TransportError;
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let slow = tokio::time::sleep(Duration::from_secs(60));
+    /// let err = TransportError::within("waiting", Duration::from_millis(1), slow)
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(err.to_string(), "waiting timed out after 1ms");
+    /// # });
+    /// ```
+    pub async fn within<F: std::future::Future>(
+        operation: &'static str,
+        after: Duration,
+        future: F,
+    ) -> Result<F::Output, TransportError> {
+        tokio::time::timeout(after, future)
+            .await
+            .map_err(|_| TransportError::timeout(operation, after))
+    }
+}
+
+impl fmt::Display for TransportError {
+    // The source's text is part of the message (and also `source()`): the bus logs errors with
+    // `%error`, which shows only the top of the chain, and a cause that appears only further
+    // down would never reach the log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (prefix, context, source) = match self {
+            TransportError::Unroutable(target) => {
+                return write!(
+                    f,
+                    "unroutable: no queue receives messages for `{target}`; is the owning endpoint declared (started once) on this transport?"
+                )
+            }
+            TransportError::Timeout { operation, after } => {
+                return write!(f, "{operation} timed out after {after:?}")
+            }
+            TransportError::Closed => return f.write_str("the transport is closed"),
+            TransportError::Connection { context, source } => {
+                ("connection error: ", context, source)
+            }
+            TransportError::Refused { context, source } => {
+                ("the broker refused the operation: ", context, source)
+            }
+            TransportError::Other { context, source } => ("", context, source),
+        };
+        f.write_str(prefix)?;
+        f.write_str(context)?;
+        let Some(source) = source else {
+            return Ok(());
+        };
+        // An empty context: the source (a transport's own error) says it all.
+        if !context.is_empty() {
+            f.write_str(": ")?;
+        }
+        // Client libraries may quote the URL they were given, password and all.
+        f.write_str(&scrub_urls(&source.to_string()))
+    }
+}
+
+// Written out rather than derived: thiserror would hand out the `Arc` itself as the source,
+// which no caller can downcast to the client library's error.
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TransportError::Connection { source, .. }
+            | TransportError::Refused { source, .. }
+            | TransportError::Other { source, .. } => source
+                .as_deref()
+                .map(|s| s as &(dyn std::error::Error + 'static)),
+            _ => None,
+        }
+    }
 }
 
 /// Why a handler attempt failed, as handlers report it.
@@ -225,5 +381,81 @@ impl fmt::Debug for HandlerError {
             .field("message", &self.message)
             .field("unrecoverable", &self.unrecoverable)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("socket closed")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn the_source_chain_is_kept_through_clones() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let err = TransportError::connection("publishing", Inner(io)).clone();
+        let inner = err.source().expect("a source");
+        assert!(
+            inner.downcast_ref::<Inner>().is_some(),
+            "the original type, not a wrapper"
+        );
+        let io = inner.source().expect("the source's own source");
+        assert_eq!(io.to_string(), "broken pipe");
+        assert_eq!(
+            err.to_string(),
+            "connection error: publishing: socket closed"
+        );
+        // `BusError::Transport` is transparent: its source is the transport error's.
+        let bus = BusError::from(err);
+        assert!(bus.source().is_some_and(|s| s.is::<Inner>()));
+    }
+
+    #[test]
+    fn passwords_in_a_source_do_not_reach_the_message() {
+        let err = TransportError::connection(
+            "connecting",
+            "failed to reach amqp://app:s3cret@rabbit:5672/%2f",
+        );
+        assert_eq!(
+            err.to_string(),
+            "connection error: connecting: failed to reach amqp://app:***@rabbit:5672/%2f"
+        );
+    }
+
+    #[test]
+    fn an_empty_context_leaves_the_source_alone() {
+        let err = TransportError::other("", "AMQP configuration: bad URL");
+        assert_eq!(err.to_string(), "AMQP configuration: bad URL");
+    }
+
+    #[test]
+    fn errors_without_an_underlying_one_have_no_source() {
+        let err = TransportError::Refused {
+            context: "the broker did not accept the message".into(),
+            source: None,
+        };
+        assert!(err.source().is_none());
+        assert_eq!(
+            err.to_string(),
+            "the broker refused the operation: the broker did not accept the message"
+        );
+        assert!(TransportError::timeout("x", Duration::from_secs(1))
+            .source()
+            .is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn within_maps_an_elapsed_deadline_to_a_timeout() {
+        let after = Duration::from_secs(5);
+        let ok = TransportError::within("quick", after, async { 7 }).await;
+        assert_eq!(ok.unwrap(), 7);
+        let slow = TransportError::within("slow", after, std::future::pending::<()>()).await;
+        assert!(matches!(
+            slow,
+            Err(TransportError::Timeout { operation: "slow", after: a }) if a == after
+        ));
     }
 }

@@ -134,9 +134,12 @@ pub mod postgres {
         /// The table name must be a plain identifier.
         pub async fn connect(config: &str, table: &str) -> Result<Self, TransportError> {
             if table.is_empty() || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(TransportError::Other(format!(
-                    "inbox table name `{table}` must be letters, digits and underscores"
-                )));
+                return Err(TransportError::Other {
+                    context: format!(
+                        "inbox table name `{table}` must be letters, digits and underscores"
+                    ),
+                    source: None,
+                });
             }
             let inbox = PostgresInbox {
                 config: config.to_string(),
@@ -183,14 +186,9 @@ pub mod postgres {
     async fn timed<T>(
         f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, TransportError> {
-        match tokio::time::timeout(TIMEOUT, f).await {
-            Err(_) => Err(TransportError::Timeout {
-                operation: "an inbox database call",
-                after: TIMEOUT,
-            }),
-            Ok(Err(e)) => Err(TransportError::Connection(format!("inbox database: {e}"))),
-            Ok(Ok(v)) => Ok(v),
-        }
+        TransportError::within("an inbox database call", TIMEOUT, f)
+            .await?
+            .map_err(|e| TransportError::connection("inbox database", e))
     }
 
     #[async_trait]

@@ -188,7 +188,7 @@ pub fn check_outcomes(what: &str, outcomes: &[Outcome], limit: Duration) {
                 matches!(
                     e,
                     BusError::Transport(
-                        TransportError::Connection(_) | TransportError::Timeout { .. }
+                        TransportError::Connection { .. } | TransportError::Timeout { .. }
                     )
                 ),
                 "{what}: not a typed connection error or timeout: {e}"

@@ -39,9 +39,10 @@ impl FailingErrorQueue {
                 .is_ok()
         {
             self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(TransportError::Connection(
-                "injected error-queue failure".into(),
-            ));
+            return Err(TransportError::Connection {
+                context: "injected error-queue failure".into(),
+                source: None,
+            });
         }
         Ok(())
     }
@@ -202,7 +203,7 @@ impl Acker for GatedAcker {
             self.gate.acquire().await
         };
         permit
-            .map_err(|_| TransportError::Connection("the ack gate closed".into()))?
+            .map_err(|e| TransportError::connection("the ack gate closed", e))?
             .forget();
         self.inner.ack().await
     }

@@ -410,7 +410,7 @@ async fn exhausted_retries_land_in_the_error_stream_with_failure_headers() {
             .unwrap(),
             "body byte-identical"
         );
-        assert_eq!(text("type"), "tests.Work");
+        assert_eq!(text("bus-message-type"), "tests.Work");
         assert_eq!(text(header::FAILURE_REASON), "handler-error");
         assert_eq!(text(header::FAILURE_ATTEMPTS), "3");
         assert_eq!(text(header::FAILURE_ENDPOINT), "payments");
@@ -712,7 +712,7 @@ async fn a_publish_with_redis_unreachable_fails_within_its_timeout() {
                 matches!(
                     err,
                     BusError::Transport(
-                        TransportError::Timeout { .. } | TransportError::Connection(_)
+                        TransportError::Timeout { .. } | TransportError::Connection { .. }
                     )
                 ),
                 "{err}"

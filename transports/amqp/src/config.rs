@@ -220,22 +220,15 @@ impl AmqpConfig {
 
     /// The URL with its password replaced by `***`.
     pub fn redacted_url(&self) -> String {
-        match url::Url::parse(&self.url) {
-            Ok(mut url) => {
-                if url.password().is_some() {
-                    let _ = url.set_password(Some("***"));
-                }
-                url.to_string().replace("%2A%2A%2A", "***")
-            }
-            Err(_) => "<invalid url>".into(),
-        }
+        bus_core::redact_url(&self.url)
     }
 
     /// Remove the password from a text (error messages of the client library).
     pub(crate) fn scrub(&self, text: &str) -> String {
+        let text = bus_core::scrub_urls(text);
         match self.secret().filter(|s| !s.is_empty()) {
             Some(secret) => text.replace(&secret, "***"),
-            None => text.to_string(),
+            None => text,
         }
     }
 }

@@ -43,8 +43,8 @@ pub(crate) fn properties(headers: &Headers) -> Result<BasicProperties, Transport
     if !headers.custom.is_empty() {
         let mut table = FieldTable::default();
         for (k, v) in &headers.custom {
-            let key = ShortString::try_new(k.clone()).map_err(|_| {
-                TransportError::Other(format!("header name longer than 255 bytes: {k:.40}..."))
+            let key = ShortString::try_new(k.clone()).map_err(|e| {
+                TransportError::other(format!("header name `{k:.40}...` is too long"), e)
             })?;
             table.insert(key, AMQPValue::LongString(LongString::from(v.as_str())));
         }
@@ -65,7 +65,7 @@ pub(crate) fn properties(headers: &Headers) -> Result<BasicProperties, Transport
 
 fn short(value: &str, what: &str) -> Result<ShortString, TransportError> {
     ShortString::try_new(value.to_string())
-        .map_err(|_| TransportError::Other(format!("{what} longer than 255 bytes")))
+        .map_err(|e| TransportError::other(format!("the {what} is too long"), e))
 }
 
 /// The envelope of a received message. Missing properties become empty strings: the runtime
@@ -142,9 +142,12 @@ fn value_text(v: &AMQPValue) -> String {
 pub(crate) fn body(envelope: &Envelope) -> Result<&[u8], TransportError> {
     match &envelope.body {
         Body::Bytes(b) => Ok(b.as_ref()),
-        Body::Message(m) => Err(TransportError::Other(format!(
-            "message `{}` has a typed in-process body; the AMQP transport needs bytes",
-            m.message_name()
-        ))),
+        Body::Message(m) => Err(TransportError::Other {
+            context: format!(
+                "message `{}` has a typed in-process body; the AMQP transport needs bytes",
+                m.message_name()
+            ),
+            source: None,
+        }),
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::Transport;
+use bus_core::{redact_url, Transport};
 use bus_transport_amqp::{AmqpConfig, AmqpTransport};
 use bus_transport_memory::MemoryTransport;
 use bus_transport_nats::{NatsConfig, NatsTransport};
@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::env::{BusEnv, ENV_SOURCE, TABLE};
 use crate::error::{ConfigError, ConnectCause, NOT_YET};
-use crate::redact::{is_excerpt, redact_url, scrub_error, url_secrets};
+use crate::redact::{is_excerpt, scrub_error, url_secrets};
 use crate::transport::ConfiguredTransport;
 
 /// The configuration file read when `BUS_CONFIG` is not set (in the working directory; a

@@ -117,9 +117,12 @@ pub(crate) fn check_subject_part(what: &str, name: &str) -> Result<(), Transport
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '>');
     if bad {
-        return Err(TransportError::Other(format!(
-            "{what} `{name}` cannot be used in a NATS subject: use dot-separated tokens without spaces, `*` or `>`"
-        )));
+        return Err(TransportError::Other {
+            context: format!(
+                "{what} `{name}` cannot be used in a NATS subject: use dot-separated tokens without spaces, `*` or `>`"
+            ),
+            source: None,
+        });
     }
     Ok(())
 }
@@ -312,7 +315,7 @@ impl NatsConfig {
             let mut url = url::Url::parse(raw).map_err(|e| {
                 NatsError::Config(format!(
                     "invalid NATS URL `{}`: {e}",
-                    redact(raw).unwrap_or_else(|| "<invalid url>".into())
+                    bus_core::redact_url(raw)
                 ))
             })?;
             if !matches!(url.scheme(), "nats" | "tls") {
@@ -379,16 +382,12 @@ impl NatsConfig {
 
     /// The URL with its password (or token) replaced by `***`.
     pub fn redacted_url(&self) -> String {
-        self.url
-            .split(',')
-            .map(|raw| redact(raw.trim()).unwrap_or_else(|| "<invalid url>".into()))
-            .collect::<Vec<_>>()
-            .join(",")
+        bus_core::redact_url(&self.url)
     }
 
     /// Remove passwords and tokens from a text (error messages of the client library).
     pub(crate) fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_string();
+        let mut out = bus_core::scrub_urls(text);
         for secret in self.secrets() {
             out = out.replace(&secret, "***");
         }
@@ -400,21 +399,6 @@ fn decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()
-}
-
-/// One URL with its secret replaced: the password, or the user part when it is a token.
-fn redact(raw: &str) -> Option<String> {
-    let mut url = url::Url::parse(raw).ok()?;
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
-    } else if !url.username().is_empty() {
-        let _ = url.set_username("***");
-    }
-    let mut text = url.to_string().replace("%2A%2A%2A", "***");
-    if url.path() == "/" && !raw.ends_with('/') {
-        text.pop();
-    }
-    Some(text)
 }
 
 impl fmt::Debug for NatsConfig {

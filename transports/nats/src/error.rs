@@ -47,12 +47,13 @@ pub enum NatsError {
 
 impl From<NatsError> for TransportError {
     fn from(e: NatsError) -> Self {
+        // The transport's own error is the source, and its text says it all: no context.
         match e {
-            NatsError::Timeout { operation, after } => TransportError::Timeout { operation, after },
-            NatsError::Config(_) => TransportError::Other(e.to_string()),
-            NatsError::Authentication { .. } => TransportError::Refused(e.to_string()),
+            NatsError::Timeout { operation, after } => TransportError::timeout(operation, after),
+            NatsError::Config(_) => TransportError::other("", e),
+            NatsError::Authentication { .. } => TransportError::refused("", e),
             NatsError::Connection { .. } | NatsError::JetStreamUnavailable { .. } => {
-                TransportError::Connection(e.to_string())
+                TransportError::connection("", e)
             }
         }
     }

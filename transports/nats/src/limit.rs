@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_nats::Subscriber;
 use bus_core::{header, Destination, FailureReason, Headers, TransportError};
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -22,25 +23,43 @@ use crate::wire;
 /// The `bus-failure-reason` of a message moved for reaching the delivery limit.
 const DELIVERY_LIMIT_REASON: &str = FailureReason::DeliveryLimit.as_str();
 
-/// Listen for the endpoint's max-deliveries advisories until stopped.
+/// Subscribe to the endpoint's max-deliveries advisories; `None` (logged) when the server
+/// refuses, and messages past the limit then stay in the input stream.
+pub(crate) async fn listen(transport: &NatsTransport, endpoint: &str) -> Option<Subscriber> {
+    let inner = &transport.inner;
+    let naming = &inner.config.naming;
+    let subject = format!(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+        naming.endpoint_stream(endpoint),
+        naming.consumer
+    );
+    let listening = async {
+        let sub = inner.client.subscribe(subject).await?;
+        // The subscription reaches the server with the flush.
+        inner.client.flush().await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(sub)
+    };
+    match listening.await {
+        Ok(sub) => Some(sub),
+        Err(error) => {
+            tracing::warn!(%endpoint, %error, "cannot watch the delivery limit; messages past it stay in the input stream");
+            None
+        }
+    }
+}
+
+/// Handle the endpoint's max-deliveries advisories until stopped.
 pub(crate) async fn watch_delivery_limit(
     transport: NatsTransport,
     endpoint: String,
+    advisories: Option<Subscriber>,
     mut stop: watch::Receiver<bool>,
 ) {
     let inner = &transport.inner;
     let naming = &inner.config.naming;
     let stream = naming.endpoint_stream(&endpoint);
-    let subject = format!(
-        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{}",
-        naming.consumer
-    );
-    let mut sub = match inner.client.subscribe(subject).await {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::warn!(%endpoint, %error, "cannot watch the delivery limit; messages past it stay in the input stream");
-            return;
-        }
+    let Some(mut sub) = advisories else {
+        return;
     };
     loop {
         let advisory = tokio::select! {
@@ -82,20 +101,20 @@ async fn move_to_error_queue(
     let inner = &transport.inner;
     let config = &inner.config;
     let limit = config.request_timeout;
-    let timed_out = |operation| TransportError::Timeout {
-        operation,
-        after: limit,
-    };
+    let timed_out = |operation| TransportError::timeout(operation, limit);
     let stream = inner
         .js
         .get_stream_no_info(stream_name)
         .await
-        .map_err(|e| TransportError::Other(e.to_string()))?;
+        .map_err(|e| TransportError::connection(format!("reading stream `{stream_name}`"), e))?;
     let raw = match timeout(limit, stream.get_raw_message(seq)).await {
         Err(_) => return Err(timed_out("reading a message past the delivery limit")),
         // Another instance moved it already.
         Ok(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(()),
-        Ok(Err(e)) => return Err(TransportError::Connection(e.to_string())),
+        Ok(Err(e)) => {
+            let reading = "reading a message past the delivery limit";
+            return Err(TransportError::connection(reading, e));
+        }
         Ok(Ok(m)) => m,
     };
     let envelope = wire::envelope(Some(&raw.headers), raw.payload.clone());
@@ -131,21 +150,16 @@ async fn move_to_error_queue(
                     .payload(raw.payload.clone())
                     .headers(map),
             )
+            .await?
             .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())
     };
-    match timeout(config.publish_timeout, stored).await {
-        Err(_) => return Err(timed_out("copying a message to the error queue")),
-        Ok(Err(e)) => {
-            return Err(TransportError::Other(format!(
-                "copying to the error queue of {}: {e}",
-                Destination::ErrorQueue(endpoint.to_string())
-            )))
-        }
-        Ok(Ok(_)) => {}
-    }
+    const COPYING: &str = "copying a message to the error queue";
+    TransportError::within(COPYING, config.publish_timeout, stored)
+        .await?
+        .map_err(|e| {
+            let error_queue = Destination::ErrorQueue(endpoint.to_string());
+            TransportError::other(format!("copying to the {error_queue}"), e)
+        })?;
     match timeout(limit, stream.delete_message(seq)).await {
         Ok(Ok(_)) => Ok(()),
         // Deleted meanwhile by another instance, or it will be tried again by the next one.

@@ -74,9 +74,13 @@ impl NatsSubscription {
             endpoint.to_string(),
             stop_rx.clone(),
         ));
+        // Listening before the subscription is handed out: an advisory sent before the
+        // watcher subscribed would be lost, and its message left invisible in the stream.
+        let advisories = limit::listen(&transport, endpoint).await;
         tokio::spawn(limit::watch_delivery_limit(
             transport.clone(),
             endpoint.to_string(),
+            advisories,
             stop_rx,
         ));
         Ok(NatsSubscription {
@@ -280,20 +284,14 @@ impl Inflight {
     /// Send an ack kind and wait for the server to confirm it.
     pub(crate) async fn settle(mut self, kind: &'static [u8]) -> Result<(), TransportError> {
         self.stop_ticker();
-        let limit = self.request_timeout;
+        const SETTLING: &str = "settling a delivery (JetStream will redeliver it)";
         let request = self
             .client
             .request(self.reply.clone(), Bytes::from_static(kind));
-        match timeout(limit, request).await {
-            Err(_) => Err(TransportError::Timeout {
-                operation: "settling a delivery (JetStream will redeliver it)",
-                after: limit,
-            }),
-            Ok(Err(e)) => Err(TransportError::Connection(format!(
-                "settling a delivery failed: {e}; JetStream will redeliver it"
-            ))),
-            Ok(Ok(_)) => Ok(()),
-        }
+        TransportError::within(SETTLING, self.request_timeout, request)
+            .await?
+            .map(drop)
+            .map_err(|e| TransportError::connection(SETTLING, e))
     }
 
     /// Send an ack kind without waiting for a confirmation.

@@ -10,15 +10,13 @@
 //! a declaration (as bindings are never unbound): another version of the service may still
 //! rely on them.
 
-use std::fmt::Display;
-use std::time::Duration;
-
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::context::{
-    ConsumerInfoError, ConsumerInfoErrorKind, CreateStreamErrorKind, GetStreamErrorKind,
+    ConsumerInfoError, ConsumerInfoErrorKind, CreateStreamError, CreateStreamErrorKind,
+    GetStreamError, GetStreamErrorKind,
 };
 use async_nats::jetstream::stream::{
-    self, ConsumerErrorKind, RetentionPolicy, Source, StorageType,
+    self, ConsumerError, ConsumerErrorKind, RetentionPolicy, Source, StorageType,
 };
 use async_nats::jetstream::{Context, ErrorCode};
 use bus_core::{EndpointTopology, TransportError};
@@ -143,11 +141,11 @@ async fn ensure_endpoint_stream(
                     sources: (!sources.is_empty()).then(|| sources.clone()),
                     ..base_stream()
                 };
-                match create_stream(js, config, wanted).await {
+                match create_stream(js, config, wanted).await? {
                     Ok(_) => return Ok(()),
                     // Another instance created it meanwhile: merge into theirs.
                     Err(e) if is_name_in_use(&e) => continue,
-                    Err(e) => return Err(e.into_error(&name)),
+                    Err(e) => return Err(api_error(format!("creating stream `{name}`"), e)),
                 }
             }
             Some(info) => {
@@ -168,21 +166,22 @@ async fn ensure_endpoint_stream(
                 if !changed {
                     return Ok(());
                 }
-                let limit = config.connect_timeout;
-                return match timeout(limit, js.update_stream(&cfg)).await {
-                    Err(_) => Err(TransportError::Timeout {
-                        operation: "updating an endpoint stream",
-                        after: limit,
-                    }),
-                    Ok(Err(e)) => Err(api_error(&format!("updating stream `{name}`"), e)),
-                    Ok(Ok(_)) => Ok(()),
-                };
+                let updating = js.update_stream(&cfg);
+                TransportError::within(
+                    "updating an endpoint stream",
+                    config.connect_timeout,
+                    updating,
+                )
+                .await?
+                .map_err(|e| api_error(format!("updating stream `{name}`"), e))?;
+                return Ok(());
             }
         }
     }
-    Err(TransportError::Other(format!(
-        "stream `{name}` keeps changing while it is declared; try again"
-    )))
+    Err(TransportError::Other {
+        context: format!("stream `{name}` keeps changing while it is declared; try again"),
+        source: None,
+    })
 }
 
 /// A stream with this configuration, created if missing; an existing one is left as it is.
@@ -195,12 +194,17 @@ async fn ensure_stream(
     if let Some(info) = get_stream(js, config, &name).await? {
         return Ok(info);
     }
-    match create_stream(js, config, wanted).await {
+    match create_stream(js, config, wanted).await? {
         Ok(info) => Ok(info),
-        Err(e) if is_name_in_use(&e) => get_stream(js, config, &name)
-            .await?
-            .ok_or_else(|| TransportError::Other(format!("stream `{name}` vanished"))),
-        Err(e) => Err(e.into_error(&name)),
+        Err(e) if is_name_in_use(&e) => {
+            get_stream(js, config, &name)
+                .await?
+                .ok_or_else(|| TransportError::Other {
+                    context: format!("stream `{name}` vanished while it was declared; try again"),
+                    source: None,
+                })
+        }
+        Err(e) => Err(api_error(format!("creating stream `{name}`"), e)),
     }
 }
 
@@ -210,58 +214,32 @@ pub(crate) async fn get_stream(
     config: &NatsConfig,
     name: &str,
 ) -> Result<Option<stream::Info>, TransportError> {
-    let limit = config.request_timeout;
-    match timeout(limit, js.get_stream(name)).await {
-        Err(_) => Err(TransportError::Timeout {
-            operation: "reading a stream",
-            after: limit,
-        }),
-        Ok(Ok(s)) => Ok(Some(s.cached_info().clone())),
-        Ok(Err(e)) => match e.kind() {
+    let reading = js.get_stream(name);
+    match TransportError::within("reading a stream", config.request_timeout, reading).await? {
+        Ok(s) => Ok(Some(s.cached_info().clone())),
+        Err(e) => match e.kind() {
             GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
                 Ok(None)
             }
-            _ => Err(api_error(&format!("reading stream `{name}`"), e)),
+            _ => Err(api_error(format!("reading stream `{name}`"), e)),
         },
     }
 }
 
+/// Create a stream; the client's error is returned as it is, to tell "already exists" apart.
 async fn create_stream(
     js: &Context,
     config: &NatsConfig,
     wanted: stream::Config,
-) -> Result<stream::Info, CreateOutcome> {
-    let limit = config.connect_timeout;
-    match timeout(limit, js.create_stream(wanted)).await {
-        Err(_) => Err(CreateOutcome::Timeout(limit)),
-        Ok(Err(e)) => Err(CreateOutcome::Failed(e.kind(), e.to_string())),
-        Ok(Ok(s)) => Ok(s.cached_info().clone()),
-    }
+) -> Result<Result<stream::Info, CreateStreamError>, TransportError> {
+    let creating = js.create_stream(wanted);
+    let created = TransportError::within("creating a stream", config.connect_timeout, creating);
+    Ok(created.await?.map(|s| s.cached_info().clone()))
 }
 
-/// Why a stream could not be created.
-enum CreateOutcome {
-    Timeout(Duration),
-    Failed(CreateStreamErrorKind, String),
-}
-
-impl CreateOutcome {
-    fn into_error(self, stream: &str) -> TransportError {
-        match self {
-            CreateOutcome::Timeout(after) => TransportError::Timeout {
-                operation: "creating a stream",
-                after,
-            },
-            CreateOutcome::Failed(_, text) => {
-                api_error(&format!("creating stream `{stream}`"), text)
-            }
-        }
-    }
-}
-
-fn is_name_in_use(e: &CreateOutcome) -> bool {
-    matches!(e, CreateOutcome::Failed(CreateStreamErrorKind::JetStream(j), _)
-        if j.error_code() == ErrorCode::STREAM_NAME_EXIST)
+/// Another instance created the stream first.
+fn is_name_in_use(e: &CreateStreamError) -> bool {
+    matches!(e.kind(), CreateStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NAME_EXIST)
 }
 
 /// The settings of an endpoint's consumer.
@@ -309,14 +287,11 @@ pub(crate) async fn ensure_consumer(
 ) -> Result<PullConsumer, TransportError> {
     let stream_name = consumer_stream(config, endpoint, kind);
     let limit = config.request_timeout;
-    let timed_out = || TransportError::Timeout {
-        operation: "reading or creating a consumer",
-        after: limit,
-    };
+    let timed_out = || TransportError::timeout("reading or creating a consumer", limit);
     let stream = match timeout(limit, js.get_stream_no_info(&stream_name)).await {
         Err(_) => return Err(timed_out()),
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(api_error(&format!("reading stream `{stream_name}`"), e)),
+        Ok(Err(e)) => return Err(api_error(format!("reading stream `{stream_name}`"), e)),
     };
     let name = config.naming.consumer.as_str();
     match timeout(limit, stream.get_consumer::<pull::Config>(name)).await {
@@ -333,12 +308,7 @@ pub(crate) async fn ensure_consumer(
                         "endpoint `{endpoint}` (stream `{stream_name}` does not exist)"
                     )))
                 }
-                _ => {
-                    return Err(api_error(
-                        &format!("reading consumer of `{stream_name}`"),
-                        e,
-                    ))
-                }
+                _ => return Err(api_error(format!("reading consumer of `{stream_name}`"), e)),
             }
         }
     }
@@ -353,7 +323,7 @@ pub(crate) async fn ensure_consumer(
                 )));
             }
             Err(api_error(
-                &format!("creating consumer of `{stream_name}`"),
+                format!("creating consumer of `{stream_name}`"),
                 e,
             ))
         }
@@ -361,12 +331,58 @@ pub(crate) async fn ensure_consumer(
 }
 
 /// A JetStream call failed: a refusal when the server answered with an error, else a
-/// connection problem.
-pub(crate) fn api_error(what: &str, e: impl Display) -> TransportError {
-    let text = e.to_string();
-    if text.contains("jetstream error") || text.contains("JetStream error") {
-        TransportError::Refused(format!("{what}: {text}"))
+/// connection problem. The client's error is kept as the source.
+pub(crate) fn api_error(what: String, e: impl JetStreamError) -> TransportError {
+    if e.is_server_answer() {
+        TransportError::refused(what, e.into_source())
     } else {
-        TransportError::Connection(format!("{what}: {text}"))
+        TransportError::connection(what, e.into_source())
+    }
+}
+
+/// The error of a JetStream call, which tells whether the server itself answered with an
+/// error (a JetStream API error, with its code) or the request did not get through.
+pub(crate) trait JetStreamError {
+    /// The server answered with an error.
+    fn is_server_answer(&self) -> bool;
+    /// The error, to keep as a source.
+    fn into_source(self) -> Box<dyn std::error::Error + Send + Sync>;
+}
+
+impl JetStreamError for GetStreamError {
+    fn is_server_answer(&self) -> bool {
+        matches!(self.kind(), GetStreamErrorKind::JetStream(_))
+    }
+    fn into_source(self) -> Box<dyn std::error::Error + Send + Sync> {
+        Box::new(self)
+    }
+}
+
+impl JetStreamError for CreateStreamError {
+    fn is_server_answer(&self) -> bool {
+        matches!(self.kind(), CreateStreamErrorKind::JetStream(_))
+    }
+    fn into_source(self) -> Box<dyn std::error::Error + Send + Sync> {
+        Box::new(self)
+    }
+}
+
+impl JetStreamError for ConsumerError {
+    fn is_server_answer(&self) -> bool {
+        matches!(self.kind(), ConsumerErrorKind::JetStream(_))
+    }
+    fn into_source(self) -> Box<dyn std::error::Error + Send + Sync> {
+        Box::new(self)
+    }
+}
+
+/// The client's boxed error, which reading a consumer returns.
+impl JetStreamError for async_nats::Error {
+    fn is_server_answer(&self) -> bool {
+        self.downcast_ref::<ConsumerInfoError>()
+            .is_some_and(|e| matches!(e.kind(), ConsumerInfoErrorKind::JetStream(_)))
+    }
+    fn into_source(self) -> Box<dyn std::error::Error + Send + Sync> {
+        self
     }
 }

@@ -200,18 +200,14 @@ impl NatsTransport {
 
     /// Flush what is buffered and close the connection. Subscriptions still open stop.
     pub async fn close(&self) -> Result<(), TransportError> {
-        let limit = self.inner.config.connect_timeout;
+        const CLOSING: &str = "closing the NATS connection";
         let work = async {
             let _ = self.inner.client.flush().await;
             self.inner.client.drain().await
         };
-        timeout(limit, work)
-            .await
-            .map_err(|_| TransportError::Timeout {
-                operation: "closing the NATS connection",
-                after: limit,
-            })?
-            .map_err(|e| TransportError::Connection(self.inner.config.scrub(&e.to_string())))
+        TransportError::within(CLOSING, self.inner.config.connect_timeout, work)
+            .await?
+            .map_err(|e| TransportError::connection(CLOSING, e))
     }
 
     fn prepare(&self, out: &Outgoing) -> Result<Prepared, TransportError> {
@@ -235,9 +231,12 @@ impl NatsTransport {
                 naming.event_subject(name)
             }
             (Destination::Event(name), Some(_)) => {
-                return Err(TransportError::Other(format!(
-                    "event `{name}` cannot be delayed; only endpoint messages can"
-                )))
+                return Err(TransportError::Other {
+                    context: format!(
+                        "event `{name}` cannot be delayed; only endpoint messages can"
+                    ),
+                    source: None,
+                })
             }
         };
         let headers = &out.envelope.headers;
@@ -257,9 +256,12 @@ impl NatsTransport {
         let size = wire::size(&map, &body);
         let limit = self.inner.client.server_info().max_payload;
         if limit > 0 && size > limit {
-            return Err(TransportError::Refused(format!(
-                "a message of {size} bytes (body and headers) exceeds the server's max_payload of {limit} bytes"
-            )));
+            return Err(TransportError::Refused {
+                context: format!(
+                    "a message of {size} bytes (body and headers) exceeds the server's max_payload of {limit} bytes"
+                ),
+                source: None,
+            });
         }
         Ok(Prepared {
             destination: out.destination.clone(),
@@ -338,10 +340,9 @@ impl NatsTransport {
                         }
                     }
                     PublishErrorKind::Other if is_api_error(&e) => {
-                        return Err(TransportError::Refused(format!(
-                            "JetStream did not store the message for {}: {e}",
-                            p.destination
-                        )))
+                        let storing =
+                            format!("JetStream did not store the message for {}", p.destination);
+                        return Err(TransportError::refused(storing, e));
                     }
                     _ => {
                         tracing::debug!(error = %e, subject = %p.subject, "no publish ack; will retry");
@@ -354,10 +355,10 @@ impl NatsTransport {
     }
 
     fn publish_timed_out(&self) -> TransportError {
-        TransportError::Timeout {
-            operation: "publishing (waiting for the JetStream ack)",
-            after: self.inner.config.publish_timeout,
-        }
+        TransportError::timeout(
+            "publishing (waiting for the JetStream ack)",
+            self.inner.config.publish_timeout,
+        )
     }
 }
 

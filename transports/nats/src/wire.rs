@@ -1,7 +1,7 @@
 //! The wire format: how an envelope maps onto NATS headers. NATS has no message properties, so
 //! every bus header is a NATS header; the body is the serialized message alone.
 //!
-//! | bus header | NATS header |
+//! | bus header | NATS header (from [`bus_core::header`]) |
 //! |---|---|
 //! | message id | `bus-message-id` (and the dedup key `Nats-Msg-Id`, see [`dedup_id`]) |
 //! | message type | `bus-message-type` |
@@ -22,20 +22,11 @@ use std::time::SystemTime;
 
 use async_nats::HeaderMap;
 use base64::Engine;
+use bus_core::header::{CONTENT_TYPE, CORRELATION_ID, MESSAGE_ID, MESSAGE_TYPE, SENT_TIME};
 use bus_core::{Body, Bytes, Destination, Envelope, Headers, TransportError};
 
 /// JetStream's deduplication header.
 pub(crate) const NATS_MSG_ID: &str = "Nats-Msg-Id";
-/// The message id.
-pub(crate) const MESSAGE_ID: &str = "bus-message-id";
-/// The message type (wire name).
-pub(crate) const MESSAGE_TYPE: &str = "bus-message-type";
-/// The body's content type.
-pub(crate) const CONTENT_TYPE: &str = "bus-content-type";
-/// The correlation id.
-pub(crate) const CORRELATION_ID: &str = "bus-correlation-id";
-/// When the message was sent.
-pub(crate) const SENT_TIME: &str = "bus-sent-time";
 /// When a delayed message is due (milliseconds since the Unix epoch). Internal to the transport.
 pub(crate) const DELIVER_AT: &str = "bus-deliver-at";
 
@@ -218,10 +209,13 @@ pub(crate) fn size(map: &HeaderMap, body: &[u8]) -> usize {
 pub(crate) fn body(envelope: &Envelope) -> Result<Bytes, TransportError> {
     match &envelope.body {
         Body::Bytes(b) => Ok(b.clone()),
-        Body::Message(m) => Err(TransportError::Other(format!(
-            "message `{}` has a typed in-process body; the NATS transport needs bytes",
-            m.message_name()
-        ))),
+        Body::Message(m) => Err(TransportError::Other {
+            context: format!(
+                "message `{}` has a typed in-process body; the NATS transport needs bytes",
+                m.message_name()
+            ),
+            source: None,
+        }),
     }
 }
 

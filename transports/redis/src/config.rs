@@ -232,15 +232,7 @@ impl RedisConfig {
 
     /// The URL with its password replaced by `***`.
     pub fn redacted_url(&self) -> String {
-        match url::Url::parse(&self.url) {
-            Ok(mut url) => {
-                if url.password().is_some() {
-                    let _ = url.set_password(Some("***"));
-                }
-                url.to_string().replace("%2A%2A%2A", "***")
-            }
-            Err(_) => "<invalid url>".into(),
-        }
+        bus_core::redact_url(&self.url)
     }
 
     /// The password in the URL, if any (to scrub it from error texts).
@@ -256,7 +248,7 @@ impl RedisConfig {
 
     /// Remove the password from a text (error messages of the client library).
     pub(crate) fn scrub(&self, text: &str) -> String {
-        let mut text = text.replace(&self.url, &self.redacted_url());
+        let mut text = bus_core::scrub_urls(text);
         if let Some(secret) = self.secret().filter(|s| !s.is_empty()) {
             text = text.replace(&secret, "***");
         }

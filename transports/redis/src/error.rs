@@ -39,13 +39,12 @@ pub enum RedisError {
 
 impl From<RedisError> for TransportError {
     fn from(e: RedisError) -> Self {
+        // The transport's own error is the source, and its text says it all: no context.
         match e {
-            RedisError::Timeout { operation, after } => {
-                TransportError::Timeout { operation, after }
-            }
-            RedisError::Config(_) => TransportError::Other(e.to_string()),
-            RedisError::Authentication { .. } => TransportError::Refused(e.to_string()),
-            RedisError::Connection { .. } => TransportError::Connection(e.to_string()),
+            RedisError::Timeout { operation, after } => TransportError::timeout(operation, after),
+            RedisError::Config(_) => TransportError::other("", e),
+            RedisError::Authentication { .. } => TransportError::refused("", e),
+            RedisError::Connection { .. } => TransportError::connection("", e),
         }
     }
 }

@@ -57,8 +57,10 @@
 //!
 //! ## Wire format
 //! One stream entry per message: the body in field `body`, byte for byte, and one field per
-//! header (`message_id`, `type`, `content_type`, `correlation_id`, `timestamp` in ms, then
-//! custom headers by name). See the `wire` module.
+//! header: the well-known ones under the names of [`bus_core::header`] (`bus-message-id`,
+//! `bus-message-type`, `bus-content-type`, `bus-correlation-id`, `bus-sent-time`), then custom
+//! headers by name. Entries with the names of earlier versions (`message_id`, `type`, ...)
+//! still decode. See the `wire` module.
 //!
 //! ## Where things live
 //! - `config`: [`RedisConfig`] (URL, timeouts, reclaim settings) and [`Keys`].

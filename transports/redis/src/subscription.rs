@@ -81,15 +81,12 @@ impl Shared {
             {
                 Ok(v) => return Ok(v),
                 Err(CallError::Transport(TransportError::Timeout { .. })) => {
-                    return Err(TransportError::Timeout {
-                        operation,
-                        after: limit,
-                    })
+                    return Err(TransportError::timeout(operation, limit))
                 }
-                Err(CallError::Transport(TransportError::Connection(reason)))
+                Err(CallError::Transport(error @ TransportError::Connection { .. }))
                     if deadline.saturating_duration_since(Instant::now()) > SETTLE_RETRY_PAUSE =>
                 {
-                    tracing::debug!(endpoint = %self.endpoint, %reason, operation, "settling failed on the connection; trying again");
+                    tracing::debug!(endpoint = %self.endpoint, %error, operation, "settling failed on the connection; trying again");
                     tokio::time::sleep(SETTLE_RETRY_PAUSE).await;
                 }
                 Err(e) => return Err(e.into_transport()),
@@ -442,7 +439,10 @@ impl Reader {
                 .await?;
             let taken_before = taken.len();
             let (next, entries) = wire::autoclaim_reply(reply).map_err(|e| {
-                CallError::Transport(TransportError::Other(format!("XAUTOCLAIM: {e}")))
+                CallError::Transport(TransportError::Other {
+                    context: format!("XAUTOCLAIM: {e}"),
+                    source: None,
+                })
             })?;
             // Deliveries of this very subscription that are still in progress (waiting for a
             // handler, or being acked) come back when their renewal failed for longer than the
@@ -524,8 +524,12 @@ impl Reader {
                 cmd.query_async(&mut self.conn),
             )
             .await?;
-        wire::read_reply(reply)
-            .map_err(|e| CallError::Transport(TransportError::Other(format!("XREADGROUP: {e}"))))
+        wire::read_reply(reply).map_err(|e| {
+            CallError::Transport(TransportError::Other {
+                context: format!("XREADGROUP: {e}"),
+                source: None,
+            })
+        })
     }
 
     async fn hand_out(&mut self, entry: Entry, count: u32, slot: OwnedSemaphorePermit) {

@@ -175,10 +175,9 @@ impl RedisTransport {
         match timeout(limit, call).await {
             Err(_) => {
                 self.set_connected(false);
-                Err(CallError::Transport(TransportError::Timeout {
-                    operation,
-                    after: limit,
-                }))
+                Err(CallError::Transport(TransportError::timeout(
+                    operation, limit,
+                )))
             }
             Ok(Err(e)) => {
                 if is_connection_error(&e) {
@@ -189,7 +188,7 @@ impl RedisTransport {
                 if e.code() == Some("NOGROUP") {
                     return Err(CallError::NoGroup);
                 }
-                Err(CallError::Transport(self.redis_error(operation, &e)))
+                Err(CallError::Transport(redis_error(operation, e)))
             }
             Ok(Ok(v)) => {
                 self.set_connected(true);
@@ -206,19 +205,6 @@ impl RedisTransport {
             } else {
                 tracing::warn!(url = %self.inner.config.redacted_url(), "Redis unreachable; reconnecting");
             }
-        }
-    }
-
-    fn redis_error(&self, operation: &str, e: &redis::RedisError) -> TransportError {
-        let text = self.inner.config.scrub(&format!("{operation}: {e}"));
-        if e.kind() == ErrorKind::AuthenticationFailed {
-            TransportError::Refused(text)
-        } else if is_connection_error(e) || is_unavailable(e) {
-            TransportError::Connection(text)
-        } else if matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension) {
-            TransportError::Refused(text)
-        } else {
-            TransportError::Other(text)
         }
     }
 
@@ -346,9 +332,10 @@ impl RedisTransport {
                 tracing::trace!(event = %name, subscribers, "event published");
                 Ok(())
             }
-            (Destination::Event(name), Some(_)) => Err(TransportError::Other(format!(
-                "event `{name}` cannot be delayed; only endpoint messages can"
-            ))),
+            (Destination::Event(name), Some(_)) => Err(TransportError::Other {
+                context: format!("event `{name}` cannot be delayed; only endpoint messages can"),
+                source: None,
+            }),
         }
     }
 }
@@ -373,6 +360,20 @@ impl CallError {
 impl From<TransportError> for CallError {
     fn from(e: TransportError) -> Self {
         CallError::Transport(e)
+    }
+}
+
+/// What a failed call while doing `operation` means for the bus, by the client's error kind;
+/// the client's error is kept as the source.
+fn redis_error(operation: &'static str, e: redis::RedisError) -> TransportError {
+    if e.kind() == ErrorKind::AuthenticationFailed {
+        TransportError::refused(operation, e)
+    } else if is_connection_error(&e) || is_unavailable(&e) {
+        TransportError::connection(operation, e)
+    } else if matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension) {
+        TransportError::refused(operation, e)
+    } else {
+        TransportError::other(operation, e)
     }
 }
 
@@ -411,8 +412,11 @@ fn is_unavailable(e: &redis::RedisError) -> bool {
 fn connect_error(config: &RedisConfig, e: &redis::RedisError) -> RedisError {
     let reason = config.scrub(&e.to_string());
     let url = config.redacted_url();
-    let auth = e.kind() == ErrorKind::AuthenticationFailed
-        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
+    // `WRONGPASS` and `NOAUTH` have no error kind of their own in the client: their codes.
+    let auth = matches!(
+        e.kind(),
+        ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm)
+    ) || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"));
     if auth {
         RedisError::Authentication { url, reason }
     } else {

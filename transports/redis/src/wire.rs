@@ -1,42 +1,60 @@
 //! The wire format: how an envelope maps onto the fields of a stream entry, and how the
 //! replies of the stream commands are read.
 //!
-//! An entry carries the well-known headers under fixed field names, every custom header as a
-//! field of its own name, and the body, byte for byte, in `body`:
+//! An entry carries the well-known headers under the names of [`bus_core::header`] (the same
+//! as the NATS headers), every custom header as a field of its own name, and the body, byte
+//! for byte, in `body`:
 //!
 //! | field | header | notes |
 //! |---|---|---|
-//! | `message_id` | message id | required on receive |
-//! | `type` | message type (wire name) | required on receive |
-//! | `content_type` | content type | required on receive |
-//! | `correlation_id` | correlation id | optional |
-//! | `timestamp` | sent time | RFC 3339, UTC, nanoseconds (`2026-01-02T03:04:05.123456789Z`); on receive also milliseconds since the Unix epoch; optional |
+//! | `bus-message-id` | message id | required on receive |
+//! | `bus-message-type` | message type (wire name) | required on receive |
+//! | `bus-content-type` | content type | required on receive |
+//! | `bus-correlation-id` | correlation id | optional |
+//! | `bus-sent-time` | sent time | RFC 3339, UTC, nanoseconds (`2026-01-02T03:04:05.123456789Z`); on receive also milliseconds since the Unix epoch; optional |
 //! | `body` | the serialized message | binary-safe |
 //! | any other | custom header, e.g. `bus-conversation-id` | UTF-8 text |
 //!
-//! A custom header may not use one of the field names above. Missing required fields become
-//! empty headers, which the runtime moves to the error queue with the reason.
+//! Entries written before these names were shared used `message_id`, `type`, `content_type`,
+//! `correlation_id` and `timestamp`; they are still read (see [`legacy`]), so entries already
+//! in a stream decode. A custom header may not use one of the field names above, old or new.
+//! Missing required fields become empty headers, which the runtime moves to the error queue
+//! with the reason.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bus_core::header::{CONTENT_TYPE, CORRELATION_ID, MESSAGE_ID, MESSAGE_TYPE, SENT_TIME};
 use bus_core::{Body, Envelope, Headers, TransportError};
 use redis::Value;
 
 /// The field holding the body.
 pub(crate) const BODY: &str = "body";
-const MESSAGE_ID: &str = "message_id";
-const TYPE: &str = "type";
-const CONTENT_TYPE: &str = "content_type";
-const CORRELATION_ID: &str = "correlation_id";
-const TIMESTAMP: &str = "timestamp";
+
+/// The field names of the well-known headers in entries written before they became the shared
+/// names of [`bus_core::header`]. Read when an entry lacks the new name; never written.
+mod legacy {
+    pub(super) const MESSAGE_ID: &str = "message_id";
+    pub(super) const MESSAGE_TYPE: &str = "type";
+    pub(super) const CONTENT_TYPE: &str = "content_type";
+    pub(super) const CORRELATION_ID: &str = "correlation_id";
+    pub(super) const SENT_TIME: &str = "timestamp";
+}
+
+/// Field names a custom header cannot take. The old names stay reserved, so that a new entry
+/// never has a custom header an old entry's reader (this one) would take for a well-known one.
 const RESERVED: &[&str] = &[
     BODY,
     MESSAGE_ID,
-    TYPE,
+    MESSAGE_TYPE,
     CONTENT_TYPE,
     CORRELATION_ID,
-    TIMESTAMP,
+    SENT_TIME,
+    legacy::MESSAGE_ID,
+    legacy::MESSAGE_TYPE,
+    legacy::CONTENT_TYPE,
+    legacy::CORRELATION_ID,
+    legacy::SENT_TIME,
 ];
 
 /// The field-value list of an entry for an envelope, flattened: `[f1, v1, f2, v2, ...]`.
@@ -45,10 +63,13 @@ pub(crate) fn fields(envelope: &Envelope) -> Result<Vec<Vec<u8>>, TransportError
     let body = match &envelope.body {
         Body::Bytes(b) => b.to_vec(),
         Body::Message(m) => {
-            return Err(TransportError::Other(format!(
-                "message `{}` has a typed in-process body; the Redis transport needs bytes",
-                m.message_name()
-            )))
+            return Err(TransportError::Other {
+                context: format!(
+                    "message `{}` has a typed in-process body; the Redis transport needs bytes",
+                    m.message_name()
+                ),
+                source: None,
+            })
         }
     };
     let mut out: Vec<Vec<u8>> = Vec::with_capacity(12 + 2 * h.custom.len());
@@ -57,7 +78,7 @@ pub(crate) fn fields(envelope: &Envelope) -> Result<Vec<Vec<u8>>, TransportError
         out.push(v.to_vec());
     };
     put(MESSAGE_ID, h.message_id.as_bytes());
-    put(TYPE, h.message_type.as_bytes());
+    put(MESSAGE_TYPE, h.message_type.as_bytes());
     put(CONTENT_TYPE, h.content_type.as_bytes());
     if let Some(c) = &h.correlation_id {
         put(CORRELATION_ID, c.as_bytes());
@@ -68,15 +89,18 @@ pub(crate) fn fields(envelope: &Envelope) -> Result<Vec<Vec<u8>>, TransportError
             .is_ok_and(|d| d.as_secs() < 253_402_300_800)
     }) {
         put(
-            TIMESTAMP,
+            SENT_TIME,
             humantime::format_rfc3339_nanos(t).to_string().as_bytes(),
         );
     }
     for (k, v) in &h.custom {
         if RESERVED.contains(&k.as_str()) {
-            return Err(TransportError::Other(format!(
-                "custom header `{k}` clashes with a field of the Redis wire format; rename it"
-            )));
+            return Err(TransportError::Other {
+                context: format!(
+                    "custom header `{k}` clashes with a field of the Redis wire format; rename it"
+                ),
+                source: None,
+            });
         }
         put(k, v.as_bytes());
     }
@@ -87,25 +111,65 @@ pub(crate) fn fields(envelope: &Envelope) -> Result<Vec<Vec<u8>>, TransportError
 /// The envelope of a received entry. Fields are read leniently: text that is not UTF-8 is
 /// converted lossily, a missing body is empty.
 pub(crate) fn envelope(fields: Vec<(Vec<u8>, Vec<u8>)>) -> Envelope {
-    let mut headers = Headers::default();
+    let mut new = WellKnown::default();
+    let mut old = WellKnown::default();
     let mut custom = BTreeMap::new();
     let mut body = Vec::new();
     let text = |v: Vec<u8>| String::from_utf8(v).unwrap_or_else(|e| lossy(e.as_bytes()));
     for (k, v) in fields {
-        match k.as_slice() {
-            b"body" => body = v,
-            b"message_id" => headers.message_id = text(v).into(),
-            b"type" => headers.message_type = text(v).into(),
-            b"content_type" => headers.content_type = text(v).into(),
-            b"correlation_id" => headers.correlation_id = Some(text(v)),
-            b"timestamp" => headers.sent_at = timestamp(&text(v)),
+        let slot = match std::str::from_utf8(&k) {
+            Ok(BODY) => {
+                body = v;
+                continue;
+            }
+            Ok(MESSAGE_ID) => &mut new.message_id,
+            Ok(MESSAGE_TYPE) => &mut new.message_type,
+            Ok(CONTENT_TYPE) => &mut new.content_type,
+            Ok(CORRELATION_ID) => &mut new.correlation_id,
+            Ok(SENT_TIME) => &mut new.sent_time,
+            Ok(legacy::MESSAGE_ID) => &mut old.message_id,
+            Ok(legacy::MESSAGE_TYPE) => &mut old.message_type,
+            Ok(legacy::CONTENT_TYPE) => &mut old.content_type,
+            Ok(legacy::CORRELATION_ID) => &mut old.correlation_id,
+            Ok(legacy::SENT_TIME) => &mut old.sent_time,
             _ => {
                 custom.insert(text(k), text(v));
+                continue;
             }
-        }
+        };
+        *slot = Some(text(v));
     }
-    headers.custom = custom;
+    let headers = Headers {
+        message_id: new.message_id.or(old.message_id).unwrap_or_default().into(),
+        message_type: new
+            .message_type
+            .or(old.message_type)
+            .unwrap_or_default()
+            .into(),
+        content_type: new
+            .content_type
+            .or(old.content_type)
+            .unwrap_or_default()
+            .into(),
+        correlation_id: new.correlation_id.or(old.correlation_id),
+        sent_at: new
+            .sent_time
+            .or(old.sent_time)
+            .as_deref()
+            .and_then(timestamp),
+        custom,
+    };
     Envelope::from_bytes(headers, body)
+}
+
+/// The well-known fields of an entry, as read.
+#[derive(Default)]
+struct WellKnown {
+    message_id: Option<String>,
+    message_type: Option<String>,
+    content_type: Option<String>,
+    correlation_id: Option<String>,
+    sent_time: Option<String>,
 }
 
 /// A sent time: RFC 3339, or milliseconds since the Unix epoch (what many clients write).
@@ -318,7 +382,7 @@ mod tests {
             Vec::new(),
         );
         let f = fields(&before_1970).unwrap();
-        assert!(!f.iter().any(|x| x == b"timestamp"));
+        assert!(!f.iter().any(|x| x == SENT_TIME.as_bytes()));
     }
 
     #[test]
@@ -337,6 +401,57 @@ mod tests {
         let env = envelope(vec![(b"other".to_vec(), vec![0xff, 0xfe])]);
         assert_eq!(env.headers.message_id, "");
         assert_eq!(env.headers.get("other"), Some("\u{fffd}\u{fffd}"));
+    }
+
+    #[test]
+    fn entries_with_the_old_field_names_still_decode() {
+        let field = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let env = envelope(vec![
+            field("message_id", "m-old"),
+            field("type", "tests.Work"),
+            field("content_type", "application/json"),
+            field("correlation_id", "c-old"),
+            field("timestamp", "1700000000123"),
+            field("bus-conversation-id", "conv"),
+            field("body", "{}"),
+        ]);
+        let h = &env.headers;
+        assert_eq!(h.message_id, "m-old");
+        assert_eq!(h.message_type, "tests.Work");
+        assert_eq!(h.content_type, "application/json");
+        assert_eq!(h.correlation_id.as_deref(), Some("c-old"));
+        assert_eq!(
+            h.sent_at,
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+        );
+        assert_eq!(h.custom.len(), 1, "{:?}", h.custom);
+        // Where both are present, the shared name wins.
+        let env = envelope(vec![
+            field("type", "old.Name"),
+            field(MESSAGE_TYPE, "new.Name"),
+        ]);
+        assert_eq!(env.headers.message_type, "new.Name");
+    }
+
+    #[test]
+    fn entries_use_the_shared_header_names() {
+        let env = Envelope::from_bytes(
+            Headers {
+                message_id: "m-1".into(),
+                message_type: "tests.Work".into(),
+                content_type: "application/json".into(),
+                ..Headers::default()
+            },
+            Vec::new(),
+        );
+        let names: Vec<Vec<u8>> = fields(&env).unwrap().into_iter().step_by(2).collect();
+        for name in [MESSAGE_ID, MESSAGE_TYPE, CONTENT_TYPE, BODY] {
+            assert!(names.contains(&name.as_bytes().to_vec()), "{name}");
+        }
+        let mut h = Headers::default();
+        h.custom.insert("type".into(), "x".into());
+        let old_name = Envelope::from_bytes(h, Vec::new());
+        assert!(fields(&old_name).is_err(), "old names stay reserved");
     }
 
     #[test]

@@ -1,0 +1,299 @@
+//! A subscription on an endpoint's queue: a lapin consumer that re-opens itself after the
+//! connection or the channel failed, and the ackers of its deliveries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus_core::{async_trait, Acker, Delivery, Envelope, Subscription, TransportError};
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+use tokio::time::timeout;
+
+use crate::ack_batch::AckBatch;
+use crate::error::broker_error;
+use crate::transport::AmqpTransport;
+use crate::wire;
+
+/// A consumer on an endpoint's queue, on a channel of its own.
+pub(crate) struct AmqpSubscription {
+    transport: AmqpTransport,
+    queue: String,
+    prefetch: u16,
+    channel: Option<Channel>,
+    consumer: Option<Consumer>,
+    cancelled: bool,
+    /// Held-back acks, when batching is on.
+    batch: Option<Arc<AckBatch>>,
+}
+
+impl AmqpSubscription {
+    /// Start consuming from `queue`; with `batch`, acks are batched.
+    pub(crate) async fn start(
+        transport: AmqpTransport,
+        queue: String,
+        prefetch: u16,
+        batch: Option<Arc<AckBatch>>,
+    ) -> Result<Self, TransportError> {
+        let mut sub = AmqpSubscription {
+            transport,
+            queue,
+            prefetch,
+            channel: None,
+            consumer: None,
+            cancelled: false,
+            batch,
+        };
+        sub.open().await?;
+        Ok(sub)
+    }
+
+    /// Open a channel and a consumer on it, as at the start and after either was lost.
+    async fn open(&mut self) -> Result<(), TransportError> {
+        let t = &self.transport;
+        let limit = t.inner.config.connect_timeout;
+        let work = async {
+            let ch = t.topology_channel().await?;
+            ch.basic_qos(self.prefetch, BasicQosOptions::default())
+                .await
+                .map_err(|e| broker_error("setting prefetch", e))?;
+            let tag = format!("{}-{}", t.inner.config.connection_name, consumer_tag());
+            let consumer = ch
+                .basic_consume(
+                    self.queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| broker_error(format!("consuming from `{}`", self.queue), e))?;
+            Ok::<_, TransportError>((ch, consumer))
+        };
+        let (ch, consumer) = TransportError::within("subscribing", limit, work).await??;
+        self.channel = Some(ch);
+        self.consumer = Some(consumer);
+        Ok(())
+    }
+
+    /// A consumer whose connection died without an error (the library's recovery gave up):
+    /// open a fresh connection if need be, and drop the consumer so it is opened again.
+    async fn check_connection(&mut self) {
+        if self.transport.connection().status().connected() {
+            return;
+        }
+        self.transport.reconnect_if_dead().await;
+        if self.transport.connection().status().connected()
+            && !self
+                .channel
+                .as_ref()
+                .is_some_and(|c| c.status().connected())
+        {
+            self.consumer = None;
+            self.channel = None;
+        }
+    }
+}
+
+/// A consumer tag unique to this process.
+fn consumer_tag() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[async_trait]
+impl Subscription for AmqpSubscription {
+    async fn cancel(&mut self) {
+        // Deliveries lapin already buffered are not handed out; they return to the queue
+        // when the channel closes on drop.
+        self.cancelled = true;
+        if let (Some(ch), Some(consumer)) = (&self.channel, &self.consumer) {
+            let tag = consumer.tag();
+            let limit = self.transport.inner.config.connect_timeout;
+            let _ = timeout(limit, ch.basic_cancel(tag, BasicCancelOptions::default())).await;
+        }
+        // From now on acks go out at once: the runtime drops the subscription (and with it the
+        // channel) as soon as the last in-flight handler settled its delivery.
+        if let Some(batch) = &self.batch {
+            let limit = self.transport.inner.config.connect_timeout;
+            let _ = timeout(limit, batch.close()).await;
+        }
+    }
+
+    async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
+        loop {
+            if self.cancelled {
+                return None;
+            }
+            if self.consumer.is_none() {
+                if let Err(e) = self.open().await {
+                    self.transport.reconnect_if_dead().await;
+                    return Some(Err(e));
+                }
+            }
+            let consumer = self.consumer.as_mut()?;
+            let next = match &self.batch {
+                // A delivery already buffered (the common case on a busy queue) needs no
+                // watch timer: arming one per delivery costs a timer-wheel insert and removal.
+                None => match futures_lite::future::poll_once(consumer.next()).await {
+                    Some(next) => next,
+                    None => tokio::select! {
+                        next = consumer.next() => next,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                            // Two quiet seconds: a consumer whose connection died without an
+                            // error (the library's recovery gave up) is noticed here, off the
+                            // hot path, and re-opened, on a fresh connection if need be.
+                            self.check_connection().await;
+                            continue;
+                        }
+                    },
+                },
+                Some(batch) => match futures_lite::future::poll_once(consumer.next()).await {
+                    Some(next) => next,
+                    None => {
+                        // Nothing ready: send what is held back rather than let it wait for
+                        // the next delivery, and again whenever acks are held back meanwhile.
+                        let _ = batch.flush().await;
+                        loop {
+                            tokio::select! {
+                                next = consumer.next() => break next,
+                                _ = batch.wanted.notified() => {
+                                    let _ = batch.flush().await;
+                                }
+                            }
+                        }
+                    }
+                },
+            };
+            match next {
+                None => {
+                    tracing::warn!(queue = %self.queue, "the broker ended the consumer; subscribing again");
+                    self.consumer = None;
+                    self.channel = None;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Some(Ok(d)) => {
+                    let lapin::message::Delivery {
+                        properties,
+                        data,
+                        acker,
+                        redelivered,
+                        ..
+                    } = d;
+                    let count = wire::delivery_count(&properties, redelivered);
+                    let envelope = wire::envelope(&properties, data);
+                    let settle = match &self.batch {
+                        None => Settle::Alone(acker),
+                        Some(batch) => Settle::Batched {
+                            seq: batch.handed_out(acker),
+                            batch: batch.clone(),
+                        },
+                    };
+                    let acker = AmqpAcker {
+                        settle,
+                        _transport: self.transport.clone(),
+                    };
+                    return Some(Ok(Delivery::new(
+                        envelope,
+                        Box::new(acker),
+                        redelivered,
+                        count,
+                    )));
+                }
+                Some(Err(e)) => {
+                    let text = self.transport.inner.config.scrub(&e.to_string());
+                    tracing::warn!(queue = %self.queue, error = %text, "consumer error; waiting for recovery");
+                    let ch = self.channel.clone();
+                    let recovered = match ch {
+                        Some(ch) => timeout(
+                            self.transport.inner.config.connect_timeout,
+                            ch.wait_for_recovery(e.clone()),
+                        )
+                        .await
+                        .map(|r| r.is_ok())
+                        .unwrap_or(false),
+                        None => false,
+                    };
+                    if !recovered {
+                        self.consumer = None;
+                        self.channel = None;
+                        let consuming = format!("consuming from `{}`", self.queue);
+                        return Some(Err(TransportError::connection(consuming, e)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Settles one delivery.
+struct AmqpAcker {
+    settle: Settle,
+    /// Keeps the transport, and with it the connection, open until the delivery is settled.
+    _transport: AmqpTransport,
+}
+
+/// How a delivery is settled: on its own, or through the subscription's [`AckBatch`].
+enum Settle {
+    Alone(lapin::Acker),
+    Batched { batch: Arc<AckBatch>, seq: u64 },
+}
+
+impl AmqpAcker {
+    fn outcome(&self, result: Result<bool, lapin::Error>) -> Result<(), TransportError> {
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(TransportError::Connection {
+                context: "the delivery's channel closed before it was settled; the broker will redeliver it".into(),
+                source: None,
+            }),
+            Err(e) => Err(TransportError::connection("settling a delivery", e)),
+        }
+    }
+}
+
+/// A nack that returns the delivery to its queue.
+pub(crate) fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    }
+}
+
+#[async_trait]
+impl Acker for AmqpAcker {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        let result = match &self.settle {
+            Settle::Alone(acker) => acker.ack(BasicAckOptions::default()).await,
+            Settle::Batched { batch, seq } => batch.ack(*seq).await,
+        };
+        self.outcome(result)
+    }
+
+    async fn nack(self: Box<Self>, _envelope: Envelope) -> Result<(), TransportError> {
+        let result = match &self.settle {
+            Settle::Alone(acker) => acker.nack(requeue()).await,
+            Settle::Batched { batch, seq } => batch.nack(*seq).await,
+        };
+        self.outcome(result)
+    }
+
+    fn abandon(self: Box<Self>, _envelope: Envelope) {
+        // Return it now rather than when the channel closes, so another consumer can take it.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = match &self.settle {
+                    Settle::Alone(acker) => acker.nack(requeue()).await,
+                    Settle::Batched { batch, seq } => batch.nack(*seq).await,
+                };
+            });
+        }
+    }
+}
