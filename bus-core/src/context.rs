@@ -4,12 +4,14 @@
 //! only after the handler succeeded, before the incoming message is acked. A failed attempt's
 //! messages are discarded, so a retried handler never emits twice.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::bus::{SendOptions, Shared};
 use crate::envelope::Headers;
 use crate::error::BusError;
 use crate::message::{Command, Event};
+use crate::outgoing::SendOptions;
+use crate::runtime::Runtime;
 use crate::transport::Outgoing;
 
 /// Metadata of the message being handled, and the way to send messages from a handler.
@@ -19,17 +21,19 @@ pub struct MessageContext {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    runtime: Arc<Runtime>,
     headers: Arc<Headers>,
     endpoint: Arc<str>,
     attempt: u32,
     redelivered: bool,
     outbox: Mutex<Option<Vec<Outgoing>>>,
+    /// The inbox found the message handled before: the attempt succeeded without handlers.
+    duplicate: AtomicBool,
 }
 
 impl MessageContext {
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        runtime: Arc<Runtime>,
         headers: Arc<Headers>,
         endpoint: Arc<str>,
         attempt: u32,
@@ -37,12 +41,13 @@ impl MessageContext {
     ) -> Self {
         MessageContext {
             inner: Arc::new(Inner {
-                shared,
+                runtime,
                 headers,
                 endpoint,
                 attempt,
                 redelivered,
                 outbox: Mutex::new(Some(Vec::new())),
+                duplicate: AtomicBool::new(false),
             }),
         }
     }
@@ -52,7 +57,7 @@ impl MessageContext {
     /// that kept a clone of it makes a new one necessary).
     pub(crate) fn for_attempt(
         spare: Option<MessageContext>,
-        shared: &Arc<Shared>,
+        runtime: &Arc<Runtime>,
         headers: &Arc<Headers>,
         endpoint: &Arc<str>,
         attempt: u32,
@@ -60,10 +65,11 @@ impl MessageContext {
     ) -> Self {
         if let Some(mut ctx) = spare {
             if let Some(inner) = Arc::get_mut(&mut ctx.inner) {
-                if Arc::ptr_eq(&inner.shared, shared) && Arc::ptr_eq(&inner.endpoint, endpoint) {
+                if Arc::ptr_eq(&inner.runtime, runtime) && Arc::ptr_eq(&inner.endpoint, endpoint) {
                     inner.headers = headers.clone();
                     inner.attempt = attempt;
                     inner.redelivered = redelivered;
+                    *inner.duplicate.get_mut() = false;
                     let outbox = inner.outbox.get_mut().unwrap_or_else(|p| p.into_inner());
                     match outbox {
                         Some(list) => list.clear(),
@@ -74,7 +80,7 @@ impl MessageContext {
             }
         }
         MessageContext::new(
-            shared.clone(),
+            runtime.clone(),
             headers.clone(),
             endpoint.clone(),
             attempt,
@@ -125,7 +131,7 @@ impl MessageContext {
 
     /// Shared state of type `T`, as given to [`crate::BusBuilder::state`].
     pub fn state<T: Clone + 'static>(&self) -> Option<T> {
-        self.inner.shared.state.get::<T>()
+        self.inner.runtime.state.get::<T>()
     }
 
     /// Send a command; it leaves only if the handler succeeds.
@@ -139,11 +145,13 @@ impl MessageContext {
         command: C,
         options: SendOptions,
     ) -> Result<(), BusError> {
-        let destination = self.inner.shared.route::<C>()?;
-        let out =
-            self.inner
-                .shared
-                .outgoing(command, destination, Some(&self.inner.headers), options)?;
+        let destination = self.inner.runtime.route::<C>()?;
+        let out = self.inner.runtime.outgoing(
+            command,
+            destination,
+            Some(&self.inner.headers),
+            options,
+        )?;
         self.stage(out)
     }
 
@@ -161,7 +169,7 @@ impl MessageContext {
         let destination = crate::transport::Destination::Event(E::NAME.to_string());
         let out =
             self.inner
-                .shared
+                .runtime
                 .outgoing(event, destination, Some(&self.inner.headers), options)?;
         self.stage(out)
     }
@@ -175,6 +183,28 @@ impl MessageContext {
             }
             None => Err(BusError::ContextClosed),
         }
+    }
+
+    /// Close the outbox and take what the handler staged, while others may hold the context
+    /// (a layer's attempt).
+    pub(crate) fn close_outbox(&self) -> Vec<Outgoing> {
+        let mut outbox = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        outbox.take().unwrap_or_default()
+    }
+
+    /// Mark the attempt as a duplicate the inbox skipped.
+    pub(crate) fn mark_duplicate(&self) {
+        self.inner.duplicate.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the inbox skipped this attempt as a duplicate.
+    pub(crate) fn is_duplicate(&self) -> bool {
+        self.inner.duplicate.load(Ordering::Relaxed)
+    }
+
+    /// The runtime the context belongs to.
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
     }
 
     /// Close the outbox and take what the handler staged.

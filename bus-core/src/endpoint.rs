@@ -1,75 +1,12 @@
-//! Per-endpoint settings: concurrency, prefetch, handler timeout and recoverability.
+//! Per-endpoint settings: concurrency, prefetch, handler timeout, recoverability, inbox and
+//! layers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::inbox::Inbox;
-
-/// How failed messages are retried before they go to the error queue.
-///
-/// An attempt that fails is retried at once up to `immediate_retries` times; if all fail, the
-/// message is scheduled again after a delay, up to `delayed_retries` times, each delay
-/// `initial_delay * multiplier^n` capped at `max_delay`. Each delayed retry starts another
-/// round of immediate retries, so a message gets
-/// `(immediate_retries + 1) * (delayed_retries + 1)` attempts in all.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Recoverability {
-    /// Retries made at once, in process.
-    pub immediate_retries: u32,
-    /// Retries made after a delay, through the transport.
-    pub delayed_retries: u32,
-    /// The first delay.
-    pub initial_delay: Duration,
-    /// Factor applied to the delay after each delayed retry.
-    pub multiplier: f64,
-    /// Longest delay.
-    pub max_delay: Duration,
-}
-
-impl Default for Recoverability {
-    fn default() -> Self {
-        Recoverability {
-            immediate_retries: 2,
-            delayed_retries: 2,
-            initial_delay: Duration::from_secs(1),
-            multiplier: 2.0,
-            max_delay: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Recoverability {
-    /// No retries at all: the first failure goes to the error queue.
-    pub fn none() -> Self {
-        Recoverability {
-            immediate_retries: 0,
-            delayed_retries: 0,
-            ..Recoverability::default()
-        }
-    }
-
-    /// The delay before delayed retry number `n` (starting at 0).
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use bus_core::Recoverability;
-    ///
-    /// let r = Recoverability { initial_delay: Duration::from_millis(100), ..Recoverability::default() };
-    /// assert_eq!(r.delay_for(0), Duration::from_millis(100));
-    /// assert_eq!(r.delay_for(2), Duration::from_millis(400));
-    /// ```
-    pub fn delay_for(&self, n: u32) -> Duration {
-        let factor = self.multiplier.max(1.0).powi(n.min(64) as i32);
-        let millis =
-            (self.initial_delay.as_millis() as f64 * factor).min(self.max_delay.as_millis() as f64);
-        Duration::from_millis(millis as u64)
-    }
-
-    /// Attempts per delivery round.
-    pub(crate) fn attempts_per_round(&self) -> u32 {
-        self.immediate_retries.saturating_add(1)
-    }
-}
+use crate::layer::Layer;
+use crate::recoverability::{Recoverability, RecoverabilityPolicy};
 
 /// Settings of one endpoint (logical service) hosted by a bus.
 ///
@@ -94,10 +31,15 @@ pub struct EndpointConfig {
     /// from the moment it first waits (a handler done in its first poll, as most are, is never
     /// timed; a blocking first poll cannot be cut short by a timeout anyway).
     pub handler_timeout: Option<Duration>,
-    /// Retry policy.
+    /// The default retry policy's settings (used unless [`EndpointConfig::policy`] replaced
+    /// the policy).
     pub recoverability: Recoverability,
+    /// A policy replacing the default one built from `recoverability`.
+    pub policy: Option<Arc<dyn RecoverabilityPolicy>>,
     /// Idempotent consumer: skip messages whose id this endpoint already handled.
     pub inbox: Option<Arc<dyn Inbox>>,
+    /// This endpoint's own layers, run inside the bus-wide ones, in the order added.
+    pub layers: Vec<Arc<dyn Layer>>,
 }
 
 impl std::fmt::Debug for EndpointConfig {
@@ -107,7 +49,12 @@ impl std::fmt::Debug for EndpointConfig {
             .field("prefetch", &self.prefetch)
             .field("handler_timeout", &self.handler_timeout)
             .field("recoverability", &self.recoverability)
+            .field("policy", &self.policy.is_some())
             .field("inbox", &self.inbox.is_some())
+            .field(
+                "layers",
+                &self.layers.iter().map(|l| l.name()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -119,7 +66,9 @@ impl Default for EndpointConfig {
             prefetch: 32,
             handler_timeout: Some(Duration::from_secs(60)),
             recoverability: Recoverability::default(),
+            policy: None,
             inbox: None,
+            layers: Vec::new(),
         }
     }
 }
@@ -166,6 +115,13 @@ impl EndpointConfig {
         self
     }
 
+    /// The random share added to each delayed retry's delay (see [`Recoverability::jitter`]);
+    /// 0 for exact delays.
+    pub fn retry_jitter(mut self, share: f64) -> Self {
+        self.recoverability.jitter = share;
+        self
+    }
+
     /// Make the endpoint an idempotent consumer: a message whose id is in the inbox is acked
     /// without running its handlers again.
     pub fn inbox(mut self, inbox: impl Inbox) -> Self {
@@ -173,9 +129,30 @@ impl EndpointConfig {
         self
     }
 
-    /// Replace the whole retry policy.
+    /// Replace the default policy's settings.
     pub fn recoverability(mut self, recoverability: Recoverability) -> Self {
         self.recoverability = recoverability;
         self
+    }
+
+    /// Replace the retry policy: what happens after a failed attempt (see
+    /// [`RecoverabilityPolicy`]).
+    pub fn policy(mut self, policy: impl RecoverabilityPolicy) -> Self {
+        self.policy = Some(Arc::new(policy));
+        self
+    }
+
+    /// Add a layer around every handler attempt of this endpoint (see [`crate::Layer`]).
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.layers.push(Arc::new(layer));
+        self
+    }
+
+    /// The policy in force.
+    pub(crate) fn policy_in_force(&self) -> &dyn RecoverabilityPolicy {
+        match &self.policy {
+            Some(policy) => policy.as_ref(),
+            None => &self.recoverability,
+        }
     }
 }

@@ -4,14 +4,12 @@
 //! extracted: [`MessageContext`] itself, [`State<T>`] for shared application data, and
 //! [`Headers`] for the message metadata. Implement [`FromContext`] for your own.
 
-use std::any::{Any, TypeId};
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::any::TypeId;
 
 use crate::context::MessageContext;
 use crate::envelope::Headers;
 use crate::error::HandlerError;
-use crate::handler::StateRequirement;
+use crate::state::StateRequirement;
 
 /// A value a handler can take as an argument after the message.
 ///
@@ -95,23 +93,5 @@ impl<T: Clone + Send + Sync + 'static> FromContext for State<T> {
             type_id: TypeId::of::<T>(),
             type_name: std::any::type_name::<T>(),
         })
-    }
-}
-
-/// Values given with [`crate::BusBuilder::state`], by type.
-#[derive(Clone, Default)]
-pub(crate) struct StateMap(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
-
-impl StateMap {
-    pub(crate) fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) {
-        self.0.insert(TypeId::of::<T>(), Arc::new(value));
-    }
-
-    pub(crate) fn get<T: Clone + 'static>(&self) -> Option<T> {
-        self.0.get(&TypeId::of::<T>())?.downcast_ref::<T>().cloned()
-    }
-
-    pub(crate) fn contains(&self, id: TypeId) -> bool {
-        self.0.contains_key(&id)
     }
 }

@@ -30,6 +30,8 @@ pub enum FailureReason {
     /// The broker delivered the message as often as the queue allows without it ever being
     /// settled (the handling process crashed or hung each time); moved by the transport.
     DeliveryLimit,
+    /// A layer of the handling pipeline refused the message (see [`Failure::reject`]).
+    Rejected,
 }
 
 impl FailureReason {
@@ -46,22 +48,80 @@ impl FailureReason {
             FailureReason::UnsupportedContentType => "unsupported-content-type",
             FailureReason::TooLarge => "body-too-large",
             FailureReason::DeliveryLimit => "delivery-limit",
+            FailureReason::Rejected => "rejected",
         }
     }
 }
 
-/// One failed attempt (or a message rejected before any attempt).
+/// One failed handler attempt, or a message refused before or around one: what the
+/// [recoverability policy](crate::RecoverabilityPolicy) decides on and what the error-queue
+/// headers record.
+///
+/// Layers return it (a [`HandlerError`] converts with `?` or `.into()`), and may refuse a
+/// message outright with [`Failure::reject`]:
+///
+/// ```
+/// use bus_core::{Failure, FailureReason, HandlerError};
+///
+/// let refused = Failure::reject("no tenant header");
+/// assert_eq!(refused.reason(), FailureReason::Rejected);
+/// assert!(refused.is_unrecoverable());
+///
+/// let failed: Failure = HandlerError::new("database busy").into();
+/// assert_eq!(failed.reason(), FailureReason::HandlerError);
+/// assert!(!failed.is_unrecoverable());
+/// ```
 #[derive(Clone, Debug)]
-pub(crate) struct Failure {
+pub struct Failure {
     pub(crate) reason: FailureReason,
     pub(crate) error_type: String,
     pub(crate) message: String,
     pub(crate) handler: Option<String>,
     /// Retrying cannot help.
     pub(crate) unrecoverable: bool,
+    /// Not a failed attempt: the message goes back to its queue for later, uncounted (the
+    /// inbox could not tell whether it was handled).
+    pub(crate) requeue: bool,
 }
 
 impl Failure {
+    /// Refuse the message: no retries, straight to the error queue with reason `rejected`
+    /// and this text.
+    pub fn reject(message: impl Into<String>) -> Self {
+        Failure::rejected(FailureReason::Rejected, message)
+    }
+
+    /// Why it failed.
+    pub fn reason(&self) -> FailureReason {
+        self.reason
+    }
+
+    /// The Rust type of the error (or the reason, for failures that are not errors).
+    pub fn error_type(&self) -> &str {
+        &self.error_type
+    }
+
+    /// The error's text.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The handler (or layer) it came from, where known.
+    pub fn handler(&self) -> Option<&str> {
+        self.handler.as_deref()
+    }
+
+    /// Whether retrying cannot help (an unrecoverable handler error, a rejected message).
+    pub fn is_unrecoverable(&self) -> bool {
+        self.unrecoverable
+    }
+
+    /// The same failure, attributed to a handler or layer.
+    pub fn with_handler(mut self, handler: &str) -> Self {
+        self.handler = Some(handler.to_string());
+        self
+    }
+
     pub(crate) fn rejected(reason: FailureReason, message: impl Into<String>) -> Self {
         Failure {
             reason,
@@ -69,6 +129,7 @@ impl Failure {
             message: message.into(),
             handler: None,
             unrecoverable: true,
+            requeue: false,
         }
     }
 
@@ -79,6 +140,7 @@ impl Failure {
             message: error.message().to_string(),
             handler: None,
             unrecoverable: error.is_unrecoverable(),
+            requeue: false,
         }
     }
 
@@ -94,6 +156,7 @@ impl Failure {
             message: text,
             handler: None,
             unrecoverable: false,
+            requeue: false,
         }
     }
 
@@ -104,6 +167,18 @@ impl Failure {
             message: format!("the handler did not finish within {limit:?}"),
             handler: None,
             unrecoverable: false,
+            requeue: false,
+        }
+    }
+
+    pub(crate) fn requeue(message: impl Into<String>) -> Self {
+        Failure {
+            reason: FailureReason::HandlerError,
+            error_type: "bus_core::Inbox".into(),
+            message: message.into(),
+            handler: Some("inbox".into()),
+            unrecoverable: false,
+            requeue: true,
         }
     }
 
@@ -114,11 +189,19 @@ impl Failure {
             message: format!("releasing the handler's outgoing messages failed: {error}"),
             handler: None,
             unrecoverable: false,
+            requeue: false,
         }
     }
+}
 
-    pub(crate) fn with_handler(mut self, handler: &str) -> Self {
-        self.handler = Some(handler.to_string());
-        self
+impl From<HandlerError> for Failure {
+    fn from(error: HandlerError) -> Self {
+        Failure::from_handler(&error)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason.as_str(), self.message)
     }
 }

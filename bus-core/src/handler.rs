@@ -18,6 +18,7 @@ use crate::envelope::Body;
 use crate::error::{CodecError, HandlerError};
 use crate::extract::FromContext;
 use crate::message::{Message, MessageKind};
+use crate::state::StateRequirement;
 
 /// A boxed, sendable future, as handlers return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -48,15 +49,6 @@ impl MessageInfo {
             type_id: TypeId::of::<M>,
         }
     }
-}
-
-/// A state type a handler requires, checked when the bus is built.
-#[derive(Clone, Copy, Debug)]
-pub struct StateRequirement {
-    /// The state's type id.
-    pub type_id: TypeId,
-    /// Its name, for the error message.
-    pub type_name: &'static str,
 }
 
 /// A body decoded for a handler.

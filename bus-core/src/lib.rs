@@ -43,16 +43,24 @@
 //! ```
 //!
 //! ## Where things live
-//! - [`message`](crate::Message): the message traits and the typetag-backed [`AnyMessage`].
-//! - `envelope`: [`Headers`], [`Envelope`], [`Body`]; header names in [`header`].
-//! - `codec`: [`Codec`], [`JsonCodec`], [`decode_any`].
-//! - `handler`, `extract`, `context`: handlers, extractors ([`State`]), [`MessageContext`].
-//! - `endpoint`: [`EndpointConfig`] and [`Recoverability`] (retries).
-//! - `bus`: [`BusBuilder`] and [`Bus`]; `receive`: the per-delivery pipeline.
-//! - `transport`: the [`Transport`] contract (send, subscribe, ack) every transport implements.
+//! From the bottom up (nothing imports a module above it; `docs/architecture.md` has the
+//! whole picture):
+//! - Vocabulary: [`message`](crate::Message) ([`Message`], [`Command`], [`Event`],
+//!   [`AnyMessage`]), `envelope` ([`Headers`], [`Envelope`], [`Body`], the [`header`] names),
+//!   `codec` ([`Codec`], [`JsonCodec`]), `error`, `failure` ([`Failure`], [`FailureReason`]),
+//!   `state`, `transport` (the [`Transport`] contract every transport implements).
+//! - `runtime`: what a running bus shares (transport, routes, codecs, state, counters).
+//! - `outgoing`: [`SendOptions`], the headers and ids of a new message.
+//! - `context`, `extract`, `handler`: [`MessageContext`], extractors ([`State`]), handlers.
+//! - `layer`, `recoverability`, `inbox`, `endpoint`: [`Layer`], [`RecoverabilityPolicy`],
+//!   [`Inbox`], [`EndpointConfig`].
+//! - `pipeline`: one delivery through checks, layers, handlers, the policy, settlement.
+//! - `worker`: the receive loop of an endpoint.
+//! - `bus` and `builder`: the [`Bus`] facade and the [`BusBuilder`]; `signal`: [`stop_signal`].
 
 extern crate self as bus_core;
 
+mod builder;
 mod bus;
 mod codec;
 mod context;
@@ -63,26 +71,41 @@ mod extract;
 mod failure;
 mod handler;
 mod inbox;
+mod layer;
 mod message;
-mod receive;
+mod outgoing;
+mod pipeline;
+mod recoverability;
+mod redact;
+mod runtime;
+mod signal;
+mod state;
 mod transport;
+mod worker;
 
-pub use bus::{Bus, BusBuilder, BusStats, Health, SendOptions, ShutdownReport};
+pub use builder::BusBuilder;
+pub use bus::{Bus, BusStats, Health, ShutdownReport};
 pub use codec::{decode, decode_any, decode_envelope, encode, Codec, Codecs, JsonCodec, JSON};
 pub use context::MessageContext;
-pub use endpoint::{EndpointConfig, Recoverability};
+pub use endpoint::EndpointConfig;
 pub use envelope::{header, Body, Envelope, Headers, MessageId};
 pub use error::{BusError, CodecError, HandlerError, TransportError};
 pub use extract::{FromContext, State};
-pub use failure::FailureReason;
+pub use failure::{Failure, FailureReason};
 pub use handler::{
     BoxFuture, Handler, HandlerDescriptor, HandlerRegistration, IntoHandlerResult, MessageInfo,
-    MessageRegistration, StateRequirement,
+    MessageRegistration,
 };
 #[cfg(feature = "postgres")]
 pub use inbox::postgres;
 pub use inbox::{Inbox, MemoryInbox};
+pub use layer::{Layer, LayerFuture, Next, Run};
 pub use message::{AnyMessage, Command, DynMessage, Event, Message, MessageKind};
+pub use outgoing::SendOptions;
+pub use recoverability::{Attempts, Decision, Recoverability, RecoverabilityPolicy};
+pub use redact::{redact_url, scrub_urls};
+pub use signal::{stop_signal, StopSignal};
+pub use state::StateRequirement;
 pub use transport::{
     Acker, Delivery, Destination, EndpointTopology, Outgoing, SubscribeOptions, Subscription,
     Topology, Transport,
@@ -168,3 +191,8 @@ pub mod __private {
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The architecture page's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/architecture.md")]
+pub struct ArchitectureDoctests;

@@ -61,7 +61,7 @@ pub fn init_tracing(default_filter: &str) {
 }
 
 /// The log filter of the service binaries when `RUST_LOG` is unset.
-pub const SERVICE_LOG: &str = "warn,lapin=off";
+pub const SERVICE_LOG: &str = "warn,bus_core=info,lapin=off";
 
 /// The transport settings of a program that talks to other processes: loaded from
 /// `bus.toml` and `BUS_*`, and never the in-memory transport, which cannot reach another
@@ -133,35 +133,11 @@ pub fn error_queue_location(transport: &ConfiguredTransport, endpoint: &str) -> 
     }
 }
 
-/// Wait for Ctrl-C or, on Unix, SIGTERM; returns which one came.
-pub async fn shutdown_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => "Ctrl-C",
-                _ = term.recv() => "SIGTERM",
-            },
-            Err(e) => {
-                eprintln!("cannot listen for SIGTERM ({e}); stop with Ctrl-C");
-                let _ = tokio::signal::ctrl_c().await;
-                "Ctrl-C"
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
-    }
-}
-
 /// Run one service of the shop as its own process: host `endpoint` on the configured broker,
 /// print a line per handled message, and on Ctrl-C or SIGTERM stop taking messages, let the
 /// ones in flight finish (what is left stays queued for the other instances), print a summary
-/// and exit. A second signal during shutdown exits at once; unfinished messages are then
-/// redelivered by the broker.
+/// and exit. A second signal during shutdown abandons the messages in flight at once; the
+/// broker redelivers them.
 pub async fn run(program: &str, endpoint: &str) -> ExitCode {
     init_tracing(SERVICE_LOG);
     let settings = match broker_settings(program) {
@@ -185,23 +161,21 @@ pub async fn run(program: &str, endpoint: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("{program}: hosting endpoint `{endpoint}`; Ctrl-C to stop");
+    println!("{program}: hosting endpoint `{endpoint}`; Ctrl-C to stop (twice: at once)");
     let watch = tokio::spawn(watch_health(program.to_string(), bus.clone()));
 
-    let signal = shutdown_signal().await;
-    println!(
-        "{program}: {signal} received; finishing the messages in flight, leaving the rest queued"
-    );
-    let program_name = program.to_string();
-    tokio::spawn(async move {
-        let again = shutdown_signal().await;
-        eprintln!(
-            "{program_name}: {again} again; exiting now (unfinished messages will be redelivered)"
-        );
-        std::process::exit(130);
-    });
+    // Until Ctrl-C or SIGTERM; then the messages in flight finish and the rest stay queued. A
+    // second signal abandons the ones in flight: the broker redelivers them.
+    let report = bus.run_until_stop_signal().await;
     watch.abort();
-    let report = bus.shutdown().await;
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            let _ = transport.close().await;
+            return ExitCode::FAILURE;
+        }
+    };
     if let Err(e) = transport.close().await {
         eprintln!("{program}: closing the connection: {e}");
     }

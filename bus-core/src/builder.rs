@@ -1,0 +1,395 @@
+//! Building a bus: handlers found by discovery or given by hand, placed in their endpoints,
+//! checked (one handler per command, in its owning endpoint; state present), the topology
+//! declared on the transport.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bus::Bus;
+use crate::codec::{Codec, Codecs};
+use crate::endpoint::EndpointConfig;
+use crate::error::BusError;
+use crate::handler::{
+    Handler, HandlerDescriptor, HandlerRegistration, MessageInfo, MessageRegistration,
+};
+use crate::layer::Layer;
+use crate::message::{Command, MessageKind};
+use crate::pipeline::EndpointRuntime;
+use crate::runtime::{Counters, NameMap, Runtime};
+use crate::state::StateMap;
+use crate::transport::{EndpointTopology, Topology, Transport};
+
+impl Bus {
+    /// Start configuring a bus.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+}
+
+/// Configures and builds a [`Bus`].
+///
+/// Handlers annotated with `#[handler]` anywhere in the binary are discovered automatically;
+/// [`BusBuilder::handler`] adds more by hand. Each handler belongs to an endpoint (a logical
+/// service): the one named in its attribute, else the owning endpoint its command declares,
+/// else the builder's default endpoint.
+pub struct BusBuilder {
+    transport: Option<Arc<dyn Transport>>,
+    discover: bool,
+    handlers: Vec<HandlerDescriptor>,
+    default_endpoint: String,
+    hosted: Option<HashSet<String>>,
+    endpoint_defaults: EndpointConfig,
+    endpoint_configs: HashMap<String, Box<dyn FnOnce(EndpointConfig) -> EndpointConfig + Send>>,
+    routes: HashMap<String, String>,
+    state: StateMap,
+    codecs: Codecs,
+    max_body_size: usize,
+    shutdown_grace: Duration,
+    layers: Vec<Arc<dyn Layer>>,
+}
+
+impl Default for BusBuilder {
+    fn default() -> Self {
+        BusBuilder {
+            transport: None,
+            discover: true,
+            handlers: Vec::new(),
+            default_endpoint: "main".to_string(),
+            hosted: None,
+            endpoint_defaults: EndpointConfig::default(),
+            endpoint_configs: HashMap::new(),
+            routes: HashMap::new(),
+            state: StateMap::default(),
+            codecs: Codecs::default(),
+            max_body_size: 4 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+            layers: Vec::new(),
+        }
+    }
+}
+
+impl BusBuilder {
+    /// The transport to run on.
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// The transport to run on, already shared.
+    pub fn transport_arc(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// The endpoint of handlers that name none and handle no command with a declared owner.
+    /// Defaults to `main`.
+    pub fn default_endpoint(mut self, name: impl Into<String>) -> Self {
+        self.default_endpoint = name.into();
+        self
+    }
+
+    /// Host only these endpoints in this process (by default, every endpoint that has a
+    /// handler). Use it to run one service of a binary that links several.
+    pub fn host<I, S>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.hosted = Some(endpoints.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Do not pick up `#[handler]` functions automatically; only explicit ones are hosted.
+    pub fn without_discovery(mut self) -> Self {
+        self.discover = false;
+        self
+    }
+
+    /// Register a handler function in an endpoint by hand.
+    pub fn handler<M, Args>(
+        mut self,
+        endpoint: impl Into<Cow<'static, str>>,
+        handler: impl Handler<M, Args>,
+    ) -> Self {
+        self.handlers
+            .push(handler.into_descriptor().in_endpoint(endpoint));
+        self
+    }
+
+    /// Register a handler descriptor (what `#[handler]` produces) by hand.
+    pub fn handler_descriptor(mut self, descriptor: HandlerDescriptor) -> Self {
+        self.handlers.push(descriptor);
+        self
+    }
+
+    /// Settings every endpoint starts from.
+    pub fn endpoint_defaults(mut self, config: EndpointConfig) -> Self {
+        self.endpoint_defaults = config;
+        self
+    }
+
+    /// Adjust one endpoint's settings.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = bus_core::Bus::builder()
+    ///     .endpoint("billing", |e| e.concurrency(4).delayed_retries(3, Duration::from_secs(2)));
+    /// # drop(builder);
+    /// ```
+    pub fn endpoint(
+        mut self,
+        name: impl Into<String>,
+        configure: impl FnOnce(EndpointConfig) -> EndpointConfig + Send + 'static,
+    ) -> Self {
+        self.endpoint_configs
+            .insert(name.into(), Box::new(configure));
+        self
+    }
+
+    /// Send command `C` to `endpoint`, overriding the owner the command declares.
+    pub fn route<C: Command>(mut self, endpoint: impl Into<String>) -> Self {
+        self.routes.insert(C::NAME.to_string(), endpoint.into());
+        self
+    }
+
+    /// Shared state for the [`crate::State`] extractor.
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(value);
+        self
+    }
+
+    /// Add a codec; with `default`, outgoing messages are encoded with it.
+    pub fn codec(mut self, codec: impl Codec, default: bool) -> Self {
+        self.codecs.register(Arc::new(codec), default);
+        self
+    }
+
+    /// Largest body accepted on send and on receive (default 4 MiB).
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body_size = bytes;
+        self
+    }
+
+    /// How long [`Bus::shutdown`] waits for in-flight handlers (default 30 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Add a layer around every handler attempt of every endpoint, outside the endpoints' own
+    /// layers; layers run in the order added (see [`Layer`]).
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.layers.push(Arc::new(layer));
+        self
+    }
+
+    /// Check the configuration, declare the topology on the transport, and return the bus
+    /// (not consuming yet: call [`Bus::start`]).
+    pub async fn build(self) -> Result<Bus, BusError> {
+        let transport = self.transport.clone().ok_or(BusError::NoTransport)?;
+        let messages = registered_messages()?;
+
+        let mut descriptors: Vec<HandlerDescriptor> = Vec::new();
+        if self.discover {
+            descriptors.extend(inventory::iter::<HandlerRegistration>().map(|r| (r.factory)()));
+        }
+        descriptors.extend(self.handlers.iter().cloned());
+
+        // Routes: declared owners, then explicit routes, then where the handler lives.
+        let mut routes: HashMap<String, String> = HashMap::new();
+        for info in messages.values() {
+            if let (MessageKind::Command, Some(owner)) = (info.kind, info.endpoint) {
+                routes.insert(info.name.to_string(), owner.to_string());
+            }
+        }
+        routes.extend(self.routes.clone());
+
+        // Place each handler in its endpoint.
+        for d in &mut descriptors {
+            if d.endpoint.is_none() {
+                let owner = match d.message.kind {
+                    MessageKind::Command => routes.get(d.message.name).cloned(),
+                    MessageKind::Event => None,
+                };
+                d.endpoint = Some(Cow::Owned(
+                    owner.unwrap_or_else(|| self.default_endpoint.clone()),
+                ));
+            }
+        }
+        let endpoint_of =
+            |d: &HandlerDescriptor| d.endpoint.as_deref().unwrap_or_default().to_string();
+        if let Some(hosted) = &self.hosted {
+            descriptors.retain(|d| hosted.contains(&endpoint_of(d)));
+        }
+
+        check_commands(&descriptors, &messages, &mut routes, self.hosted.as_ref())?;
+        for d in &descriptors {
+            for req in &d.requires {
+                if !self.state.contains(req.type_id) {
+                    return Err(BusError::MissingState {
+                        handler: d.name.to_string(),
+                        state: req.type_name.to_string(),
+                    });
+                }
+            }
+        }
+
+        // Group by endpoint, in a stable order.
+        let mut by_endpoint: BTreeMap<String, Vec<HandlerDescriptor>> = BTreeMap::new();
+        for d in descriptors {
+            by_endpoint.entry(endpoint_of(&d)).or_default().push(d);
+        }
+        if let Some(hosted) = &self.hosted {
+            for name in hosted {
+                by_endpoint.entry(name.clone()).or_default();
+            }
+        }
+
+        let runtime = Arc::new(Runtime {
+            typed: transport.carries_typed_messages(),
+            transport: transport.clone(),
+            routes: routes.into_iter().collect(),
+            codecs: self.codecs.clone(),
+            state: self.state.clone(),
+            max_body_size: self.max_body_size,
+            counters: Counters::default(),
+        });
+
+        let mut configs = self.endpoint_configs;
+        let mut topology = Topology::default();
+        let mut endpoints = Vec::new();
+        for (name, handlers) in by_endpoint {
+            let config = match configs.remove(&name) {
+                Some(configure) => configure(self.endpoint_defaults.clone()),
+                None => self.endpoint_defaults.clone(),
+            };
+            let mut ep_topology = EndpointTopology {
+                name: name.clone(),
+                ..EndpointTopology::default()
+            };
+            let mut table: NameMap<Vec<HandlerDescriptor>> = NameMap::default();
+            for h in handlers {
+                let list = match h.message.kind {
+                    MessageKind::Command => &mut ep_topology.commands,
+                    MessageKind::Event => &mut ep_topology.events,
+                };
+                if !list.iter().any(|m| m == h.message.name) {
+                    list.push(h.message.name.to_string());
+                }
+                table.entry(h.message.name.to_string()).or_default().push(h);
+            }
+            topology.endpoints.push(ep_topology);
+            endpoints.push(Arc::new(EndpointRuntime::new(
+                &name,
+                config,
+                table,
+                runtime.clone(),
+                &self.layers,
+            )));
+        }
+
+        transport.declare(&topology).await?;
+        tracing::debug!(
+            transport = transport.name(),
+            endpoints = endpoints.len(),
+            "bus built"
+        );
+
+        Ok(Bus::new(runtime, endpoints, topology, self.shutdown_grace))
+    }
+
+    /// [`BusBuilder::build`], then [`Bus::start`].
+    pub async fn start(self) -> Result<Bus, BusError> {
+        let bus = self.build().await?;
+        bus.start().await?;
+        Ok(bus)
+    }
+}
+
+/// Every message type derived in the binary, by wire name; two types with one name is an error.
+fn registered_messages() -> Result<HashMap<&'static str, MessageInfo>, BusError> {
+    let mut out: HashMap<&'static str, MessageInfo> = HashMap::new();
+    for reg in inventory::iter::<MessageRegistration>() {
+        let info = reg.info;
+        if let Some(prev) = out.get(info.name) {
+            if (prev.type_id)() != (info.type_id)() {
+                return Err(BusError::DuplicateWireName {
+                    name: info.name.to_string(),
+                    first: (prev.rust_type)().to_string(),
+                    second: (info.rust_type)().to_string(),
+                });
+            }
+        }
+        out.insert(info.name, info);
+    }
+    Ok(out)
+}
+
+/// A command has exactly one handler, in its owning endpoint.
+fn check_commands(
+    descriptors: &[HandlerDescriptor],
+    messages: &HashMap<&'static str, MessageInfo>,
+    routes: &mut HashMap<String, String>,
+    hosted: Option<&HashSet<String>>,
+) -> Result<(), BusError> {
+    let mut by_command: BTreeMap<&str, Vec<&HandlerDescriptor>> = BTreeMap::new();
+    for d in descriptors
+        .iter()
+        .filter(|d| d.message.kind == MessageKind::Command)
+    {
+        by_command.entry(d.message.name).or_default().push(d);
+    }
+    for (name, handlers) in &by_command {
+        if handlers.len() > 1 {
+            return Err(BusError::DuplicateHandler {
+                message: name.to_string(),
+                handlers: handlers
+                    .iter()
+                    .map(|d| format!("{}::{}", d.endpoint().unwrap_or_default(), d.name))
+                    .collect(),
+            });
+        }
+        let handler = handlers[0];
+        let at = handler.endpoint().unwrap_or_default();
+        match routes.get(*name) {
+            Some(owner) if owner != at => {
+                return Err(BusError::MisplacedHandler {
+                    message: name.to_string(),
+                    handler: handler.name.to_string(),
+                    endpoint: at.to_string(),
+                    owner: owner.clone(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                routes.insert(name.to_string(), at.to_string());
+            }
+        }
+    }
+    let hosted_endpoints: HashSet<String> = match hosted {
+        Some(h) => h.clone(),
+        None => descriptors
+            .iter()
+            .filter_map(|d| d.endpoint().map(str::to_string))
+            .collect(),
+    };
+    let mut names: Vec<&&str> = messages.keys().collect();
+    names.sort();
+    for name in names {
+        let info = &messages[*name];
+        if info.kind != MessageKind::Command || by_command.contains_key(*name) {
+            continue;
+        }
+        if let Some(owner) = routes.get(*name) {
+            if hosted_endpoints.contains(owner) {
+                return Err(BusError::NoHandler {
+                    message: name.to_string(),
+                    endpoint: owner.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! One attempt at a delivery: its context, then the layers (when the endpoint has any), then
+//! each handler under its timeout and panic catching, then the release of what the handlers
+//! sent. An endpoint without layers runs the same stages without going through [`Next`].
+
+use std::sync::Arc;
+
+use super::{catch_panic, release, timeout, EndpointRuntime};
+use crate::codec::Codec;
+use crate::context::MessageContext;
+use crate::envelope::Envelope;
+use crate::failure::{Failure, FailureReason};
+use crate::handler::{Decoded, HandlerDescriptor};
+use crate::layer::Next;
+
+/// How a successful attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Done {
+    /// The handlers ran and what they sent was released.
+    Handled,
+    /// The inbox knew the message: nothing ran.
+    Duplicate,
+}
+
+/// What an attempt works on: the delivery's checked parts.
+pub(super) struct Work<'a> {
+    pub(super) handlers: &'a [HandlerDescriptor],
+    /// The body decoded for each handler by the checks, taken by the first attempt.
+    pub(super) decoded: &'a mut [Option<Decoded>],
+    pub(super) envelope: &'a Envelope,
+    pub(super) codec: &'a dyn Codec,
+    pub(super) redelivered: bool,
+}
+
+/// Make attempt number `number`. `spare` is the worker's previous context, whose allocation
+/// is reused when nothing else holds it; the attempt's context goes back there.
+pub(super) async fn run(
+    ep: &EndpointRuntime,
+    work: &mut Work<'_>,
+    number: u32,
+    spare: &mut Option<MessageContext>,
+) -> Result<Done, Failure> {
+    let mut ctx = MessageContext::for_attempt(
+        spare.take(),
+        &ep.runtime,
+        &work.envelope.headers,
+        &ep.name,
+        number,
+        work.redelivered,
+    );
+    let outcome = if ep.layers.is_empty() {
+        match run_handlers(ep, work, &ctx).await {
+            // Nobody else holds the context now (as a rule): its outbox is taken unlocked.
+            Ok(()) => release::release(&ep.runtime, ctx.take_outbox()).await,
+            Err(failure) => Err(failure),
+        }
+    } else {
+        let ctx = &ctx;
+        let innermost = std::pin::pin!(async move {
+            run_handlers(ep, work, ctx).await?;
+            release::release(&ep.runtime, ctx.close_outbox()).await
+        });
+        let chain = Next::new(&ep.layers, innermost).run(ctx);
+        catch_panic::caught(chain, || Some("a layer".to_string())).await
+    };
+    // Closed either way: what a failed attempt staged is dropped, and a handler that kept its
+    // context can stage nothing more.
+    ctx.take_outbox();
+    let done = match ctx.is_duplicate() {
+        true => Done::Duplicate,
+        false => Done::Handled,
+    };
+    *spare = Some(ctx);
+    outcome.map(|()| done)
+}
+
+/// Run the attempt's handlers in order, each with a clone of `ctx`; the first failure ends it.
+async fn run_handlers(
+    ep: &EndpointRuntime,
+    work: &mut Work<'_>,
+    ctx: &MessageContext,
+) -> Result<(), Failure> {
+    let limit = ep.config.handler_timeout;
+    for (h, slot) in work.handlers.iter().zip(work.decoded.iter_mut()) {
+        // Decoded by the checks for the first attempt; again for each retry.
+        let message = match slot.take() {
+            Some(m) => m,
+            None => h
+                .decode(&work.envelope.body, work.codec, false)
+                .map_err(|e| {
+                    Failure::rejected(FailureReason::Deserialization, e.to_string())
+                        .with_handler(h.name())
+                })?,
+        };
+        let call = h.invoke(message, &work.envelope.body, ctx.clone());
+        let call = async {
+            match timeout::within(limit, call).await {
+                Some(Ok(())) => Ok(()),
+                Some(Err(error)) => Err(Failure::from_handler(&error)),
+                None => Err(Failure::timeout(limit.unwrap_or_default())),
+            }
+        };
+        catch_panic::caught(call, || None)
+            .await
+            .map_err(|f| f.with_handler(h.name()))?;
+    }
+    Ok(())
+}
+
+/// The layers of an endpoint: the bus-wide ones, the endpoint's own, then its inbox.
+pub(super) fn layers_of(
+    bus: &[Arc<dyn crate::Layer>],
+    endpoint: &crate::EndpointConfig,
+) -> Box<[Arc<dyn crate::Layer>]> {
+    let mut layers: Vec<Arc<dyn crate::Layer>> = bus.to_vec();
+    layers.extend(endpoint.layers.iter().cloned());
+    if let Some(inbox) = &endpoint.inbox {
+        layers.push(Arc::new(super::inbox::InboxLayer::new(inbox.clone())));
+    }
+    layers.into_boxed_slice()
+}

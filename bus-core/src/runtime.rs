@@ -1,0 +1,94 @@
+//! The runtime core at the bottom of the crate: what every part of a running bus shares (the
+//! transport, routes, codecs, state and counters) and the one-way signals that stop it. Nothing
+//! here knows about the builder, the facade or the receive path, which all build on it.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::codec::Codecs;
+use crate::state::StateMap;
+use crate::transport::Transport;
+
+/// A map keyed by a message or endpoint name, looked up on every send and every delivery.
+pub(crate) type NameMap<V> = fnv::FnvHashMap<String, V>;
+
+/// What every part of a running bus shares: the bus's own handles, the sending side and the
+/// receiving side alike.
+pub(crate) struct Runtime {
+    pub(crate) transport: Arc<dyn Transport>,
+    /// Owning endpoint of each command, by wire name.
+    pub(crate) routes: NameMap<String>,
+    pub(crate) codecs: Codecs,
+    /// The transport carries typed bodies (in process): nothing is encoded.
+    pub(crate) typed: bool,
+    pub(crate) state: StateMap,
+    pub(crate) max_body_size: usize,
+    pub(crate) counters: Counters,
+}
+
+/// What the bus did so far; read as [`crate::BusStats`].
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) handled: AtomicU64,
+    pub(crate) failed_attempts: AtomicU64,
+    pub(crate) delayed_retries: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) duplicates_skipped: AtomicU64,
+}
+
+impl Counters {
+    /// Count one.
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A one-way signal (stop taking messages, abandon handlers) checked with one atomic load.
+/// Waiting for it goes through a `CancellationToken`, whose own check takes a lock that every
+/// worker thread and every sender would share.
+#[derive(Clone, Default)]
+pub(crate) struct Signal {
+    fired: Arc<AtomicBool>,
+    token: CancellationToken,
+}
+
+impl Signal {
+    /// Fire it; idempotent.
+    pub(crate) fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// Whether it fired.
+    pub(crate) fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Completes once it fired.
+    pub(crate) fn fired(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    /// Run `work` unless the signal fires first (or already did); `None` then, and `work` is
+    /// dropped.
+    ///
+    /// Like a biased `select!` on the signal, without registering a waiter on it for work that
+    /// is ready at once (the common case on a busy endpoint): that registration takes a lock.
+    pub(crate) async fn unless<F: Future>(&self, work: F) -> Option<F::Output> {
+        let mut work = std::pin::pin!(work);
+        let mut cancelled = std::pin::pin!(self.fired());
+        std::future::poll_fn(|cx| {
+            if self.is_fired() {
+                return std::task::Poll::Ready(None);
+            }
+            if let std::task::Poll::Ready(out) = work.as_mut().poll(cx) {
+                return std::task::Poll::Ready(Some(out));
+            }
+            cancelled.as_mut().poll(cx).map(|()| None)
+        })
+        .await
+    }
+}
