@@ -5,6 +5,7 @@
 //! cargo run -p bus-bench --release -- --quick      # about a minute
 //! cargo run -p bus-bench --release                 # the full run
 //! cargo run -p bus-bench --release -- --json       # one JSON object per line
+//! cargo run -p bus-bench --release -- --only memory-producers --producers 8   # 8 senders, 8 handlers
 //! cargo run -p bus-bench --release --no-default-features   # on the system allocator
 //! ```
 //!
@@ -43,8 +44,8 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// Run only the cases whose group name contains this text: `memory-commands`,
-    /// `memory-events`, `amqp-e2e`, `amqp-publish`, `amqp-sizes`, `nats-e2e`, `redis-e2e`,
-    /// `footprint`.
+    /// `memory-producers`, `memory-events`, `amqp-e2e`, `amqp-publish`, `amqp-sizes`,
+    /// `nats-e2e`, `redis-e2e`, `footprint`.
     #[arg(long)]
     only: Option<String>,
     /// The broker of the AMQP cases.
@@ -60,9 +61,13 @@ struct Args {
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Handler counts of the in-memory command case instead of 1, 2 and 4, e.g.
-    /// `--handlers 1` (repeat it for several).
-    #[arg(long = "handlers")]
+    /// `--handlers 1` (repeat it for several). The no-op layer row comes with 1.
+    #[arg(long = "handlers", value_parser = at_least_one)]
     handlers: Vec<usize>,
+    /// Producer counts of the in-memory multi-producer case (`memory-producers`) instead of
+    /// 2, 4 and 8, each with as many handlers, e.g. `--producers 8` (repeat it for several).
+    #[arg(long = "producers", value_parser = at_least_one)]
+    producers: Vec<usize>,
     /// Internal: tiny counts and one handler only, to run under a profiler.
     #[arg(long, hide = true)]
     reduced: bool,
@@ -71,10 +76,23 @@ struct Args {
     rss_child: Option<String>,
 }
 
+/// A count of tasks for `--handlers` and `--producers`: a whole number from 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{text}` is not a whole number from 1 up")),
+    }
+}
+
 /// How much work each case does; fixed per mode, so runs compare.
 pub struct Scale {
     /// Handler counts of the in-memory command case.
     pub concurrencies: Vec<usize>,
+    /// Whether the in-memory command case adds its row through a bus with one no-op layer
+    /// (after its 1-handler rows).
+    pub layer_row: bool,
+    /// Producer counts of the in-memory multi-producer case, each with as many handlers.
+    pub producers: Vec<usize>,
     /// Repetitions of each in-memory measurement (the median is reported).
     pub repeats: usize,
     /// Messages before an in-memory measurement starts.
@@ -104,6 +122,9 @@ impl Scale {
         if reduced {
             Scale {
                 concurrencies: vec![1],
+                // Nothing beyond the one-handler run, so a profile holds only that.
+                layer_row: false,
+                producers: Vec::new(),
                 repeats: 1,
                 mem_warmup: 2_000,
                 mem_messages: 50_000,
@@ -119,6 +140,8 @@ impl Scale {
         } else if quick {
             Scale {
                 concurrencies: vec![1, 2, 4],
+                layer_row: true,
+                producers: vec![2, 4, 8],
                 repeats: 3,
                 mem_warmup: 10_000,
                 mem_messages: 300_000,
@@ -134,6 +157,8 @@ impl Scale {
         } else {
             Scale {
                 concurrencies: vec![1, 2, 4],
+                layer_row: true,
+                producers: vec![2, 4, 8],
                 repeats: 5,
                 mem_warmup: 50_000,
                 mem_messages: 2_000_000,
@@ -183,11 +208,17 @@ fn main() {
     if !args.handlers.is_empty() {
         scale.concurrencies.clone_from(&args.handlers);
     }
+    if !args.producers.is_empty() {
+        scale.producers.clone_from(&args.producers);
+    }
     let wanted = |group: &str| args.only.as_deref().is_none_or(|o| group.contains(o));
 
     let mut rows = Vec::new();
     if wanted("memory-commands") {
         rows.extend(memory::commands(&scale));
+    }
+    if wanted("memory-producers") {
+        rows.extend(memory::producers(&scale));
     }
     if wanted("memory-events") {
         rows.extend(memory::events(&scale));

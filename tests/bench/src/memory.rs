@@ -1,11 +1,12 @@
 //! In-memory cases: commands through the bus on the memory transport against a tokio `mpsc`
-//! channel, events to three endpoints against a tokio `broadcast` channel. Both sides run the
-//! same handler through the same kind of dynamic dispatch (a boxed future).
+//! channel (from one producer task, through a bus with a no-op layer, and from several producer
+//! tasks at once), events to three endpoints against a tokio `broadcast` channel. Both sides run
+//! the same handler through the same kind of dynamic dispatch (a boxed future).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus_core::{Bus, HandlerError};
+use bus_core::{Bus, HandlerError, Layer, LayerFuture, MessageContext, Next};
 use bus_transport_memory::MemoryTransport;
 use tokio::sync::{broadcast, mpsc, Semaphore};
 
@@ -27,18 +28,67 @@ struct Figures {
     p99_us: f64,
 }
 
-/// Case 1: commands, with 1, 2 and 4 concurrent handlers.
+/// Who sends and who handles in a command case.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    /// Tasks sending at once; a throughput run's messages are split between them.
+    producers: usize,
+    /// Handlers of the endpoint at once, and tasks draining the raw channel.
+    handlers: usize,
+    /// No-op layers around every handler attempt on the bus side (`BusBuilder::layer`).
+    layers: usize,
+}
+
+impl Shape {
+    /// One producer task, `handlers` handlers, no layer: the shape of case 1's main rows.
+    fn one_producer(handlers: usize) -> Shape {
+        Shape {
+            producers: 1,
+            handlers,
+            layers: 0,
+        }
+    }
+}
+
+/// A layer that only calls the rest of the pipeline, so that its row shows what a layer costs
+/// by itself: the pipeline's layered path and one boxed future per attempt.
+struct NoopLayer;
+
+impl Layer for NoopLayer {
+    fn call<'a>(&'a self, ctx: &'a MessageContext, next: Next<'a>) -> LayerFuture<'a> {
+        Box::pin(async move { next.run(ctx).await })
+    }
+}
+
+/// `1 handler`, `2 handlers`.
+fn counted(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+/// Case 1: commands from one producer task, with 1, 2 and 4 concurrent handlers; after the
+/// 1-handler rows, the same through a bus with one no-op layer, against the same raw figures.
 pub fn commands(scale: &Scale) -> Vec<Row> {
     let mut rows = Vec::new();
     for &concurrency in &scale.concurrencies {
-        let case = format!(
-            "memory commands, {concurrency} handler{}",
-            if concurrency == 1 { "" } else { "s" }
-        );
-        progress(format!("{case}: bus"));
-        let bus = repeat(scale, || bus_commands(scale, concurrency));
+        let case = format!("memory commands, {}", counted(concurrency, "handler"));
+        let plain = Shape::one_producer(concurrency);
+        let (bus, layered) = if concurrency == 1 && scale.layer_row {
+            // Taken in turns with the plain bus, so that the difference between the two, the
+            // cost of the layer, is not a change in the machine's load between them.
+            progress(format!("{case}: bus, in turns with one no-op layer"));
+            let layered = Shape { layers: 1, ..plain };
+            let (bus, with_layer) = repeat_in_turns(
+                scale,
+                || bus_commands(scale, plain),
+                || bus_commands(scale, layered),
+            );
+            (bus, Some(with_layer))
+        } else {
+            progress(format!("{case}: bus"));
+            (repeat(scale, || bus_commands(scale, plain)), None)
+        };
         progress(format!("{case}: raw mpsc"));
-        let raw = repeat(scale, || raw_commands(scale, concurrency));
+        let raw = repeat(scale, || raw_commands(scale, plain));
         rows.extend(figure_rows(
             &case,
             &bus,
@@ -46,6 +96,52 @@ pub fn commands(scale: &Scale) -> Vec<Row> {
             "tokio mpsc + boxed handler",
             concurrency,
         ));
+        if let Some(layered) = layered {
+            let case = "memory commands, 1 handler, 1 no-op layer";
+            progress(format!(
+                "{case}: {:+.0} ns per message against no layer",
+                1e9 / layered.per_sec - 1e9 / bus.per_sec
+            ));
+            // The raw side does not change with the bus's layers: its figures are the ones
+            // just measured, so this row and the one above share their denominator.
+            rows.extend(figure_rows(
+                case,
+                &layered,
+                &raw,
+                "tokio mpsc + boxed handler, as 1 handler",
+                1,
+            ));
+        }
+    }
+    rows
+}
+
+/// Case 1, several producers: P tasks sending commands at once into one endpoint with P
+/// handlers, against a tokio `mpsc` channel of the same bound with P cloned senders drained by
+/// P tasks. Throughput only: the one-producer rows measure latency with that many in flight.
+pub fn producers(scale: &Scale) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &producers in &scale.producers {
+        let shape = Shape {
+            producers,
+            handlers: producers,
+            layers: 0,
+        };
+        let case = format!(
+            "memory commands, {}, {}",
+            counted(producers, "producer"),
+            counted(producers, "handler")
+        );
+        progress(format!("{case}: bus"));
+        let bus = repeat(scale, || bus_commands(scale, shape));
+        progress(format!("{case}: raw mpsc"));
+        let raw = repeat(scale, || raw_commands(scale, shape));
+        rows.push(
+            Row::new(case, "throughput", "msg/s", bus.per_sec, raw.per_sec, true).note(format!(
+                "tokio mpsc, {} + boxed handler",
+                counted(producers, "sender")
+            )),
+        );
     }
     rows
 }
@@ -87,6 +183,25 @@ fn figure_rows(case: &str, bus: &Figures, raw: &Figures, note: &str, window: usi
 /// Run a measurement `scale.repeats` times; report the median of each figure.
 fn repeat(scale: &Scale, mut run: impl FnMut() -> Figures) -> Figures {
     let runs: Vec<Figures> = (0..scale.repeats).map(|_| run()).collect();
+    medians(&runs)
+}
+
+/// Like [`repeat`] for two measurements taken in turns (a, b, a, b, ...).
+fn repeat_in_turns(
+    scale: &Scale,
+    mut a: impl FnMut() -> Figures,
+    mut b: impl FnMut() -> Figures,
+) -> (Figures, Figures) {
+    let (mut runs_a, mut runs_b) = (Vec::new(), Vec::new());
+    for _ in 0..scale.repeats {
+        runs_a.push(a());
+        runs_b.push(b());
+    }
+    (medians(&runs_a), medians(&runs_b))
+}
+
+/// The median of each figure over some runs.
+fn medians(runs: &[Figures]) -> Figures {
     Figures {
         per_sec: median(runs.iter().map(|f| f.per_sec).collect()),
         p50_us: median(runs.iter().map(|f| f.p50_us).collect()),
@@ -94,21 +209,31 @@ fn repeat(scale: &Scale, mut run: impl FnMut() -> Figures) -> Figures {
     }
 }
 
-/// Send `n` messages through `send` from a task of the runtime; the rate at which the sink
-/// saw them all.
-async fn flood<F, Fut>(sink: &Arc<Sink>, n: u64, send: F) -> f64
+/// Send `n` messages through `send` from `producers` tasks of the runtime (each with its own
+/// clone of `send` and its own share of the sequence numbers); the rate at which the sink saw
+/// them all.
+async fn flood<F, Fut>(sink: &Arc<Sink>, n: u64, producers: usize, send: F) -> f64
 where
-    F: Fn(u64) -> Fut + Send + 'static,
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     sink.arm(n, false, None);
     let started = Instant::now();
-    let producer = tokio::spawn(async move {
-        for seq in 0..n {
-            send(seq).await;
-        }
-    });
-    producer.await.expect("producer task");
+    let p = producers as u64;
+    let tasks: Vec<_> = (0..p)
+        .map(|i| {
+            let send = send.clone();
+            let (from, to) = (n * i / p, n * (i + 1) / p);
+            tokio::spawn(async move {
+                for seq in from..to {
+                    send(seq).await;
+                }
+            })
+        })
+        .collect();
+    for producer in tasks {
+        producer.await.expect("producer task");
+    }
     assert!(sink.wait(LIMIT).await, "throughput run stuck");
     n as f64 / started.elapsed().as_secs_f64()
 }
@@ -137,19 +262,21 @@ where
     sink.percentiles_us().unwrap_or((f64::NAN, f64::NAN))
 }
 
-fn bus_commands(scale: &Scale, concurrency: usize) -> Figures {
+fn bus_commands(scale: &Scale, shape: Shape) -> Figures {
     runtime().block_on(async {
         let sink = Sink::new();
         let s = sink.clone();
-        let bus = Bus::builder()
+        let concurrency = shape.handlers;
+        let mut builder = Bus::builder()
             .without_discovery()
             .transport(MemoryTransport::new().capacity(CAPACITY))
             .handler("bench-mem", move |m: MemWork| handle(s.clone(), m.sent_ns))
             .endpoint("bench-mem", move |e| e.concurrency(concurrency))
-            .host(["bench-mem"])
-            .start()
-            .await
-            .expect("bus starts");
+            .host(["bench-mem"]);
+        for _ in 0..shape.layers {
+            builder = builder.layer(NoopLayer);
+        }
+        let bus = builder.start().await.expect("bus starts");
         let send = |stamp: bool| {
             let bus = bus.clone();
             move |seq| {
@@ -160,16 +287,21 @@ fn bus_commands(scale: &Scale, concurrency: usize) -> Figures {
                 }
             }
         };
-        flood(&sink, scale.mem_warmup, send(false)).await;
-        let per_sec = flood(&sink, scale.mem_messages, send(false)).await;
-        let (p50_us, p99_us) = paced(
-            &sink,
-            scale.mem_latency_messages,
-            concurrency,
-            1,
-            send(true),
-        )
-        .await;
+        flood(&sink, scale.mem_warmup, shape.producers, send(false)).await;
+        let per_sec = flood(&sink, scale.mem_messages, shape.producers, send(false)).await;
+        let (p50_us, p99_us) = if shape.producers == 1 {
+            paced(
+                &sink,
+                scale.mem_latency_messages,
+                concurrency,
+                1,
+                send(true),
+            )
+            .await
+        } else {
+            // Several producers: throughput only (see `producers`).
+            (f64::NAN, f64::NAN)
+        };
         bus.shutdown().await;
         Figures {
             per_sec,
@@ -179,8 +311,9 @@ fn bus_commands(scale: &Scale, concurrency: usize) -> Figures {
     })
 }
 
-fn raw_commands(scale: &Scale, concurrency: usize) -> Figures {
+fn raw_commands(scale: &Scale, shape: Shape) -> Figures {
     runtime().block_on(async {
+        let concurrency = shape.handlers;
         let sink = Sink::new();
         let s = sink.clone();
         let handler: DynHandler<MemWork> = Arc::new(move |m: MemWork| {
@@ -225,16 +358,21 @@ fn raw_commands(scale: &Scale, concurrency: usize) -> Figures {
                 }
             }
         };
-        flood(&sink, scale.mem_warmup, send(false)).await;
-        let per_sec = flood(&sink, scale.mem_messages, send(false)).await;
-        let (p50_us, p99_us) = paced(
-            &sink,
-            scale.mem_latency_messages,
-            concurrency,
-            1,
-            send(true),
-        )
-        .await;
+        flood(&sink, scale.mem_warmup, shape.producers, send(false)).await;
+        let per_sec = flood(&sink, scale.mem_messages, shape.producers, send(false)).await;
+        let (p50_us, p99_us) = if shape.producers == 1 {
+            paced(
+                &sink,
+                scale.mem_latency_messages,
+                concurrency,
+                1,
+                send(true),
+            )
+            .await
+        } else {
+            // Several producers: throughput only (see `producers`).
+            (f64::NAN, f64::NAN)
+        };
         drop(tx);
         for w in workers {
             let _ = w.await;
