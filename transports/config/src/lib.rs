@@ -54,9 +54,19 @@
 //! # Ok::<(), bus_transport_config::ConfigError>(())
 //! ```
 //!
-//! - `settings`: [`TransportSettings`], where it is read from, how it opens a transport.
+//! Where things live:
+//! - `settings`: [`TransportSettings`] and [`QueueKind`], the values the configuration holds;
+//!   the methods sit beside the concept they serve, in `settings/`:
+//!   - `kind`: [`TransportKind`], which transport a URL names, and the URL checks;
+//!   - `sources`: reading `bus.toml` and the `BUS_*` variables ([`TransportSettings::load`]);
+//!   - `de`: the deserializers for durations, flags, numbers and secrets;
+//!   - `configs`: each transport's own configuration ([`TransportSettings::amqp_config`], ...);
+//!   - `open`: opening the transport ([`TransportSettings::open`], [`transport_from_env`]).
+//! - `env`: the `BUS_*` environment variables as a configuration source.
+//! - `redact`: keeping credentials out of error texts.
 //! - `transport`: [`ConfiguredTransport`], the opened transport with its concrete type.
 //! - `error`: [`ConfigError`].
+//! - `tests`: tests through the public surface, by theme (scheme tests sit beside `kind`).
 
 mod env;
 mod error;
