@@ -79,8 +79,15 @@ pub mod header {
 /// let text: String = id.to_string();
 /// assert_eq!(MessageId::from(text), id);
 /// ```
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageId(smallstr::SmallString<[u8; 36]>);
+
+impl Clone for MessageId {
+    /// A copy of the bytes: `SmallString`'s own `clone` extends byte by byte.
+    fn clone(&self) -> Self {
+        MessageId(smallstr::SmallString::from_str(self.as_str()))
+    }
+}
 
 impl MessageId {
     /// The id as text.

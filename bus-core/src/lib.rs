@@ -107,8 +107,8 @@ pub use redact::{redact_url, scrub_urls};
 pub use signal::{stop_signal, StopSignal};
 pub use state::StateRequirement;
 pub use transport::{
-    Acker, Delivery, Destination, EndpointTopology, Outgoing, SubscribeOptions, Subscription,
-    Topology, Transport,
+    Acker, Delivery, Destination, EndpointTopology, Outgoing, SharedAcker, SubscribeOptions,
+    Subscription, Topology, Transport,
 };
 
 /// Derive macros and the handler attribute.

@@ -13,6 +13,7 @@
 //! [`TransportError::Unroutable`], not a silent drop; an event nobody subscribes to is fine.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -167,10 +168,36 @@ pub trait Acker: Send + Sync + 'static {
     fn abandon(self: Box<Self>, envelope: Envelope);
 }
 
+/// The transport side of settling deliveries, one for many of them: each [`Delivery`] made
+/// with [`Delivery::shared`] carries a token the acker gives meaning to (a queue position, a
+/// delivery tag). It spares the allocation of a boxed [`Acker`] per delivery; the runtime
+/// settles each token exactly once, like a boxed acker.
+#[async_trait]
+pub trait SharedAcker: Send + Sync + 'static {
+    /// Remove the message for good.
+    async fn ack(self: Arc<Self>, token: u64) -> Result<(), TransportError>;
+    /// Remove the message for good at once, if that needs no waiting (see
+    /// [`Acker::ack_now`]).
+    fn ack_now(&self, token: u64) -> Option<Result<(), TransportError>> {
+        let _ = token;
+        None
+    }
+    /// Return the message to its queue for redelivery.
+    async fn nack(self: Arc<Self>, token: u64, envelope: Envelope) -> Result<(), TransportError>;
+    /// The delivery was dropped unsettled: make the message available again.
+    fn abandon(&self, token: u64, envelope: Envelope);
+}
+
+/// How a delivery is settled.
+enum Settle {
+    Boxed(Box<dyn Acker>),
+    Shared(Arc<dyn SharedAcker>, u64),
+}
+
 /// One message handed out by a [`Subscription`], to be settled exactly once.
 pub struct Delivery {
     envelope: Option<Envelope>,
-    acker: Option<Box<dyn Acker>>,
+    acker: Option<Settle>,
     redelivered: bool,
     delivery_count: u32,
 }
@@ -185,7 +212,23 @@ impl Delivery {
     ) -> Self {
         Delivery {
             envelope: Some(envelope),
-            acker: Some(acker),
+            acker: Some(Settle::Boxed(acker)),
+            redelivered,
+            delivery_count,
+        }
+    }
+
+    /// Wrap a received envelope settled through a [`SharedAcker`] with `token`.
+    pub fn shared(
+        envelope: Envelope,
+        acker: Arc<dyn SharedAcker>,
+        token: u64,
+        redelivered: bool,
+        delivery_count: u32,
+    ) -> Self {
+        Delivery {
+            envelope: Some(envelope),
+            acker: Some(Settle::Shared(acker, token)),
             redelivered,
             delivery_count,
         }
@@ -244,11 +287,17 @@ impl Delivery {
     pub fn ack_or_pending(
         mut self,
     ) -> Result<Result<(), TransportError>, crate::BoxFuture<Result<(), TransportError>>> {
-        let mut acker = self.acker.take().expect("unsettled delivery has an acker");
+        let acker = self.acker.take().expect("unsettled delivery has an acker");
         self.envelope = None;
-        match acker.ack_now() {
-            Some(done) => Ok(done),
-            None => Err(acker.ack()),
+        match acker {
+            Settle::Boxed(mut acker) => match acker.ack_now() {
+                Some(done) => Ok(done),
+                None => Err(acker.ack()),
+            },
+            Settle::Shared(acker, token) => match acker.ack_now(token) {
+                Some(done) => Ok(done),
+                None => Err(acker.ack(token)),
+            },
         }
     }
 
@@ -259,14 +308,19 @@ impl Delivery {
             .envelope
             .take()
             .expect("unsettled delivery has an envelope");
-        acker.nack(envelope).await
+        match acker {
+            Settle::Boxed(acker) => acker.nack(envelope).await,
+            Settle::Shared(acker, token) => acker.nack(token, envelope).await,
+        }
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        if let (Some(acker), Some(envelope)) = (self.acker.take(), self.envelope.take()) {
-            acker.abandon(envelope);
+        match (self.acker.take(), self.envelope.take()) {
+            (Some(Settle::Boxed(acker)), Some(envelope)) => acker.abandon(envelope),
+            (Some(Settle::Shared(acker, token)), Some(envelope)) => acker.abandon(token, envelope),
+            _ => {}
         }
     }
 }

@@ -1,5 +1,5 @@
 //! A consumer of one queue: its subscription, which takes messages within its prefetch and
-//! hands them out as deliveries, and the acker of each delivery, which settles it with the
+//! hands them out as deliveries, and the consumer's acker, which settles each of them with the
 //! queue.
 //!
 //! Prefetch bounds the deliveries taken and not settled, like a broker's: it counts the ready
@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bus_core::{async_trait, Acker, Delivery, Envelope, Subscription, TransportError};
+use bus_core::{async_trait, Delivery, Envelope, SharedAcker, Subscription, TransportError};
 use tokio::sync::Notify;
 
 use crate::queue::{Queue, Stored};
@@ -80,12 +80,13 @@ impl MemorySubscription {
     fn deliver(&self, mut stored: Stored) -> Delivery {
         stored.delivery_count += 1;
         let count = stored.delivery_count;
-        let acker = MemoryAcker {
-            consumer: self.consumer.clone(),
-            delivery_count: count,
-            settled: false,
-        };
-        Delivery::new(stored.envelope, Box::new(acker), count > 1, count)
+        Delivery::shared(
+            stored.envelope,
+            self.consumer.clone(),
+            u64::from(count),
+            count > 1,
+            count,
+        )
     }
 }
 
@@ -165,49 +166,31 @@ impl Subscription for MemorySubscription {
     }
 }
 
-/// Settles one delivery with its queue, once.
-struct MemoryAcker {
-    consumer: Arc<Consumer>,
-    delivery_count: u32,
-    /// Acked through `ack_now`: nothing more to settle.
-    settled: bool,
-}
-
-impl MemoryAcker {
-    fn requeue(self, envelope: Envelope) {
-        if self.settled {
-            return;
-        }
-        let stored = Stored {
-            envelope,
-            delivery_count: self.delivery_count,
-        };
-        self.consumer.settled(Some(stored));
-    }
-}
-
+/// The consumer settles its deliveries with the queue; a delivery's token is its delivery
+/// count, which a requeued message keeps. The runtime settles each delivery once.
 #[async_trait]
-impl Acker for MemoryAcker {
-    async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
-        self.ack_now().unwrap_or(Ok(()))
-    }
-
-    fn ack_now(&mut self) -> Option<Result<(), TransportError>> {
-        // Settled once, whatever a caller does after: a second settle would free a slot the
-        // queue never gave.
-        if !std::mem::replace(&mut self.settled, true) {
-            self.consumer.settled(None);
-        }
-        Some(Ok(()))
-    }
-
-    async fn nack(self: Box<Self>, envelope: Envelope) -> Result<(), TransportError> {
-        self.requeue(envelope);
+impl SharedAcker for Consumer {
+    async fn ack(self: Arc<Self>, _: u64) -> Result<(), TransportError> {
+        self.settled(None);
         Ok(())
     }
 
-    fn abandon(self: Box<Self>, envelope: Envelope) {
-        self.requeue(envelope);
+    fn ack_now(&self, _: u64) -> Option<Result<(), TransportError>> {
+        self.settled(None);
+        Some(Ok(()))
+    }
+
+    async fn nack(self: Arc<Self>, count: u64, envelope: Envelope) -> Result<(), TransportError> {
+        self.abandon(count, envelope);
+        Ok(())
+    }
+
+    fn abandon(&self, count: u64, envelope: Envelope) {
+        let stored = Stored {
+            envelope,
+            delivery_count: u32::try_from(count).unwrap_or(u32::MAX),
+        };
+        self.settled(Some(stored));
     }
 }
 
