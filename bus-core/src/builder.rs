@@ -250,7 +250,14 @@ impl BusBuilder {
         let runtime = Arc::new(Runtime {
             typed: transport.carries_typed_messages(),
             transport: transport.clone(),
-            routes: routes.into_iter().collect(),
+            routes: routes
+                .into_iter()
+                .map(|(command, endpoint)| (command, Arc::from(endpoint)))
+                .collect(),
+            names: messages
+                .keys()
+                .map(|name| (name.to_string(), Arc::from(*name)))
+                .collect(),
             codecs: self.codecs.clone(),
             state: self.state.clone(),
             max_body_size: self.max_body_size,

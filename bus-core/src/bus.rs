@@ -14,7 +14,7 @@ use crate::message::{AnyMessage, Command, Event};
 use crate::outgoing::SendOptions;
 use crate::pipeline::EndpointRuntime;
 use crate::runtime::{Runtime, Signal};
-use crate::transport::{Destination, Outgoing, SubscribeOptions, Topology, Transport};
+use crate::transport::{Outgoing, SubscribeOptions, Topology, Transport};
 use crate::worker;
 
 /// Counters of what a bus instance did, for dashboards and summaries.
@@ -160,12 +160,10 @@ impl Bus {
         event: E,
         options: SendOptions,
     ) -> Result<(), BusError> {
-        let out = self.inner.runtime.outgoing(
-            event,
-            Destination::Event(E::NAME.to_string()),
-            None,
-            options,
-        )?;
+        let out =
+            self.inner
+                .runtime
+                .outgoing(event, self.inner.runtime.event(E::NAME), None, options)?;
         self.dispatch(out).await
     }
 
@@ -330,7 +328,7 @@ impl Bus {
 
     /// The endpoint that owns a command, by wire name.
     pub fn route_of(&self, command: &str) -> Option<&str> {
-        self.inner.runtime.routes.get(command).map(String::as_str)
+        self.inner.runtime.routes.get(command).map(|e| &**e)
     }
 
     /// The codecs this bus knows.

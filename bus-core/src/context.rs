@@ -166,7 +166,7 @@ impl MessageContext {
         event: E,
         options: SendOptions,
     ) -> Result<(), BusError> {
-        let destination = crate::transport::Destination::Event(E::NAME.to_string());
+        let destination = self.inner.runtime.event(E::NAME);
         let out =
             self.inner
                 .runtime

@@ -54,6 +54,14 @@ impl SendOptions {
 }
 
 impl Runtime {
+    /// The destination of event `name`: its shared name when the binary declares it.
+    pub(crate) fn event(&self, name: &str) -> Destination {
+        Destination::Event(match self.names.get(name) {
+            Some(shared) => shared.clone(),
+            None => Arc::from(name),
+        })
+    }
+
     pub(crate) fn route<C: Command>(&self) -> Result<Destination, BusError> {
         self.routes
             .get(C::NAME)
@@ -126,7 +134,7 @@ impl Runtime {
                     .cloned()
                     .ok_or_else(|| BusError::NoRoute(name.to_string()))?,
             ),
-            MessageKind::Event => Destination::Event(name.to_string()),
+            MessageKind::Event => self.event(name),
         };
         let body = if self.typed {
             Body::Message(Arc::from(message.clone_message()))

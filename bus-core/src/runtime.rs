@@ -21,7 +21,9 @@ pub(crate) type NameMap<V> = rustc_hash::FxHashMap<String, V>;
 pub(crate) struct Runtime {
     pub(crate) transport: Arc<dyn Transport>,
     /// Owning endpoint of each command, by wire name.
-    pub(crate) routes: NameMap<String>,
+    pub(crate) routes: NameMap<Arc<str>>,
+    /// The wire name of every message type in the binary, shared by its sends.
+    pub(crate) names: NameMap<Arc<str>>,
     pub(crate) codecs: Codecs,
     /// The transport carries typed bodies (in process): nothing is encoded.
     pub(crate) typed: bool,

@@ -21,15 +21,16 @@ use async_trait::async_trait;
 use crate::envelope::Envelope;
 use crate::error::TransportError;
 
-/// Where an outgoing message goes.
+/// Where an outgoing message goes. The names are shared (`Arc<str>`): the bus keeps one of
+/// each and a send clones a reference, not the text.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Destination {
     /// The input queue of a logical endpoint (commands, delayed retries).
-    Endpoint(String),
+    Endpoint(Arc<str>),
     /// The error queue of an endpoint.
-    ErrorQueue(String),
+    ErrorQueue(Arc<str>),
     /// Every endpoint subscribed to this event wire name.
-    Event(String),
+    Event(Arc<str>),
 }
 
 impl fmt::Display for Destination {

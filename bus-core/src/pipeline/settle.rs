@@ -74,7 +74,7 @@ pub(super) async fn schedule_retry(
         .custom
         .insert(header::ATTEMPTS.to_string(), attempts.to_string());
     let out = Outgoing {
-        destination: Destination::Endpoint(ep.name.to_string()),
+        destination: Destination::Endpoint(ep.name.clone()),
         envelope: Envelope {
             headers: Arc::new(headers),
             body: envelope.body.clone(),
@@ -139,7 +139,7 @@ pub(super) async fn dead_letter(
         humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
     );
     let out = Outgoing {
-        destination: Destination::ErrorQueue(ep.name.to_string()),
+        destination: Destination::ErrorQueue(ep.name.clone()),
         envelope: Envelope {
             headers: Arc::new(headers),
             body,

@@ -89,7 +89,7 @@ pub(super) fn raw(id: &str) -> Envelope {
 /// `envelope` addressed to `endpoint`'s queue, without delay.
 pub(super) fn to_endpoint(endpoint: &str, envelope: Envelope) -> Outgoing {
     Outgoing {
-        destination: Destination::Endpoint(endpoint.to_string()),
+        destination: Destination::Endpoint(endpoint.into()),
         envelope,
         delay: None,
     }

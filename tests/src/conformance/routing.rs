@@ -137,7 +137,7 @@ async fn many_topics_body(f: &dyn TransportFactory) {
             Arc::make_mut(&mut envelope.headers).message_type = ty.to_string().into();
             publisher
                 .send(Outgoing {
-                    destination: Destination::Event(ty.to_string()),
+                    destination: Destination::Event(ty.into()),
                     envelope,
                     delay: None,
                 })

@@ -28,7 +28,7 @@ struct Inner {
 }
 
 /// Queues and bindings by name, looked up on every send.
-type NameMap<V> = fnv::FnvHashMap<String, V>;
+type NameMap<V> = rustc_hash::FxHashMap<String, V>;
 
 impl Default for MemoryTransport {
     fn default() -> Self {
@@ -128,14 +128,14 @@ impl MemoryTransport {
             Destination::Endpoint(e) => self
                 .queue(e)
                 .map(|q| vec![q])
-                .ok_or_else(|| TransportError::Unroutable(e.clone())),
+                .ok_or_else(|| TransportError::Unroutable(e.to_string())),
             Destination::ErrorQueue(e) => Ok(vec![self.declare_queue(&error_queue_name(e), false)]),
             Destination::Event(name) => Ok(self
                 .inner
                 .bindings
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(name)
+                .get(&**name)
                 .cloned()
                 .unwrap_or_default()),
         }
@@ -160,7 +160,7 @@ impl MemoryTransport {
     /// with no queue served, for `send` to wait for room.
     fn publish_now(
         &self,
-        name: String,
+        name: Arc<str>,
         envelope: Envelope,
     ) -> Result<Result<(), TransportError>, Outgoing> {
         let bindings = self
@@ -168,7 +168,7 @@ impl MemoryTransport {
             .bindings
             .read()
             .unwrap_or_else(|p| p.into_inner());
-        let targets = bindings.get(&name).map(Vec::as_slice).unwrap_or_default();
+        let targets = bindings.get(&*name).map(Vec::as_slice).unwrap_or_default();
         if let [only] = targets {
             // One queue: room checked and the copy pushed under one lock.
             return match only.try_push(Stored::fresh(envelope)) {
@@ -273,10 +273,10 @@ impl Transport for MemoryTransport {
         // cache line over to the producer's thread and back on every message.
         let pushed = {
             let queues = self.inner.queues.read().unwrap_or_else(|p| p.into_inner());
-            queues.get(&e).map(|q| q.try_push(Stored::fresh(envelope)))
+            queues.get(&*e).map(|q| q.try_push(Stored::fresh(envelope)))
         };
         match pushed {
-            None => Ok(Err(TransportError::Unroutable(e))),
+            None => Ok(Err(TransportError::Unroutable(e.to_string()))),
             Some(Ok(())) => Ok(Ok(())),
             Some(Err(stored)) => Err(Outgoing {
                 destination: Destination::Endpoint(e),
@@ -294,7 +294,7 @@ impl Transport for MemoryTransport {
             // One queue, now: no list of targets, no copy of the envelope.
             let q = self
                 .queue(e)
-                .ok_or_else(|| TransportError::Unroutable(e.clone()))?;
+                .ok_or_else(|| TransportError::Unroutable(e.to_string()))?;
             let slot = self.reserve(&q, deadline).await?;
             slot.push(Stored::fresh(message.envelope));
             return Ok(());

@@ -157,7 +157,7 @@ async fn move_to_error_queue(
     TransportError::within(COPYING, config.publish_timeout, stored)
         .await?
         .map_err(|e| {
-            let error_queue = Destination::ErrorQueue(endpoint.to_string());
+            let error_queue = Destination::ErrorQueue(endpoint.into());
             TransportError::other(format!("copying to the {error_queue}"), e)
         })?;
     match timeout(limit, stream.delete_message(seq)).await {

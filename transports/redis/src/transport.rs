@@ -284,7 +284,7 @@ impl RedisTransport {
         match (&out.destination, out.delay.filter(|d| !d.is_zero())) {
             (Destination::Endpoint(endpoint), delay) => {
                 let mut call = scripts::SEND.key(keys.endpoints());
-                call.arg(endpoint);
+                call.arg(&**endpoint);
                 match delay {
                     None => {
                         call.key(keys.stream(endpoint)).arg("");
