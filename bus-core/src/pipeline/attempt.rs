@@ -48,23 +48,29 @@ pub(super) async fn run(
         work.redelivered,
     );
     let outcome = if ep.layers.is_empty() {
-        match run_handlers(ep, work, &ctx).await {
-            // Nobody else holds the context now (as a rule): its outbox is taken unlocked.
-            Ok(()) => release::release(&ep.runtime, ctx.take_outbox()).await,
+        let ran = run_handlers(ep, work, &ctx).await;
+        // Closed either way: what a failed attempt staged is dropped, and a handler that kept
+        // its context can stage nothing more. Nobody else holds the context now (as a rule):
+        // its outbox is taken unlocked.
+        let staged = ctx.take_outbox();
+        match ran {
+            Ok(()) => release::release(&ep.runtime, staged).await,
             Err(failure) => Err(failure),
         }
     } else {
-        let ctx = &ctx;
-        let innermost = std::pin::pin!(async move {
-            run_handlers(ep, work, ctx).await?;
-            release::release(&ep.runtime, ctx.close_outbox()).await
-        });
-        let chain = Next::new(&ep.layers, innermost).run(ctx);
-        catch_panic::caught(chain, || Some("a layer".to_string())).await
+        let outcome = {
+            let ctx = &ctx;
+            let innermost = std::pin::pin!(async move {
+                run_handlers(ep, work, ctx).await?;
+                release::release(&ep.runtime, ctx.close_outbox()).await
+            });
+            let chain = Next::new(&ep.layers, innermost).run(ctx);
+            catch_panic::caught(chain, || Some("a layer".to_string())).await
+        };
+        // Closed, as above, whether or not the innermost stage was reached.
+        ctx.take_outbox();
+        outcome
     };
-    // Closed either way: what a failed attempt staged is dropped, and a handler that kept its
-    // context can stage nothing more.
-    ctx.take_outbox();
     let done = match ctx.is_duplicate() {
         true => Done::Duplicate,
         false => Done::Handled,
