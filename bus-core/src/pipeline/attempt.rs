@@ -54,6 +54,8 @@ pub(super) async fn run(
         // its outbox is taken unlocked.
         let staged = ctx.take_outbox();
         match ran {
+            // Most handlers send nothing: no release to await.
+            Ok(()) if staged.is_empty() => Ok(()),
             Ok(()) => release::release(&ep.runtime, staged).await,
             Err(failure) => Err(failure),
         }
@@ -65,7 +67,10 @@ pub(super) async fn run(
                 release::release(&ep.runtime, ctx.close_outbox()).await
             });
             let chain = Next::new(&ep.layers, innermost).run(ctx);
-            catch_panic::caught(chain, || Some("a layer".to_string())).await
+            match catch_panic::guarded(chain).await {
+                Ok(outcome) => outcome,
+                Err(panic) => Err(catch_panic::failure(panic.as_ref()).with_handler("a layer")),
+            }
         };
         // Closed, as above, whether or not the innermost stage was reached.
         ctx.take_outbox();
@@ -97,17 +102,15 @@ async fn run_handlers(
                         .with_handler(h.name())
                 })?,
         };
-        let call = h.invoke(message, &work.envelope.body, ctx.clone());
-        let call = async {
-            match timeout::within(limit, call).await {
-                Some(Ok(())) => Ok(()),
-                Some(Err(error)) => Err(Failure::from_handler(&error)),
-                None => Err(Failure::timeout(limit.unwrap_or_default())),
-            }
+        let call = catch_panic::guarded(h.invoke(message, &work.envelope.body, ctx.clone()));
+        let call = std::pin::pin!(call);
+        let failure = match timeout::within(limit, call).await {
+            Some(Ok(Ok(()))) => continue,
+            Some(Ok(Err(error))) => Failure::from_handler(&error),
+            Some(Err(panic)) => catch_panic::failure(panic.as_ref()),
+            None => Failure::timeout(limit.unwrap_or_default()),
         };
-        catch_panic::caught(call, || None)
-            .await
-            .map_err(|f| f.with_handler(h.name()))?;
+        return Err(failure.with_handler(h.name()));
     }
     Ok(())
 }

@@ -1,29 +1,24 @@
 //! The panic-catching stage: a panic in a handler (or a layer) fails its attempt like an
 //! error does, and the worker, the process and the other messages go on.
 
+use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
+use futures_util::future::CatchUnwind;
 use futures_util::FutureExt;
 
 use crate::failure::Failure;
 
-/// Run `work`, turning a panic into a [`Failure`] attributed to `by` (a handler or layer).
+/// `work`, with a panic in it caught and returned as its payload.
 ///
 /// `AssertUnwindSafe`: after a panic nothing of the attempt is used again but the failure;
 /// its context's outbox is closed and dropped by the runtime.
-pub(super) async fn caught<F>(work: F, by: impl FnOnce() -> Option<String>) -> Result<(), Failure>
-where
-    F: Future<Output = Result<(), Failure>>,
-{
-    match AssertUnwindSafe(work).catch_unwind().await {
-        Ok(outcome) => outcome,
-        Err(panic) => {
-            let failure = Failure::panic(panic.as_ref());
-            Err(match by() {
-                Some(by) => failure.with_handler(&by),
-                None => failure,
-            })
-        }
-    }
+pub(super) fn guarded<F: Future>(work: F) -> CatchUnwind<AssertUnwindSafe<F>> {
+    AssertUnwindSafe(work).catch_unwind()
+}
+
+/// The failure of an attempt that panicked with `payload`.
+pub(super) fn failure(payload: &(dyn Any + Send)) -> Failure {
+    Failure::panic(payload)
 }
