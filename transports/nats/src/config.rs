@@ -44,22 +44,34 @@ impl Default for Naming {
 impl Naming {
     /// Subject of the commands of an endpoint.
     pub fn command_subject(&self, endpoint: &str) -> String {
-        format!("{}.cmd.{endpoint}", self.subject_prefix)
+        self.subject("cmd", endpoint)
     }
 
     /// Subject of an event, by wire name.
     pub fn event_subject(&self, wire_name: &str) -> String {
-        format!("{}.evt.{wire_name}", self.subject_prefix)
+        self.subject("evt", wire_name)
     }
 
     /// Subject of the delayed retries of an endpoint while they wait.
     pub fn delay_subject(&self, endpoint: &str) -> String {
-        format!("{}.delay.{endpoint}", self.subject_prefix)
+        self.subject("delay", endpoint)
     }
 
     /// Subject of the error queue of an endpoint.
     pub fn error_subject(&self, endpoint: &str) -> String {
-        format!("{}.error.{endpoint}", self.subject_prefix)
+        self.subject("error", endpoint)
+    }
+
+    /// `<prefix>.<kind>.<name>`, written straight into its `String` (every send makes one).
+    fn subject(&self, kind: &str, name: &str) -> String {
+        let prefix = &self.subject_prefix;
+        let mut subject = String::with_capacity(prefix.len() + kind.len() + name.len() + 2);
+        subject.push_str(prefix);
+        subject.push('.');
+        subject.push_str(kind);
+        subject.push('.');
+        subject.push_str(name);
+        subject
     }
 
     /// The stream an endpoint consumes: its commands plus the events it subscribes to.
@@ -113,9 +125,14 @@ fn stream_token(name: &str) -> String {
 pub(crate) fn check_subject_part(what: &str, name: &str) -> Result<(), TransportError> {
     let bad = name.is_empty()
         || name.split('.').any(str::is_empty)
-        || name
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '>');
+        || if name.is_ascii() {
+            // Every send checks its destination: bytes, where a name is plain ASCII.
+            name.bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'*' || b == b'>')
+        } else {
+            name.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '>')
+        };
     if bad {
         return Err(TransportError::Other {
             context: format!(
@@ -180,11 +197,12 @@ pub struct NatsConfig {
     pub duplicate_window: Duration,
     /// Send progress signals for deliveries in flight, so long handlers keep them.
     pub progress: bool,
-    /// Have the server confirm each ack (a request and reply per message; on by default), so an
-    /// ack lost with a connection is reported and the delivery known to come again. The bus's
-    /// workers go on to their next deliveries while a confirmation is on its way. Off, an ack
-    /// is sent and not awaited, as most JetStream clients do: less work for client and server,
-    /// and a lost ack means a redelivery after the ack wait, never a lost message.
+    /// Have the server confirm acks (on by default), so that an ack lost with a connection is
+    /// known: it is sent again on the next connection, and one never confirmed is logged. One
+    /// answer confirms every ack sent before it on the same connection, so about one ack per
+    /// round trip asks for it; a delivery counts against the prefetch until its ack is
+    /// confirmed. Off, acks are sent and nothing more, as most JetStream clients do: a lost
+    /// ack then means a redelivery after the ack wait. Either way a message is never lost.
     pub confirm_acks: bool,
     /// Subject, stream and consumer names.
     pub naming: Naming,
@@ -494,5 +512,16 @@ mod tests {
         assert!(check_subject_part("endpoint", "a.*").is_err());
         assert!(check_subject_part("endpoint", "a..b").is_err());
         assert!(check_subject_part("endpoint", "").is_err());
+        for bad in [
+            "a\tb",
+            "a\u{b}b",
+            "a\u{7f}",
+            "a\u{85}b",
+            "a\u{a0}b",
+            "ü\u{3000}",
+        ] {
+            assert!(check_subject_part("endpoint", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_subject_part("endpoint", "grüße.v2").is_ok());
     }
 }

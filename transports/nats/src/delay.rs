@@ -18,7 +18,8 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::timeout;
 
-use crate::subscription::{is_stopped, pause_or_stop, reconnected, Inflight};
+use crate::acks::{settle, signal, ACK};
+use crate::subscription::{is_stopped, pause_or_stop, reconnected, stopped};
 use crate::topology::{ensure_consumer, ConsumerKind};
 use crate::transport::NatsTransport;
 use crate::wire;
@@ -82,10 +83,12 @@ pub(crate) async fn move_due(
         pause = Duration::from_millis(200);
         let limit = config.fetch_wait + Duration::from_secs(10);
         loop {
+            // A retry that arrived is moved first; a stop ends the wait for more.
             let next = tokio::select! {
                 biased;
                 next = timeout(limit, batch.next()) => next,
                 () = reconnected(&mut connections) => break,
+                () = stopped(&mut stop) => break,
             };
             let Ok(Some(item)) = next else {
                 break;
@@ -109,13 +112,7 @@ async fn move_one(transport: &NatsTransport, endpoint: &str, message: jetstream:
     let Some(reply) = message.reply.clone() else {
         return;
     };
-    let inflight = Inflight::new(
-        inner.client.clone(),
-        reply,
-        config.request_timeout,
-        None,
-        None,
-    );
+    let client = &inner.client;
     let headers = message.headers.clone().unwrap_or_default();
     let due_ms: u64 = headers
         .get(wire::DELIVER_AT)
@@ -124,7 +121,7 @@ async fn move_one(transport: &NatsTransport, endpoint: &str, message: jetstream:
     let due = UNIX_EPOCH + Duration::from_millis(due_ms);
     if let Ok(wait) = due.duration_since(SystemTime::now()) {
         if wait > EARLY {
-            inflight.signal(AckKind::Nak(Some(wait)).into()).await;
+            signal(client, reply, AckKind::Nak(Some(wait)).into()).await;
             return;
         }
     }
@@ -153,7 +150,7 @@ async fn move_one(transport: &NatsTransport, endpoint: &str, message: jetstream:
     };
     match timeout(config.publish_timeout, stored).await {
         Ok(Ok(_)) => {
-            if let Err(error) = inflight.settle(b"+ACK").await {
+            if let Err(error) = settle(client, reply, ACK, config.request_timeout).await {
                 // It comes back after the ack wait; the move is then deduplicated.
                 tracing::debug!(%endpoint, %error, "ack of a moved retry failed");
             }
@@ -164,9 +161,7 @@ async fn move_one(transport: &NatsTransport, endpoint: &str, message: jetstream:
                 _ => "no publish ack in time".into(),
             };
             tracing::warn!(%endpoint, %error, "a due delayed retry could not be moved; trying again shortly");
-            inflight
-                .signal(Bytes::from(AckKind::Nak(Some(RETRY_MOVE))))
-                .await;
+            signal(client, reply, Bytes::from(AckKind::Nak(Some(RETRY_MOVE)))).await;
         }
     }
 }

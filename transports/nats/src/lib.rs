@@ -46,6 +46,18 @@
 //! by publishing to `bus.cmd.E` with `bus-message-type`, `bus-content-type` and either
 //! `bus-message-id` or just `Nats-Msg-Id`.
 //!
+//! ## Acks
+//!
+//! A delivery is acked only after its handler succeeded (the runtime's contract). The ack goes
+//! to the client's command queue at once, with no future or task of its own, and by default
+//! ([`NatsConfig::confirm_acks`]) it is confirmed: the server answers an ack that asks, and
+//! its answer confirms every ack sent before it on the same connection too (a server reads a
+//! connection in order), so about one ack per round trip asks instead of each one. After a
+//! reconnect the acks not confirmed yet are sent again; one still unconfirmed after the
+//! request timeout is logged. Until confirmed, an acked delivery keeps counting against the
+//! prefetch. A lost ack, confirmed or not, means a redelivery after the ack wait, never a lost
+//! message. See the `flight` module for the details.
+//!
 //! ## Delayed retries
 //!
 //! See the `delay` module: the copy waits in the delay stream with a `bus-deliver-at` header
@@ -56,13 +68,18 @@
 //! - `config`: [`NatsConfig`] (URL, credentials, timeouts, limits) and [`Naming`].
 //! - `transport`: [`NatsTransport`]: connecting, declaring, sending.
 //! - `topology`: streams, sources and consumers of an endpoint.
-//! - `subscription`: pulling with prefetch, acks, progress signals.
+//! - `subscription`: pulling with prefetch, handing out deliveries.
+//! - `flight`: the registry of messages pulled and not settled: prefetch room, what to signal
+//!   progress on, acks waiting for their confirmation.
+//! - `acks`: acks and their confirmations, naks, progress signals.
 //! - `delay`: moving due delayed retries; `limit`: messages past the delivery limit.
 //! - `wire`: envelope to NATS headers and back.
 
+mod acks;
 mod config;
 mod delay;
 mod error;
+mod flight;
 mod limit;
 mod subscription;
 mod topology;

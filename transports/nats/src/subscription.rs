@@ -1,48 +1,51 @@
 //! Subscriptions: pulling an endpoint's deliveries from its shared durable consumer, bounded by
-//! prefetch, and settling them.
+//! prefetch, and handing them out.
 //!
-//! A background task pulls batches no larger than the free prefetch slots and passes messages
-//! through a channel, so [`Subscription::next`] is cancel-safe: dropping it loses nothing.
-//! From the moment a message is pulled until it is settled, progress signals tell JetStream
-//! that work is going on, so a long handler (or a message waiting for a free handler) is not
-//! redelivered to another instance at the end of the ack wait. When the client reconnects,
-//! the pull in progress ends and a new one starts at once: the server may have forgotten the
-//! old request (a restart) or dropped it while the connection was gone.
+//! A background task pulls batches within the room the prefetch leaves (see the `flight`
+//! module), reads each message into an envelope and passes it through a channel, so
+//! [`Subscription::next`] is cancel-safe (dropping it loses nothing) and a worker takes a
+//! ready delivery without a future ([`Subscription::next_now`]). From the pull until it is
+//! settled a message is in the subscription's registry, whose task signals its progress, so a
+//! long handler (or a message waiting for a free handler) is not redelivered to another
+//! instance at the end of the ack wait; the deliveries are settled through it (the `acks`
+//! module). When the client reconnects, the pull in progress ends and a new one starts at
+//! once: the server may have forgotten the old request (a restart) or dropped it while the
+//! connection was gone.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::{jetstream, Client, Subject};
-use bus_core::{
-    async_trait, Acker, Bytes, Delivery, Envelope, SubscribeOptions, Subscription, TransportError,
-};
+use bus_core::{async_trait, Delivery, Envelope, SubscribeOptions, Subscription, TransportError};
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 
+use crate::acks::Acks;
 use crate::config::check_subject_part;
+use crate::flight::Ticks;
 use crate::topology::{ensure_consumer, ConsumerKind};
 use crate::transport::NatsTransport;
 use crate::{delay, limit, wire};
 
-/// Largest pull request.
-const MAX_BATCH: usize = 256;
+/// Longest wait of a cancel for the delayed retry being moved (it takes milliseconds unless
+/// the server is unreachable; an unfinished move is done again later, stored once).
+const MOVE_WAIT: Duration = Duration::from_secs(2);
 /// First pause after a failed pull; doubles up to [`PAUSE_MAX`].
 const PAUSE_MIN: Duration = Duration::from_millis(100);
 const PAUSE_MAX: Duration = Duration::from_secs(5);
-
-const ACK: &[u8] = b"+ACK";
-const NAK: &[u8] = b"-NAK";
-const PROGRESS: &[u8] = b"+WPI";
 
 /// A subscription on an endpoint's input consumer.
 pub(crate) struct NatsSubscription {
     rx: mpsc::Receiver<Pulled>,
     stop: watch::Sender<bool>,
-    /// Acks wait for the server's confirmation.
-    confirm_acks: bool,
+    /// The messages in flight, and the acker of the deliveries.
+    acks: Arc<Acks>,
+    /// The task moving due delayed retries: a cancel waits for the move in progress, so the
+    /// retry is acked in its delay stream before the service stops.
+    mover: Option<JoinHandle<()>>,
+    request_timeout: Duration,
 }
 
 impl NatsSubscription {
@@ -55,21 +58,33 @@ impl NatsSubscription {
     ) -> Result<Self, TransportError> {
         check_subject_part("endpoint name", endpoint)?;
         let inner = &transport.inner;
-        let consumer =
-            ensure_consumer(&inner.js, &inner.config, endpoint, ConsumerKind::Input).await?;
+        let config = &inner.config;
+        let consumer = ensure_consumer(&inner.js, config, endpoint, ConsumerKind::Input).await?;
         let prefetch = options.prefetch.max(1);
+        let ticks = Ticks::new(
+            progress_every(&transport),
+            config.confirm_acks.then_some(config.request_timeout),
+        );
+        let acks = Acks::start(
+            inner.client.clone(),
+            inner.connections.clone(),
+            prefetch,
+            config.confirm_acks,
+            config.request_timeout,
+            ticks,
+        )
+        .await?;
         let (tx, rx) = mpsc::channel(prefetch);
         let (stop, stop_rx) = watch::channel(false);
-        let permits = Arc::new(Semaphore::new(prefetch));
         tokio::spawn(pull_loop(
             transport.clone(),
             endpoint.to_string(),
             consumer,
             tx,
-            permits,
+            acks.clone(),
             stop_rx.clone(),
         ));
-        tokio::spawn(delay::move_due(
+        let mover = tokio::spawn(delay::move_due(
             transport.clone(),
             endpoint.to_string(),
             stop_rx.clone(),
@@ -86,7 +101,9 @@ impl NatsSubscription {
         Ok(NatsSubscription {
             rx,
             stop,
-            confirm_acks: inner.config.confirm_acks,
+            acks,
+            mover: Some(mover),
+            request_timeout: config.request_timeout,
         })
     }
 
@@ -95,8 +112,19 @@ impl NatsSubscription {
         self.stop.send_replace(true);
         self.rx.close();
         while let Ok(pulled) = self.rx.try_recv() {
-            pulled.inflight.abandon();
+            self.acks.give_back(pulled.slot);
         }
+    }
+
+    /// A pulled message as a delivery, settled through the registry.
+    fn delivery(&self, pulled: Pulled) -> Delivery {
+        Delivery::shared(
+            pulled.envelope,
+            self.acks.clone(),
+            u64::from(pulled.slot),
+            pulled.delivered > 1,
+            pulled.delivered,
+        )
     }
 }
 
@@ -109,238 +137,55 @@ impl Drop for NatsSubscription {
 #[async_trait]
 impl Subscription for NatsSubscription {
     async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
-        let Pulled { message, inflight } = self.rx.recv().await?;
-        let delivered = message
-            .info()
-            .map(|i| u32::try_from(i.delivered.max(1)).unwrap_or(u32::MAX))
-            .unwrap_or(1);
-        let envelope = wire::envelope(message.headers.as_ref(), message.payload.clone());
-        Some(Ok(Delivery::new(
-            envelope,
-            Box::new(NatsAcker {
-                inflight,
-                confirm: self.confirm_acks,
-            }),
-            delivered > 1,
-            delivered,
-        )))
+        let pulled = self.rx.recv().await?;
+        Some(Ok(self.delivery(pulled)))
+    }
+
+    fn next_now(&mut self) -> Option<Delivery> {
+        let pulled = self.rx.try_recv().ok()?;
+        Some(self.delivery(pulled))
     }
 
     async fn cancel(&mut self) {
         self.stop_and_return();
+        if let Some(mover) = self.mover.take() {
+            let _ = timeout(self.request_timeout.min(MOVE_WAIT), mover).await;
+        }
     }
 }
 
-/// A message pulled and not yet handed out.
+/// A message pulled and not yet handed out: read from the wire already (by the pull loop, so
+/// that a worker handling one message at a time spends no time on it), and its slot in the
+/// registry.
 struct Pulled {
-    message: jetstream::Message,
-    inflight: Inflight,
+    envelope: Envelope,
+    /// Deliveries of the message so far, this one included.
+    delivered: u32,
+    slot: u32,
 }
 
-/// Progress signals for every message a subscription has pulled and not settled: one task per
-/// subscription sends them, rather than a timer task per message (a spawn, a timer and an abort
-/// for every delivery, which cost more than the delivery itself).
-///
-/// The task wakes every half interval and signals each message that has gone a quarter interval
-/// or more without one (so a tick that comes a little early skips nothing), so every message
-/// hears from us at most three quarters of an interval after it was pulled or last signalled,
-/// sooner than a per-message ticker would. It ends once the registry is dropped.
-pub(crate) struct Progress {
-    pending: Mutex<Pending>,
-    /// Dropped with the registry, which ends its task at once.
-    _alive: oneshot::Sender<()>,
-}
-
-#[derive(Default)]
-struct Pending {
-    next_id: u64,
-    /// Ack subject and the last time it was pulled or signalled, by registration.
-    messages: HashMap<u64, (Subject, Instant)>,
-}
-
-impl Progress {
-    /// A registry whose task signals progress every `every`.
-    pub(crate) fn start(client: Client, every: Duration) -> Arc<Self> {
-        let (progress, mut gone) = Progress::new();
-        let registry = Arc::downgrade(&progress);
-        let half = (every / 2).max(Duration::from_millis(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(half);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = &mut gone => break,
-                }
-                let due = match registry.upgrade() {
-                    Some(progress) => progress.due(half / 2),
-                    None => break,
-                };
-                for reply in due {
-                    if let Err(error) = client.publish(reply, Bytes::from_static(PROGRESS)).await {
-                        tracing::debug!(%error, "progress signal not sent");
-                    }
-                }
-            }
-        });
-        progress
-    }
-
-    /// A registry, and what completes once it is dropped.
-    fn new() -> (Arc<Self>, oneshot::Receiver<()>) {
-        let (alive, gone) = oneshot::channel();
-        let progress = Arc::new(Progress {
-            pending: Mutex::new(Pending::default()),
-            _alive: alive,
-        });
-        (progress, gone)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Signal `reply`'s progress until the returned guard is dropped.
-    fn track(self: &Arc<Self>, reply: Subject) -> Tracked {
-        let mut pending = self.lock();
-        let id = pending.next_id;
-        pending.next_id += 1;
-        pending.messages.insert(id, (reply, Instant::now()));
-        Tracked {
-            progress: self.clone(),
-            id,
+/// How often a message has been delivered, from its ack subject:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, or
+/// with a domain and an account hash after `$JS.ACK.` (and possibly more tokens at the end).
+/// The client library's `Message::info` reads the same, and parses every other field too.
+fn delivered(reply: &str) -> Option<u32> {
+    let rest = reply.strip_prefix("$JS.ACK.")?;
+    let mut tokens = [""; 9];
+    let mut n = 0;
+    for token in rest.split('.') {
+        if n == tokens.len() {
+            break;
         }
+        tokens[n] = token;
+        n += 1;
     }
-
-    /// The messages last signalled at least `after` ago, marked as signalled now.
-    fn due(&self, after: Duration) -> Vec<Subject> {
-        let now = Instant::now();
-        let mut pending = self.lock();
-        pending
-            .messages
-            .values_mut()
-            .filter(|(_, last)| now.duration_since(*last) >= after)
-            .map(|(reply, last)| {
-                *last = now;
-                reply.clone()
-            })
-            .collect()
-    }
-
-    /// Messages whose progress is being signalled.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.lock().messages.len()
-    }
-}
-
-/// One message's place in a [`Progress`] registry; dropping it stops the signals.
-struct Tracked {
-    progress: Arc<Progress>,
-    id: u64,
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.progress.lock().messages.remove(&self.id);
-    }
-}
-
-/// What it takes to settle one pulled message: its ack subject, its prefetch slot, and its
-/// place among the messages whose progress is signalled (which keeps it from being redelivered
-/// meanwhile).
-pub(crate) struct Inflight {
-    client: Client,
-    reply: Subject,
-    request_timeout: Duration,
-    ticker: Option<Tracked>,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Inflight {
-    /// Track a pulled message; with `progress`, its progress is signalled until it is settled.
-    pub(crate) fn new(
-        client: Client,
-        reply: Subject,
-        request_timeout: Duration,
-        progress: Option<&Arc<Progress>>,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Self {
-        let ticker = progress.map(|p| p.track(reply.clone()));
-        Inflight {
-            client,
-            reply,
-            request_timeout,
-            ticker,
-            _permit: permit,
-        }
-    }
-
-    fn stop_ticker(&mut self) {
-        self.ticker = None;
-    }
-
-    /// Send an ack kind and wait for the server to confirm it.
-    pub(crate) async fn settle(mut self, kind: &'static [u8]) -> Result<(), TransportError> {
-        self.stop_ticker();
-        const SETTLING: &str = "settling a delivery (JetStream will redeliver it)";
-        let request = self
-            .client
-            .request(self.reply.clone(), Bytes::from_static(kind));
-        TransportError::within(SETTLING, self.request_timeout, request)
-            .await?
-            .map(drop)
-            .map_err(|e| TransportError::connection(SETTLING, e))
-    }
-
-    /// Send an ack kind without waiting for a confirmation.
-    pub(crate) async fn signal(mut self, kind: Bytes) {
-        self.stop_ticker();
-        if let Err(error) = self.client.publish(self.reply.clone(), kind).await {
-            tracing::debug!(%error, "ack signal not sent; JetStream redelivers after the ack wait");
-        }
-    }
-
-    /// Return the message for redelivery now, from a context that cannot wait.
-    pub(crate) fn abandon(mut self) {
-        self.stop_ticker();
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(self.signal(Bytes::from_static(NAK)));
-        }
-    }
-}
-
-impl Drop for Inflight {
-    fn drop(&mut self) {
-        self.stop_ticker();
-    }
-}
-
-struct NatsAcker {
-    inflight: Inflight,
-    /// Wait for the server to confirm the ack.
-    confirm: bool,
-}
-
-#[async_trait]
-impl Acker for NatsAcker {
-    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
-        if self.confirm {
-            self.inflight.settle(ACK).await
-        } else {
-            self.inflight.signal(Bytes::from_static(ACK)).await;
-            Ok(())
-        }
-    }
-
-    async fn nack(self: Box<Self>, _envelope: Envelope) -> Result<(), TransportError> {
-        self.inflight.settle(NAK).await
-    }
-
-    fn abandon(self: Box<Self>, _envelope: Envelope) {
-        self.inflight.abandon();
-    }
+    let token = match n {
+        9 => tokens[4],
+        7 => tokens[2],
+        _ => return None,
+    };
+    let count: u64 = token.parse().ok()?;
+    Some(u32::try_from(count.max(1)).unwrap_or(u32::MAX))
 }
 
 /// Wait until the stop flag is raised (or its sender is gone).
@@ -368,45 +213,34 @@ pub(crate) fn is_stopped(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow() || stop.has_changed().is_err()
 }
 
-/// The progress interval for the configured ack wait, when progress signals are on.
+/// How often each message in flight hears from us when progress signals are on: every
+/// quarter of the ack wait (at least every 50 ms), well before JetStream gives up on it.
 pub(crate) fn progress_every(transport: &NatsTransport) -> Option<Duration> {
     let c = &transport.inner.config;
     c.progress
-        .then(|| (c.ack_wait / 2).max(Duration::from_millis(100)))
+        .then(|| (c.ack_wait / 4).max(Duration::from_millis(50)))
 }
 
-/// Pull batches as prefetch slots free up, until stopped.
+/// Pull batches as the prefetch leaves room for them, until stopped.
 async fn pull_loop(
     transport: NatsTransport,
     endpoint: String,
     consumer: PullConsumer,
     tx: mpsc::Sender<Pulled>,
-    permits: Arc<Semaphore>,
+    acks: Arc<Acks>,
     mut stop: watch::Receiver<bool>,
 ) {
     let inner = &transport.inner;
     let config = &inner.config;
-    let progress =
-        progress_every(&transport).map(|every| Progress::start(inner.client.clone(), every));
     let mut connections = inner.connections.clone();
     let mut consumer = Some(consumer);
     let mut pause = PAUSE_MIN;
     loop {
-        let first = tokio::select! {
+        let size = tokio::select! {
             biased;
             _ = stopped(&mut stop) => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+            size = acks.room() => size,
         };
-        let mut held = vec![first];
-        while held.len() < MAX_BATCH {
-            match permits.clone().try_acquire_owned() {
-                Ok(p) => held.push(p),
-                Err(_) => break,
-            }
-        }
         let c = match &consumer {
             Some(c) => c.clone(),
             None => {
@@ -417,7 +251,7 @@ async fn pull_loop(
                     }
                     Err(error) => {
                         tracing::warn!(%endpoint, %error, "cannot reach the endpoint's consumer; retrying");
-                        drop(held);
+                        acks.end_pull();
                         if pause_or_stop(pause, &mut stop).await {
                             break;
                         }
@@ -434,7 +268,7 @@ async fn pull_loop(
         connections.mark_unchanged();
         let request = c
             .batch()
-            .max_messages(held.len())
+            .max_messages(size)
             .expires(config.fetch_wait)
             .messages();
         let mut batch = match timeout(config.request_timeout, request).await {
@@ -442,7 +276,7 @@ async fn pull_loop(
             Ok(Err(error)) => {
                 tracing::warn!(%endpoint, %error, "pull request failed; retrying");
                 consumer = None;
-                drop(held);
+                acks.end_pull();
                 if pause_or_stop(pause, &mut stop).await {
                     break;
                 }
@@ -451,7 +285,7 @@ async fn pull_loop(
             }
             Err(_) => {
                 tracing::warn!(%endpoint, "pull request not sent in time; retrying");
-                drop(held);
+                acks.end_pull();
                 if pause_or_stop(pause, &mut stop).await {
                     break;
                 }
@@ -460,54 +294,37 @@ async fn pull_loop(
             }
         };
         let mut failed = false;
-        // The batch ends by itself (server timeout, or a timer in the client when the server
-        // went silent); the outer limit only guards against a stalled client.
-        let limit = config.fetch_wait + Duration::from_secs(10);
+        // The batch ends by itself (the server expires it, or a timer in the client ends it
+        // when the server went silent); this limit only guards against a stalled client. It
+        // and the reconnect watch are armed once per batch, not for every message.
+        let deadline = Instant::now() + config.fetch_wait + Duration::from_secs(10);
+        let mut stalled = std::pin::pin!(tokio::time::sleep_until(deadline));
+        let mut reconnect = std::pin::pin!(reconnected(&mut connections));
         loop {
             // Messages that arrived come first. The server skips a request whose inbox has
             // no subscriber, so ending the pull strands nothing, short of a message already
             // on its way, which comes back after the ack wait.
-            let next = tokio::select! {
+            let item = tokio::select! {
                 biased;
-                next = timeout(limit, batch.next()) => next,
-                () = reconnected(&mut connections) => {
+                next = batch.next() => match next {
+                    Some(item) => item,
+                    None => break,
+                },
+                () = &mut reconnect => {
                     tracing::debug!(%endpoint, "connection re-established; pulling again");
                     break;
                 }
-            };
-            let item = match next {
-                Err(_) | Ok(None) => break,
-                Ok(Some(item)) => item,
+                () = &mut stalled => break,
             };
             match item {
-                Ok(message) => {
-                    let Some(reply) = message.reply.clone() else {
-                        continue;
-                    };
-                    let inflight = Inflight::new(
-                        inner.client.clone(),
-                        reply,
-                        config.request_timeout,
-                        progress.as_ref(),
-                        held.pop(),
-                    );
-                    if is_stopped(&stop) {
-                        inflight.abandon();
-                        continue;
-                    }
-                    if let Err(mpsc::error::SendError(p)) =
-                        tx.send(Pulled { message, inflight }).await
-                    {
-                        p.inflight.abandon();
-                    }
-                }
+                Ok(message) => hand_over(message, &acks, &tx, &stop).await,
                 Err(error) => {
                     tracing::debug!(%endpoint, %error, "pull ended with an error");
                     failed = true;
                 }
             }
         }
-        drop(held);
+        acks.end_pull();
         if failed {
             consumer = None;
             if pause_or_stop(pause, &mut stop).await {
@@ -521,33 +338,56 @@ async fn pull_loop(
     tracing::debug!(%endpoint, "stopped pulling");
 }
 
+/// Register a pulled message and pass it on to the subscription (or give it back when the
+/// subscription is gone).
+async fn hand_over(
+    message: async_nats::jetstream::Message,
+    acks: &Acks,
+    tx: &mpsc::Sender<Pulled>,
+    stop: &watch::Receiver<bool>,
+) {
+    let message = message.message;
+    let Some(reply) = message.reply else {
+        return;
+    };
+    let delivered = delivered(reply.as_str()).unwrap_or(1);
+    let envelope = wire::envelope(message.headers.as_ref(), message.payload);
+    let slot = acks.insert(reply);
+    if is_stopped(stop) {
+        acks.give_back(slot);
+        return;
+    }
+    let pulled = Pulled {
+        envelope,
+        delivered,
+        slot,
+    };
+    if let Err(mpsc::error::SendError(p)) = tx.send(pulled).await {
+        acks.give_back(p.slot);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_message_is_signalled_while_tracked_and_not_after() {
-        let (progress, mut gone) = Progress::new();
-        let a = progress.track(Subject::from("ack.a"));
-        let b = progress.track(Subject::from("ack.b"));
-        assert_eq!(progress.len(), 2);
-        // Nothing has gone a whole interval unsignalled yet.
-        assert!(progress.due(Duration::from_secs(60)).is_empty());
-        // Everything is due after no time at all; once signalled, not again at once.
-        let mut due = progress.due(Duration::ZERO);
-        due.sort();
-        assert_eq!(due, vec![Subject::from("ack.a"), Subject::from("ack.b")]);
-        assert!(progress.due(Duration::from_secs(60)).is_empty());
-        drop(a);
-        assert_eq!(progress.due(Duration::ZERO), vec![Subject::from("ack.b")]);
-        drop(b);
-        assert_eq!(progress.len(), 0);
-        assert!(progress.due(Duration::ZERO).is_empty());
-        // Its task learns at once that the registry is gone.
-        assert!(gone
-            .try_recv()
-            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
-        drop(progress);
-        assert_eq!(gone.try_recv(), Err(oneshot::error::TryRecvError::Closed));
+    fn the_delivery_count_comes_from_the_ack_subject() {
+        assert_eq!(
+            delivered("$JS.ACK.BUS_EP_a.bus.3.10.7.1700000000000000000.0"),
+            Some(3)
+        );
+        assert_eq!(
+            delivered("$JS.ACK.hub.ACCHASH.BUS_EP_a.bus.2.10.7.1700000000000000000.0.tok"),
+            Some(2)
+        );
+        assert_eq!(
+            delivered("$JS.ACK._.ACCHASH.S.C.5.1.1.1.0.tok.more.tokens"),
+            Some(5)
+        );
+        assert_eq!(delivered("$JS.ACK.S.C.0.1.1.1.0"), Some(1), "at least one");
+        assert_eq!(delivered("_INBOX.x.y"), None);
+        assert_eq!(delivered("$JS.ACK.S.C.x.1.1.1.0"), None);
+        assert_eq!(delivered("$JS.ACK.S.C.1"), None);
     }
 }

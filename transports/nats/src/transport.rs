@@ -1,5 +1,7 @@
 //! [`NatsTransport`]: the bus's transport over NATS JetStream.
 
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,9 +30,10 @@ use crate::wire;
 /// or reconnect is stored once. A command to an endpoint no one declared is
 /// [`TransportError::Unroutable`]; an event no one subscribes to is accepted and dropped.
 /// Deliveries come from one durable pull consumer per endpoint shared by all its instances,
-/// are acked explicitly (and the ack confirmed), and are kept alive by progress signals while a
-/// handler runs. Delayed retries wait in a per-endpoint delay stream, so they survive a restart
-/// of the service. The client reconnects by itself; subscriptions go on after it.
+/// are acked explicitly (the acks confirmed, in batches), and are kept alive by progress
+/// signals while a handler runs. Delayed retries wait in a per-endpoint delay stream, so they
+/// survive a restart of the service. The client reconnects by itself; subscriptions go on
+/// after it.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,6 +57,30 @@ pub(crate) struct Inner {
     /// Counts the connections established (the first and every reconnect), so pulls can
     /// start over on a new connection instead of waiting out a request the server forgot.
     pub(crate) connections: watch::Receiver<u64>,
+    /// The server's `max_payload`, read once per connection: the client library hands out
+    /// the server's information only as a copy of all of it, several allocations per send.
+    max_payload: MaxPayload,
+}
+
+/// The `max_payload` of the server of the current connection.
+struct MaxPayload {
+    /// Connections established so far, counted by the client's event callback.
+    connected: Arc<AtomicU64>,
+    /// The connection count `bytes` was read at; `u64::MAX` before the first read.
+    read_at: AtomicU64,
+    bytes: AtomicUsize,
+}
+
+impl MaxPayload {
+    fn get(&self, client: &async_nats::Client) -> usize {
+        let connected = self.connected.load(Ordering::Acquire);
+        if self.read_at.load(Ordering::Acquire) != connected {
+            self.bytes
+                .store(client.server_info().max_payload, Ordering::Relaxed);
+            self.read_at.store(connected, Ordering::Release);
+        }
+        self.bytes.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for NatsTransport {
@@ -65,12 +92,27 @@ impl std::fmt::Debug for NatsTransport {
     }
 }
 
-/// One message ready to publish.
-struct Prepared {
-    destination: Destination,
+/// One message checked and ready to publish, and what it takes to publish it again.
+struct Prepared<'a> {
+    out: &'a Outgoing,
     subject: String,
-    headers: HeaderMap,
+    /// When a delayed message is due (milliseconds since the Unix epoch), fixed at the first
+    /// try.
+    due: Option<u128>,
     body: Bytes,
+}
+
+impl Prepared<'_> {
+    /// The NATS headers: each try hands its own map to the client library.
+    fn headers(&self) -> HeaderMap {
+        let headers = &self.out.envelope.headers;
+        let dedup = wire::dedup_id(&self.out.destination, headers);
+        let mut map = wire::headers(headers, dedup.as_deref());
+        if let Some(due) = self.due {
+            map.insert(wire::DELIVER_AT_NAME, due.to_string());
+        }
+        map
+    }
 }
 
 impl NatsTransport {
@@ -97,6 +139,8 @@ impl NatsTransport {
         };
         let scrubber = config.clone();
         let (connected, connections) = watch::channel(0u64);
+        let connected_count = Arc::new(AtomicU64::new(0));
+        let counted = connected_count.clone();
         options = options
             .name(&config.connection_name)
             .connection_timeout(config.connect_timeout)
@@ -108,6 +152,7 @@ impl NatsTransport {
             })
             .event_callback(move |event| {
                 if matches!(event, async_nats::Event::Connected) {
+                    counted.fetch_add(1, Ordering::AcqRel);
                     connected.send_modify(|n| *n += 1);
                 }
                 let text = scrubber.scrub(&event.to_string());
@@ -179,6 +224,11 @@ impl NatsTransport {
                 client,
                 js,
                 connections,
+                max_payload: MaxPayload {
+                    connected: connected_count,
+                    read_at: AtomicU64::new(u64::MAX),
+                    bytes: AtomicUsize::new(0),
+                },
             }),
         })
     }
@@ -210,7 +260,9 @@ impl NatsTransport {
             .map_err(|e| TransportError::connection(CLOSING, e))
     }
 
-    fn prepare(&self, out: &Outgoing) -> Result<Prepared, TransportError> {
+    /// Check a message and build what its first try sends: the subject and body, and its
+    /// headers.
+    fn prepare<'a>(&self, out: &'a Outgoing) -> Result<(Prepared<'a>, HeaderMap), TransportError> {
         let naming = &self.inner.config.naming;
         let delay = out.delay.filter(|d| !d.is_zero());
         let subject = match (&out.destination, delay) {
@@ -239,22 +291,23 @@ impl NatsTransport {
                 })
             }
         };
-        let headers = &out.envelope.headers;
-        let dedup = wire::dedup_id(&out.destination, headers);
-        let mut map = wire::headers(headers, dedup.as_deref());
-        if let Some(d) = delay {
-            let due = SystemTime::now() + d;
-            let ms = due
+        let due = delay.map(|d| {
+            (SystemTime::now() + d)
                 .duration_since(UNIX_EPOCH)
                 .map(|t| t.as_millis())
-                .unwrap_or(0);
-            map.insert(wire::DELIVER_AT, ms.to_string().as_str());
-        }
-        let body = wire::body(&out.envelope)?;
+                .unwrap_or(0)
+        });
+        let prepared = Prepared {
+            out,
+            subject,
+            due,
+            body: wire::body(&out.envelope)?,
+        };
+        let map = prepared.headers();
         // JetStream publishes bypass the client's own size check, and the server drops the
         // whole connection on an oversized message: refuse it here.
-        let size = wire::size(&map, &body);
-        let limit = self.inner.client.server_info().max_payload;
+        let size = wire::size(&map, &prepared.body);
+        let limit = self.inner.max_payload.get(&self.inner.client);
         if limit > 0 && size > limit {
             return Err(TransportError::Refused {
                 context: format!(
@@ -263,95 +316,152 @@ impl NatsTransport {
                 source: None,
             });
         }
-        Ok(Prepared {
-            destination: out.destination.clone(),
-            subject,
-            headers: map,
-            body,
-        })
+        Ok((prepared, map))
     }
 
     /// No stream took a message: is that because none exists for its subject (a final answer),
     /// or because JetStream is not answering right now (worth another try)?
-    async fn no_stream(&self, p: &Prepared, deadline: Instant) -> Missing {
+    async fn no_stream(&self, p: &Prepared<'_>, deadline: Instant) -> Missing {
         let until = deadline.min(Instant::now() + self.inner.config.request_timeout);
         match timeout_at(until, self.inner.js.stream_by_subject(p.subject.as_str())).await {
-            Ok(Err(e)) if e.kind() == GetStreamByNameErrorKind::NotFound => match &p.destination {
-                Destination::Event(_) => Missing::NoSubscriber,
-                other => Missing::Unroutable(TransportError::Unroutable(other.to_string())),
-            },
+            Ok(Err(e)) if e.kind() == GetStreamByNameErrorKind::NotFound => {
+                match &p.out.destination {
+                    Destination::Event(_) => Missing::NoSubscriber,
+                    other => Missing::Unroutable(TransportError::Unroutable(other.to_string())),
+                }
+            }
             _ => Missing::Transient,
         }
     }
 
-    /// Publish the messages not yet acknowledged, then wait for their acks. Returns the ones
-    /// to try again.
-    async fn publish_round(
+    /// Hand one message to the client library; `None` when it did not take it (try again).
+    async fn start_publish(
         &self,
-        pending: Vec<Prepared>,
+        p: &Prepared<'_>,
+        headers: HeaderMap,
         deadline: Instant,
-    ) -> Result<Vec<Prepared>, TransportError> {
-        let timed_out = || self.publish_timed_out();
-        let mut futures: Vec<(Prepared, Option<PublishAckFuture>)> =
-            Vec::with_capacity(pending.len());
-        for p in pending {
-            let publish = PublishMessage::build()
-                .payload(p.body.clone())
-                .headers(p.headers.clone());
-            let sent = timeout_at(
-                deadline,
-                self.inner.js.send_publish(p.subject.clone(), publish),
-            )
+    ) -> Result<Option<PublishAckFuture>, TransportError> {
+        let publish = PublishMessage::build()
+            .payload(p.body.clone())
+            .headers(headers);
+        let sending = self.inner.js.send_publish(p.subject.clone(), publish);
+        let sent = timeout_at(deadline, sending)
             .await
-            .map_err(|_| timed_out())?;
-            match sent {
-                Ok(f) => futures.push((p, Some(f))),
-                Err(e) => {
-                    tracing::debug!(error = %e, subject = %p.subject, "publish not sent; will retry");
-                    futures.push((p, None));
-                }
+            .map_err(|_| self.publish_timed_out())?;
+        match sent {
+            Ok(f) => Ok(Some(f)),
+            Err(e) => {
+                tracing::debug!(error = %e, subject = %p.subject, "publish not sent; will retry");
+                Ok(None)
             }
         }
-        let mut again = Vec::new();
-        for (p, f) in futures {
-            let Some(f) = f else {
-                again.push(p);
-                continue;
-            };
-            let acked = timeout_at(deadline, f).await.map_err(|_| timed_out())?;
-            match acked {
-                Ok(ack) if ack.duplicate => {
+    }
+
+    /// Wait for a publish's ack: `true` when the message is stored (or, as an event nobody
+    /// subscribes to, dropped), `false` to try again.
+    async fn finish_publish(
+        &self,
+        p: &Prepared<'_>,
+        ack: PublishAckFuture,
+        deadline: Instant,
+    ) -> Result<bool, TransportError> {
+        // The client library ends the wait itself after the request timeout: when that comes
+        // before the deadline, a timer of our own would only be armed and cancelled again.
+        let acked = if Instant::now() + self.inner.config.request_timeout <= deadline {
+            ack.await
+        } else {
+            timeout_at(deadline, ack.into_future())
+                .await
+                .map_err(|_| self.publish_timed_out())?
+        };
+        match acked {
+            Ok(ack) => {
+                if ack.duplicate {
                     // Stored before: a repeated publish, or the same message id sent again
                     // within the duplicate window.
                     tracing::debug!(subject = %p.subject, stream = %ack.stream, "JetStream already had this message");
                 }
-                Ok(_) => {}
-                Err(e) => match e.kind() {
-                    // No stream answered. A plain subscriber on the subject (a monitoring
-                    // `nats sub`, say) takes the request without answering, which looks like a
-                    // timeout: ask JetStream in both cases.
-                    PublishErrorKind::StreamNotFound | PublishErrorKind::TimedOut => {
-                        match self.no_stream(&p, deadline).await {
-                            Missing::NoSubscriber => {
-                                tracing::debug!(subject = %p.subject, "event without subscribers dropped")
-                            }
-                            Missing::Unroutable(err) => return Err(err),
-                            Missing::Transient => again.push(p),
+                Ok(true)
+            }
+            Err(e) => match e.kind() {
+                // No stream answered. A plain subscriber on the subject (a monitoring
+                // `nats sub`, say) takes the request without answering, which looks like a
+                // timeout: ask JetStream in both cases.
+                PublishErrorKind::StreamNotFound | PublishErrorKind::TimedOut => {
+                    match self.no_stream(p, deadline).await {
+                        Missing::NoSubscriber => {
+                            tracing::debug!(subject = %p.subject, "event without subscribers dropped");
+                            Ok(true)
                         }
+                        Missing::Unroutable(err) => Err(err),
+                        Missing::Transient => Ok(false),
                     }
-                    PublishErrorKind::Other if is_api_error(&e) => {
-                        let storing =
-                            format!("JetStream did not store the message for {}", p.destination);
-                        return Err(TransportError::refused(storing, e));
-                    }
-                    _ => {
-                        tracing::debug!(error = %e, subject = %p.subject, "no publish ack; will retry");
-                        again.push(p);
-                    }
-                },
+                }
+                PublishErrorKind::Other if is_api_error(&e) => {
+                    let storing = format!(
+                        "JetStream did not store the message for {}",
+                        p.out.destination
+                    );
+                    Err(TransportError::refused(storing, e))
+                }
+                _ => {
+                    tracing::debug!(error = %e, subject = %p.subject, "no publish ack; will retry");
+                    Ok(false)
+                }
+            },
+        }
+    }
+
+    /// Publish the messages, then wait for their acks (pipelined). Returns the ones to try
+    /// again.
+    async fn publish_round<'a>(
+        &self,
+        pending: Vec<(Prepared<'a>, HeaderMap)>,
+        deadline: Instant,
+    ) -> Result<Vec<Prepared<'a>>, TransportError> {
+        let mut started = Vec::with_capacity(pending.len());
+        for (p, headers) in pending {
+            let ack = self.start_publish(&p, headers, deadline).await?;
+            started.push((p, ack));
+        }
+        let mut again = Vec::new();
+        for (p, ack) in started {
+            let stored = match ack {
+                Some(ack) => self.finish_publish(&p, ack, deadline).await?,
+                None => false,
+            };
+            if !stored {
+                again.push(p);
             }
         }
         Ok(again)
+    }
+
+    /// Try the messages that were not stored again, with growing pauses, until all are or the
+    /// deadline passes. Each try carries the same `Nats-Msg-Id`: JetStream stores each message
+    /// once.
+    async fn publish_again(
+        &self,
+        mut pending: Vec<Prepared<'_>>,
+        deadline: Instant,
+    ) -> Result<(), TransportError> {
+        let mut pause = Duration::from_millis(50);
+        while !pending.is_empty() {
+            if Instant::now() + pause >= deadline {
+                return Err(self.publish_timed_out());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+            let round = pending
+                .into_iter()
+                .map(|p| {
+                    let headers = p.headers();
+                    (p, headers)
+                })
+                .collect();
+            pending = self.publish_round(round, deadline).await?;
+        }
+        Ok(())
     }
 
     fn publish_timed_out(&self) -> TransportError {
@@ -391,28 +501,28 @@ impl Transport for NatsTransport {
     }
 
     async fn send(&self, message: Outgoing) -> Result<(), TransportError> {
-        self.send_batch(vec![message]).await
+        // One message on its own: no batch to collect it in, and the batch's retries only
+        // when the first try did not store it.
+        let (p, headers) = self.prepare(&message)?;
+        let deadline = Instant::now() + self.inner.config.publish_timeout;
+        let stored = match self.start_publish(&p, headers, deadline).await? {
+            Some(ack) => self.finish_publish(&p, ack, deadline).await?,
+            None => false,
+        };
+        if stored {
+            return Ok(());
+        }
+        self.publish_again(vec![p], deadline).await
     }
 
     async fn send_batch(&self, messages: Vec<Outgoing>) -> Result<(), TransportError> {
-        let mut pending = messages
+        let pending = messages
             .iter()
             .map(|m| self.prepare(m))
             .collect::<Result<Vec<_>, _>>()?;
         let deadline = Instant::now() + self.inner.config.publish_timeout;
-        let mut pause = Duration::from_millis(50);
-        loop {
-            pending = self.publish_round(pending, deadline).await?;
-            if pending.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() + pause >= deadline {
-                return Err(self.publish_timed_out());
-            }
-            // Same `Nats-Msg-Id` on the next try: JetStream stores each message once.
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
-        }
+        let again = self.publish_round(pending, deadline).await?;
+        self.publish_again(again, deadline).await
     }
 
     async fn subscribe(
