@@ -262,6 +262,29 @@ where
     sink.percentiles_us().unwrap_or((f64::NAN, f64::NAN))
 }
 
+/// Warm up, then throughput, then (with one producer) latency, sending with `send(stamp)`:
+/// the same measurement for the bus and the raw side of the command cases.
+async fn measure<S, F, Fut>(sink: &Arc<Sink>, scale: &Scale, shape: Shape, send: S) -> Figures
+where
+    S: Fn(bool) -> F,
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    flood(sink, scale.mem_warmup, shape.producers, send(false)).await;
+    let per_sec = flood(sink, scale.mem_messages, shape.producers, send(false)).await;
+    let (p50_us, p99_us) = if shape.producers == 1 {
+        paced(sink, scale.mem_latency_messages, shape.handlers, 1, send(true)).await
+    } else {
+        // Several producers: throughput only (see `producers`).
+        (f64::NAN, f64::NAN)
+    };
+    Figures {
+        per_sec,
+        p50_us,
+        p99_us,
+    }
+}
+
 fn bus_commands(scale: &Scale, shape: Shape) -> Figures {
     runtime().block_on(async {
         let sink = Sink::new();
@@ -287,27 +310,9 @@ fn bus_commands(scale: &Scale, shape: Shape) -> Figures {
                 }
             }
         };
-        flood(&sink, scale.mem_warmup, shape.producers, send(false)).await;
-        let per_sec = flood(&sink, scale.mem_messages, shape.producers, send(false)).await;
-        let (p50_us, p99_us) = if shape.producers == 1 {
-            paced(
-                &sink,
-                scale.mem_latency_messages,
-                concurrency,
-                1,
-                send(true),
-            )
-            .await
-        } else {
-            // Several producers: throughput only (see `producers`).
-            (f64::NAN, f64::NAN)
-        };
+        let figures = measure(&sink, scale, shape, send).await;
         bus.shutdown().await;
-        Figures {
-            per_sec,
-            p50_us,
-            p99_us,
-        }
+        figures
     })
 }
 
@@ -358,30 +363,12 @@ fn raw_commands(scale: &Scale, shape: Shape) -> Figures {
                 }
             }
         };
-        flood(&sink, scale.mem_warmup, shape.producers, send(false)).await;
-        let per_sec = flood(&sink, scale.mem_messages, shape.producers, send(false)).await;
-        let (p50_us, p99_us) = if shape.producers == 1 {
-            paced(
-                &sink,
-                scale.mem_latency_messages,
-                concurrency,
-                1,
-                send(true),
-            )
-            .await
-        } else {
-            // Several producers: throughput only (see `producers`).
-            (f64::NAN, f64::NAN)
-        };
+        let figures = measure(&sink, scale, shape, send).await;
         drop(tx);
         for w in workers {
             let _ = w.await;
         }
-        Figures {
-            per_sec,
-            p50_us,
-            p99_us,
-        }
+        figures
     })
 }
 
