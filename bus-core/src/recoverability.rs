@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::failure::Failure;
 
 /// Decides what happens to a message after a failed attempt; set per endpoint with
-/// [`crate::EndpointConfig::policy`].
+/// [`crate::EndpointConfig::policy`]. A policy that panics sends the message to the error
+/// queue (the endpoint goes on).
 ///
 /// A policy that never retries validation errors and gives timeouts more tries, and leaves
 /// everything else to the default:

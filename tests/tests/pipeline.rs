@@ -1,14 +1,15 @@
 //! The handling pipeline on the in-memory transport: layers added to the bus and to one
 //! endpoint see every attempt, in order, and can refuse a message (error queue, reason
 //! `rejected`); a panicking layer fails its attempt like a handler; a custom recoverability
-//! policy changes how often and when a message is retried; `Bus::run_until` drains and stops.
+//! policy changes how often and when a message is retried, and one that panics sends the
+//! message to the error queue; `Bus::run_until` drains and stops.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bus_core::{
-    header, Attempts, Bus, Command, Decision, Failure, FailureReason, HandlerError, Layer,
-    LayerFuture, MessageContext, Next, Recoverability, RecoverabilityPolicy, SendOptions, State,
+    header, Attempts, Bus, BusBuilder, Command, Decision, Failure, FailureReason, HandlerError,
+    Layer, LayerFuture, MessageContext, Next, RecoverabilityPolicy, SendOptions, State,
 };
 use bus_tests::{eventually, Ledger};
 use bus_transport_memory::MemoryTransport;
@@ -135,6 +136,14 @@ impl Layer for Explosive {
     }
 }
 
+/// A bus on `transport` hosting `hosted`, with `ledger` as its state.
+fn builder(transport: &MemoryTransport, ledger: &Ledger, hosted: &[&str]) -> BusBuilder {
+    Bus::builder()
+        .transport(transport.clone())
+        .host(hosted.iter().copied())
+        .state(ledger.clone())
+}
+
 fn order(id: &str) -> SendOptions {
     SendOptions::new()
         .header("order", id)
@@ -154,10 +163,7 @@ async fn bus_and_endpoint_layers_see_every_attempt_in_order_with_its_outcome() {
     let transport = MemoryTransport::new();
     let ledger = Ledger::new();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let bus = Bus::builder()
-        .transport(transport.clone())
-        .host(["t-pipe-shipping"])
-        .state(ledger.clone())
+    let bus = builder(&transport, &ledger, &["t-pipe-shipping"])
         .layer(Recorder::new("bus", &seen))
         .endpoint("t-pipe-shipping", {
             let seen = seen.clone();
@@ -191,10 +197,7 @@ async fn bus_and_endpoint_layers_see_every_attempt_in_order_with_its_outcome() {
 async fn a_layer_refusing_a_message_sends_it_to_the_error_queue_with_its_reason() {
     let transport = MemoryTransport::new().serialize(true);
     let ledger = Ledger::new();
-    let bus = Bus::builder()
-        .transport(transport.clone())
-        .host(["t-pipe-shipping"])
-        .state(ledger.clone())
+    let bus = builder(&transport, &ledger, &["t-pipe-shipping"])
         .layer(RequireTenant)
         .start()
         .await
@@ -235,10 +238,7 @@ async fn a_layer_added_to_one_endpoint_does_not_run_on_another() {
     let transport = MemoryTransport::new();
     let ledger = Ledger::new();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let bus = Bus::builder()
-        .transport(transport.clone())
-        .host(["t-pipe-shipping", "t-pipe-billing"])
-        .state(ledger.clone())
+    let bus = builder(&transport, &ledger, &["t-pipe-shipping", "t-pipe-billing"])
         .endpoint("t-pipe-billing", {
             let seen = seen.clone();
             move |e| e.layer(Recorder::new("billing", &seen))
@@ -271,10 +271,7 @@ async fn a_layer_added_to_one_endpoint_does_not_run_on_another() {
 async fn a_panicking_layer_fails_its_attempt_and_the_endpoint_goes_on() {
     let transport = MemoryTransport::new().serialize(true);
     let ledger = Ledger::new();
-    let bus = Bus::builder()
-        .transport(transport.clone())
-        .host(["t-pipe-shipping"])
-        .state(ledger.clone())
+    let bus = builder(&transport, &ledger, &["t-pipe-shipping"])
         .endpoint("t-pipe-shipping", |e| {
             e.immediate_retries(1)
                 .delayed_retries(0, Duration::ZERO)
@@ -324,10 +321,7 @@ impl RecoverabilityPolicy for FiveTriesNoValidation {
 async fn a_custom_policy_changes_the_retry_count_and_skips_validation_errors() {
     let transport = MemoryTransport::new().serialize(true);
     let ledger = Ledger::new();
-    let bus = Bus::builder()
-        .transport(transport.clone())
-        .host(["t-pipe-shipping"])
-        .state(ledger.clone())
+    let bus = builder(&transport, &ledger, &["t-pipe-shipping"])
         .endpoint("t-pipe-shipping", |e| e.policy(FiveTriesNoValidation))
         .start()
         .await
@@ -375,7 +369,7 @@ struct Spaced;
 
 impl RecoverabilityPolicy for Spaced {
     fn decide(&self, failure: &Failure, attempts: Attempts) -> Decision {
-        assert_eq!(failure.reason(), FailureReason::HandlerError);
+        let _ = failure;
         match attempts.delayed {
             0..=2 => Decision::RetryAfter(Duration::from_secs(u64::from(attempts.total) * 10)),
             _ => Decision::ErrorQueue,
@@ -387,10 +381,7 @@ impl RecoverabilityPolicy for Spaced {
 async fn a_custom_policy_retrying_after_delays_counts_attempts_across_rounds() {
     let transport = MemoryTransport::new().serialize(true);
     let ledger = Ledger::new();
-    let bus = Bus::builder()
-        .transport(transport.clone())
-        .host(["t-pipe-shipping"])
-        .state(ledger.clone())
+    let bus = builder(&transport, &ledger, &["t-pipe-shipping"])
         .endpoint("t-pipe-shipping", |e| e.policy(Spaced))
         .start()
         .await
@@ -426,10 +417,7 @@ async fn a_custom_policy_retrying_after_delays_counts_attempts_across_rounds() {
 async fn run_until_starts_the_bus_and_drains_it_when_the_signal_comes() {
     let transport = MemoryTransport::new();
     let ledger = Ledger::new();
-    let bus = Bus::builder()
-        .transport(transport.clone())
-        .host(["t-pipe-billing"])
-        .state(ledger.clone())
+    let bus = builder(&transport, &ledger, &["t-pipe-billing"])
         .build()
         .await
         .unwrap();
@@ -467,12 +455,43 @@ async fn run_until_starts_the_bus_and_drains_it_when_the_signal_comes() {
     assert_eq!(bus.stats().handled, 20);
 }
 
-#[test]
-fn the_default_policy_is_a_recoverability_policy_usable_by_custom_ones() {
-    let fatal: Failure = HandlerError::unrecoverable("no").into();
-    let r = Recoverability::default();
-    assert_eq!(
-        r.decide(&fatal, Attempts::new(1, 0, 1)),
-        Decision::ErrorQueue
+/// A policy with a bug: it panics.
+struct Panicky;
+
+impl RecoverabilityPolicy for Panicky {
+    fn decide(&self, _: &Failure, _: Attempts) -> Decision {
+        panic!("policy bug")
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_policy_sends_the_message_to_the_error_queue_and_the_endpoint_goes_on() {
+    let transport = MemoryTransport::new().serialize(true);
+    let ledger = Ledger::new();
+    let bus = builder(&transport, &ledger, &["t-pipe-shipping"])
+        .endpoint("t-pipe-shipping", |e| e.concurrency(1).policy(Panicky))
+        .start()
+        .await
+        .unwrap();
+    bus.send_with(ship_cmd("bad", u32::MAX, "transient"), order("bad"))
+        .await
+        .unwrap();
+    bus.send_with(ship_cmd("good", 0, "none"), order("good"))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || ledger.count("shipped/good")
+            == 1
+            && transport.error_queue("t-pipe-shipping").len() == 1)
+        .await
     );
+    bus.shutdown().await;
+    let dead = transport.error_queue("t-pipe-shipping");
+    let h = &dead[0].headers;
+    assert_eq!(h.get("order"), Some("bad"));
+    assert_eq!(
+        h.get(header::FAILURE_REASON),
+        Some(FailureReason::HandlerError.as_str())
+    );
+    assert_eq!(h.get(header::FAILURE_ATTEMPTS), Some("1"));
 }

@@ -69,7 +69,7 @@ pub(super) async fn run(
             let chain = Next::new(&ep.layers, innermost).run(ctx);
             match catch_panic::guarded(chain).await {
                 Ok(outcome) => outcome,
-                Err(panic) => Err(catch_panic::failure(panic.as_ref()).with_handler("a layer")),
+                Err(panic) => Err(Failure::panic(panic.as_ref()).with_handler("a layer")),
             }
         };
         // Closed, as above, whether or not the innermost stage was reached.
@@ -107,7 +107,7 @@ async fn run_handlers(
         let failure = match timeout::within(limit, call).await {
             Some(Ok(Ok(()))) => continue,
             Some(Ok(Err(error))) => Failure::from_handler(&error),
-            Some(Err(panic)) => catch_panic::failure(panic.as_ref()),
+            Some(Err(panic)) => Failure::panic(panic.as_ref()),
             None => Failure::timeout(limit.unwrap_or_default()),
         };
         return Err(failure.with_handler(h.name()));

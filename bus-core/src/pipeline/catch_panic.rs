@@ -1,14 +1,12 @@
 //! The panic-catching stage: a panic in a handler (or a layer) fails its attempt like an
-//! error does, and the worker, the process and the other messages go on.
+//! error does ([`crate::Failure`] with reason `panic`), and the worker, the process and the
+//! other messages go on.
 
-use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
 use futures_util::future::CatchUnwind;
 use futures_util::FutureExt;
-
-use crate::failure::Failure;
 
 /// `work`, with a panic in it caught and returned as its payload.
 ///
@@ -16,9 +14,4 @@ use crate::failure::Failure;
 /// its context's outbox is closed and dropped by the runtime.
 pub(super) fn guarded<F: Future>(work: F) -> CatchUnwind<AssertUnwindSafe<F>> {
     AssertUnwindSafe(work).catch_unwind()
-}
-
-/// The failure of an attempt that panicked with `payload`.
-pub(super) fn failure(payload: &(dyn Any + Send)) -> Failure {
-    Failure::panic(payload)
 }

@@ -139,6 +139,17 @@ pub(crate) async fn handle(
     }
 }
 
+/// The endpoint's policy's decision. A policy that panics must not take the worker with it:
+/// its message goes to the error queue, which keeps it.
+fn decide(ep: &EndpointRuntime, failure: &Failure, made: Attempts) -> Decision {
+    let policy = ep.config.policy_in_force();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.decide(failure, made)))
+        .unwrap_or_else(|_| {
+            tracing::error!(endpoint = %ep.name, "the recoverability policy panicked; moving the message to the error queue");
+            Decision::ErrorQueue
+        })
+}
+
 /// Attempt until one succeeds or the policy says otherwise.
 async fn attempts(
     ep: &EndpointRuntime,
@@ -177,7 +188,7 @@ async fn attempts(
             "handler attempt failed"
         );
         let made = Attempts::new(in_round, delayed, number);
-        match ep.config.policy_in_force().decide(&failure, made) {
+        match decide(ep, &failure, made) {
             Decision::RetryNow => continue,
             Decision::RetryAfter(delay) => {
                 return Verdict::RetryAfter {
