@@ -273,7 +273,14 @@ where
     flood(sink, scale.mem_warmup, shape.producers, send(false)).await;
     let per_sec = flood(sink, scale.mem_messages, shape.producers, send(false)).await;
     let (p50_us, p99_us) = if shape.producers == 1 {
-        paced(sink, scale.mem_latency_messages, shape.handlers, 1, send(true)).await
+        paced(
+            sink,
+            scale.mem_latency_messages,
+            shape.handlers,
+            1,
+            send(true),
+        )
+        .await
     } else {
         // Several producers: throughput only (see `producers`).
         (f64::NAN, f64::NAN)
