@@ -155,6 +155,13 @@ pub enum TransportError {
     },
     /// The transport or subscription has been closed.
     Closed,
+    /// This transport cannot do what was asked.
+    Unsupported {
+        /// What was asked, e.g. `browsing a queue`.
+        operation: &'static str,
+        /// The transport's name.
+        transport: String,
+    },
     /// Anything else.
     Other {
         /// What went wrong; never a password.
@@ -242,13 +249,17 @@ impl fmt::Display for TransportError {
             TransportError::Unroutable(target) => {
                 return write!(
                     f,
-                    "unroutable: no queue receives messages for `{target}`; is the owning endpoint declared (started once) on this transport?"
+                    "unroutable: no queue receives messages for {target}; start a bus that hosts it once on this transport (starting declares its queue)"
                 )
             }
             TransportError::Timeout { operation, after } => {
                 return write!(f, "{operation} timed out after {after:?}")
             }
             TransportError::Closed => return f.write_str("the transport is closed"),
+            TransportError::Unsupported {
+                operation,
+                transport,
+            } => return write!(f, "the {transport} transport does not support {operation}"),
             TransportError::Connection { context, source } => {
                 ("connection error: ", context, source)
             }

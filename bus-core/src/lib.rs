@@ -75,6 +75,7 @@ mod layer;
 mod message;
 mod outgoing;
 mod pipeline;
+pub mod probe;
 mod recoverability;
 mod redact;
 mod runtime;
@@ -107,8 +108,8 @@ pub use redact::{redact_url, scrub_urls};
 pub use signal::{stop_signal, StopSignal};
 pub use state::StateRequirement;
 pub use transport::{
-    Acker, Delivery, Destination, EndpointTopology, Outgoing, SharedAcker, SubscribeOptions,
-    Subscription, Topology, Transport,
+    Acker, Declared, Delivery, Destination, EndpointTopology, Outgoing, QueueKind, SharedAcker,
+    SubscribeOptions, Subscription, Topology, Transport, TransportLimits,
 };
 
 /// Derive macros and the handler attribute.

@@ -72,6 +72,57 @@ pub struct Topology {
     pub endpoints: Vec<EndpointTopology>,
 }
 
+/// Which of an endpoint's queues an operation is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QueueKind {
+    /// Its input queue: commands sent to it, events it subscribes to, delayed retries due.
+    Input,
+    /// Its error queue: messages that failed for good.
+    Errors,
+}
+
+impl fmt::Display for QueueKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QueueKind::Input => "input queue",
+            QueueKind::Errors => "error queue",
+        })
+    }
+}
+
+/// What the broker behind a transport allows, as far as the transport can tell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TransportLimits {
+    /// The largest message the broker takes, headers included, when it says so (NATS
+    /// `max_payload`). The bus lowers its own body limit to fit it.
+    pub max_message_size: Option<usize>,
+}
+
+impl TransportLimits {
+    /// Limits with the broker's largest message size.
+    pub fn with_max_message_size(max: usize) -> Self {
+        TransportLimits {
+            max_message_size: Some(max),
+        }
+    }
+}
+
+/// Something a transport declared for an endpoint, as [`Transport::teardown`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Declared {
+    /// What it is in the broker's words: `queue`, `exchange`, `stream`, `consumer`, `key`.
+    pub kind: &'static str,
+    /// Its name on the broker.
+    pub name: String,
+}
+
+impl fmt::Display for Declared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} `{}`", self.kind, self.name)
+    }
+}
+
 /// Options for a subscription.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubscribeOptions {
@@ -126,6 +177,44 @@ pub trait Transport: Send + Sync + 'static {
         endpoint: &str,
         options: SubscribeOptions,
     ) -> Result<Box<dyn Subscription>, TransportError>;
+
+    /// What the broker allows. Read once the transport is connected; the bus asks when it is
+    /// built. The default knows of no limit.
+    fn limits(&self) -> TransportLimits {
+        TransportLimits::default()
+    }
+
+    /// Up to `limit` messages waiting in one of an endpoint's queues, oldest first, left where
+    /// they are (on brokers that can only lend a message, it is put back; it may then count as
+    /// redelivered). For looking at an error queue from a test or a tool.
+    async fn browse(
+        &self,
+        endpoint: &str,
+        queue: QueueKind,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, TransportError> {
+        let _ = (endpoint, queue, limit);
+        Err(TransportError::Unsupported {
+            operation: "browsing a queue",
+            transport: self.name().to_string(),
+        })
+    }
+
+    /// Delete what [`Transport::declare`] created for these endpoints (their queues, error and
+    /// delay queues, consumers and bindings) and what exists only for the events they
+    /// subscribe to, messages included, and say what that was. With `dry_run` nothing is
+    /// deleted: the answer says what would be. What is not there is skipped.
+    async fn teardown(
+        &self,
+        topology: &Topology,
+        dry_run: bool,
+    ) -> Result<Vec<Declared>, TransportError> {
+        let _ = (topology, dry_run);
+        Err(TransportError::Unsupported {
+            operation: "tearing down endpoints",
+            transport: self.name().to_string(),
+        })
+    }
 }
 
 /// A stream of deliveries from one queue.
