@@ -92,6 +92,15 @@ impl BusBuilder {
 
     /// Host only these endpoints in this process (by default, every endpoint that has a
     /// handler). Use it to run one service of a binary that links several.
+    ///
+    /// Each hosted endpoint must have a handler, or [`BusBuilder::build`] fails with
+    /// [`BusError::EmptyEndpoint`]. The usual cause is handlers in a crate of their own that
+    /// the binary never names: the linker then leaves that crate out, `#[handler]`
+    /// registrations included. Name it once in the binary to link it:
+    ///
+    /// ```ignore
+    /// use audit_handlers as _; // links the crate, and with it its `#[handler]`s
+    /// ```
     pub fn host<I, S>(mut self, endpoints: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -220,6 +229,7 @@ impl BusBuilder {
         }
         let endpoint_of =
             |d: &HandlerDescriptor| d.endpoint.as_deref().unwrap_or_default().to_string();
+        let all_endpoints: Vec<String> = descriptors.iter().map(endpoint_of).collect();
         if let Some(hosted) = &self.hosted {
             descriptors.retain(|d| hosted.contains(&endpoint_of(d)));
         }
@@ -242,8 +252,11 @@ impl BusBuilder {
             by_endpoint.entry(endpoint_of(&d)).or_default().push(d);
         }
         if let Some(hosted) = &self.hosted {
-            for name in hosted {
-                by_endpoint.entry(name.clone()).or_default();
+            if let Some(empty) = hosted.iter().find(|name| !by_endpoint.contains_key(*name)) {
+                return Err(BusError::EmptyEndpoint {
+                    endpoint: empty.clone(),
+                    others: with_handlers(&all_endpoints),
+                });
             }
         }
 
@@ -313,6 +326,14 @@ impl BusBuilder {
         bus.start().await?;
         Ok(bus)
     }
+}
+
+/// The distinct endpoint names in `names`, sorted.
+fn with_handlers(names: &[String]) -> Vec<String> {
+    let mut names = names.to_vec();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Every message type derived in the binary, by wire name; two types with one name is an error.

@@ -55,6 +55,10 @@ pub mod header {
     pub const FAILURE_ERROR_TYPE: &str = "bus-failure-error-type";
     /// The error's text.
     pub const FAILURE_ERROR: &str = "bus-failure-error";
+    /// What caused the error: the texts of its sources, outermost first, each followed by
+    /// `: ` and the next (as `anyhow` prints a chain with `{:#}`). Absent when the error had
+    /// no source.
+    pub const FAILURE_CAUSES: &str = "bus-failure-causes";
     /// The handler that failed, when one ran.
     pub const FAILURE_HANDLER: &str = "bus-failure-handler";
     /// The endpoint whose queue the message came from.

@@ -56,6 +56,24 @@ pub enum BusError {
         /// The other.
         second: String,
     },
+    /// A hosted endpoint has no handlers: nothing in the binary handles its messages.
+    #[error("endpoint `{endpoint}` is hosted but no handler in this binary belongs to it{}; if its handlers live in another crate, that crate is not linked because nothing in the binary uses it: add `use <that_crate> as _;` to the binary's main.rs (see `bus_core::BusBuilder::host`)", others_text(.others))]
+    EmptyEndpoint {
+        /// The endpoint.
+        endpoint: String,
+        /// The endpoints that do have handlers, to spot a misspelled name.
+        others: Vec<String>,
+    },
+    /// [`crate::Bus::send_all`] or [`crate::Bus::publish_all`] stopped: the first `accepted`
+    /// messages were accepted, the rest may not have been.
+    #[error("sending a batch stopped after {accepted} accepted messages: {error}")]
+    Batch {
+        /// How many messages, from the first, were accepted.
+        accepted: usize,
+        /// What stopped it.
+        #[source]
+        error: Box<BusError>,
+    },
     /// A handler asks for state that was not provided.
     #[error("handler `{handler}` extracts `State<{state}>`, but no such state was given; call `BusBuilder::state` with a `{state}`")]
     MissingState {
@@ -79,6 +97,14 @@ pub enum BusError {
     /// The bus is shutting down or stopped.
     #[error("the bus has been shut down")]
     ShutDown,
+}
+
+fn others_text(others: &[String]) -> String {
+    if others.is_empty() {
+        String::new()
+    } else {
+        format!(" (endpoints with handlers: {})", others.join(", "))
+    }
 }
 
 /// An error from a codec.
@@ -297,10 +323,18 @@ impl std::error::Error for TransportError {
     }
 }
 
-/// Why a handler attempt failed, as handlers report it.
+/// The error type handlers may return, and what every other error converts into.
 ///
-/// Any `std::error::Error` converts into it with `?`, keeping its type name for the error-queue
-/// headers. [`HandlerError::unrecoverable`] skips the remaining retries.
+/// A handler returns `Result<(), E>` for any `E` that a Rust service commonly uses: this
+/// type, your own error type (`thiserror` or hand-written, anything `std::error::Error + Send +
+/// Sync + 'static`), `Box<dyn std::error::Error + Send + Sync>`, `anyhow::Error`, `String` or
+/// `&'static str`. Each converts into a `HandlerError` keeping its Rust type name and its
+/// chain of sources for the error-queue headers, and `?` converts any of them inside a
+/// handler that returns `HandlerError`.
+///
+/// A failure that retrying cannot fix skips the remaining retries: build it with
+/// [`HandlerError::unrecoverable`], or wrap any error in [`Unrecoverable`] (which also works
+/// through `anyhow` and boxed errors).
 ///
 /// ```
 /// use bus_core::HandlerError;
@@ -314,6 +348,16 @@ impl std::error::Error for TransportError {
 /// }
 /// assert!(check(1).is_ok());
 /// assert!(check(100).unwrap_err().is_unrecoverable());
+///
+/// // Boxed errors and strings convert with `?` too.
+/// fn boxed() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+///     Err("disk full".into())
+/// }
+/// fn handler_body() -> Result<(), HandlerError> {
+///     boxed()?;
+///     Ok(())
+/// }
+/// assert_eq!(handler_body().unwrap_err().message(), "disk full");
 /// ```
 pub struct HandlerError {
     type_name: String,
@@ -366,16 +410,129 @@ impl HandlerError {
     pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         self.source.as_deref()
     }
+
+    /// The texts of the original error's sources, outermost first (not the error's own text).
+    ///
+    /// ```
+    /// use bus_core::HandlerError;
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("loading the price list")]
+    /// struct Load(#[source] std::io::Error);
+    ///
+    /// let io = std::io::Error::new(std::io::ErrorKind::NotFound, "prices.csv not found");
+    /// let error = HandlerError::from(Load(io));
+    /// assert_eq!(error.message(), "loading the price list");
+    /// assert_eq!(error.causes(), vec!["prices.csv not found".to_string()]);
+    /// ```
+    pub fn causes(&self) -> Vec<String> {
+        let mut causes = Vec::new();
+        let mut next = self.source.as_deref().and_then(|e| e.source());
+        while let Some(cause) = next {
+            causes.push(cause.to_string());
+            next = cause.source();
+        }
+        causes
+    }
 }
 
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
+/// Every error a handler may return converts: anything that converts into a boxed error
+/// (every `std::error::Error + Send + Sync + 'static`, `Box<dyn Error + Send + Sync>`,
+/// `anyhow::Error`, `String`, `&str`). `HandlerError` itself is not an `Error`, which keeps
+/// this from overlapping the identity conversion.
+impl<E> From<E> for HandlerError
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+{
     fn from(error: E) -> Self {
-        HandlerError {
-            type_name: std::any::type_name::<E>().to_string(),
-            message: error.to_string(),
-            unrecoverable: false,
-            source: Some(Box::new(error)),
+        let boxed: Box<dyn std::error::Error + Send + Sync + 'static> = error.into();
+        let mut type_name = readable_type_name(std::any::type_name::<E>());
+        let mut unrecoverable = false;
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&*boxed);
+        while let Some(e) = next {
+            if let Some(marked) = e.downcast_ref::<Unrecoverable>() {
+                unrecoverable = true;
+                if std::ptr::addr_eq(e, &*boxed) {
+                    type_name = marked.type_name.to_string();
+                }
+            }
+            next = e.source();
         }
+        HandlerError {
+            type_name,
+            message: boxed.to_string(),
+            unrecoverable,
+            source: Some(boxed),
+        }
+    }
+}
+
+/// Type names as a reader writes them: `Box<dyn Error + Send + Sync>`, not
+/// `alloc::boxed::Box<dyn core::error::Error + core::marker::Send + core::marker::Sync>`.
+fn readable_type_name(name: &str) -> String {
+    name.replace("alloc::boxed::", "")
+        .replace("alloc::string::", "")
+        .replace("core::error::", "")
+        .replace("core::marker::", "")
+}
+
+/// An error that retrying cannot fix, whatever its type: a handler returning it (directly,
+/// inside `anyhow::Error` or a boxed error, or as the source of another error) sends the
+/// message straight to the error queue. Its text and sources are the wrapped error's.
+///
+/// ```
+/// use bus_core::{HandlerError, Unrecoverable};
+///
+/// fn validate(qty: u32) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+///     if qty == 0 {
+///         return Err(Unrecoverable::new("a quantity of zero").into());
+///     }
+///     Ok(())
+/// }
+/// let error = HandlerError::from(validate(0).unwrap_err());
+/// assert!(error.is_unrecoverable());
+/// assert_eq!(error.message(), "a quantity of zero");
+/// ```
+pub struct Unrecoverable {
+    inner: Box<dyn std::error::Error + Send + Sync + 'static>,
+    type_name: String,
+}
+
+impl Unrecoverable {
+    /// Mark `error` as unrecoverable.
+    pub fn new<E>(error: E) -> Self
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        Unrecoverable {
+            inner: error.into(),
+            type_name: readable_type_name(std::any::type_name::<E>()),
+        }
+    }
+
+    /// The wrapped error.
+    pub fn into_inner(self) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self.inner
+    }
+}
+
+impl fmt::Display for Unrecoverable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+impl fmt::Debug for Unrecoverable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Unrecoverable").field(&self.inner).finish()
+    }
+}
+
+// Transparent: the wrapped error's own text is this one's, so the chain goes on with its
+// sources rather than repeating it.
+impl std::error::Error for Unrecoverable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner.source()
     }
 }
 

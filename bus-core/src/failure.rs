@@ -77,6 +77,8 @@ pub struct Failure {
     pub(crate) error_type: String,
     pub(crate) message: String,
     pub(crate) handler: Option<String>,
+    /// The texts of the error's sources, outermost first.
+    pub(crate) causes: Vec<String>,
     /// Retrying cannot help.
     pub(crate) unrecoverable: bool,
     /// Not a failed attempt: the message goes back to its queue for later, uncounted (the
@@ -106,6 +108,12 @@ impl Failure {
         &self.message
     }
 
+    /// The texts of the error's sources, outermost first, as the `bus-failure-causes` header
+    /// records them.
+    pub fn causes(&self) -> &[String] {
+        &self.causes
+    }
+
     /// The handler (or layer) it came from, where known.
     pub fn handler(&self) -> Option<&str> {
         self.handler.as_deref()
@@ -128,6 +136,7 @@ impl Failure {
             error_type: reason.as_str().to_string(),
             message: message.into(),
             handler: None,
+            causes: Vec::new(),
             unrecoverable: true,
             requeue: false,
         }
@@ -139,6 +148,7 @@ impl Failure {
             error_type: error.type_name().to_string(),
             message: error.message().to_string(),
             handler: None,
+            causes: error.causes(),
             unrecoverable: error.is_unrecoverable(),
             requeue: false,
         }
@@ -155,6 +165,7 @@ impl Failure {
             error_type: "panic".into(),
             message: text,
             handler: None,
+            causes: Vec::new(),
             unrecoverable: false,
             requeue: false,
         }
@@ -166,6 +177,7 @@ impl Failure {
             error_type: "timeout".into(),
             message: format!("the handler did not finish within {limit:?}"),
             handler: None,
+            causes: Vec::new(),
             unrecoverable: false,
             requeue: false,
         }
@@ -177,6 +189,7 @@ impl Failure {
             error_type: "bus_core::Inbox".into(),
             message: message.into(),
             handler: Some("inbox".into()),
+            causes: Vec::new(),
             unrecoverable: false,
             requeue: true,
         }
@@ -188,6 +201,7 @@ impl Failure {
             error_type: "bus_core::TransportError".into(),
             message: format!("releasing the handler's outgoing messages failed: {error}"),
             handler: None,
+            causes: Vec::new(),
             unrecoverable: false,
             requeue: false,
         }

@@ -209,7 +209,7 @@ inventory::collect!(MessageRegistration);
 #[diagnostic::on_unimplemented(
     message = "a handler must return `Result<(), E>` where `E` converts into `HandlerError`",
     label = "this return type is not supported",
-    note = "any `std::error::Error + Send + Sync + 'static` works as `E`, as does `HandlerError` itself"
+    note = "`HandlerError`, `anyhow::Error`, `Box<dyn Error + Send + Sync>`, `String` and any `std::error::Error + Send + Sync + 'static` work as `E`"
 )]
 pub trait IntoHandlerResult {
     /// Convert.

@@ -90,7 +90,7 @@ pub use codec::{decode, decode_any, decode_envelope, encode, Codec, Codecs, Json
 pub use context::MessageContext;
 pub use endpoint::EndpointConfig;
 pub use envelope::{header, Body, Envelope, Headers, MessageId};
-pub use error::{BusError, CodecError, HandlerError, TransportError};
+pub use error::{BusError, CodecError, HandlerError, TransportError, Unrecoverable};
 pub use extract::{FromContext, State};
 pub use failure::{Failure, FailureReason};
 pub use handler::{

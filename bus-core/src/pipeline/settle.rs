@@ -129,6 +129,9 @@ pub(super) async fn dead_letter(
         failure.error_type.clone(),
     );
     h.insert(header::FAILURE_ERROR.into(), failure.message.clone());
+    if !failure.causes.is_empty() {
+        h.insert(header::FAILURE_CAUSES.into(), failure.causes.join(": "));
+    }
     if let Some(handler) = &failure.handler {
         h.insert(header::FAILURE_HANDLER.into(), handler.clone());
     }

@@ -61,6 +61,24 @@ macro_rules! handler_for {
 
 handler_for!(from_macro, OrderPlaced);
 
+// The error types services commonly use.
+#[handler(endpoint = "ui-errors")]
+async fn anyhow_error(_evt: OrderPlaced) -> anyhow::Result<()> {
+    Ok(())
+}
+
+#[handler(endpoint = "ui-errors")]
+async fn boxed_error(
+    _evt: OrderPlaced,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    Ok(())
+}
+
+#[handler(endpoint = "ui-errors")]
+async fn string_error(_evt: OrderPlaced) -> Result<(), String> {
+    Ok(())
+}
+
 fn main() {
     // The functions stay callable as written.
     let _ = zero(PlaceOrder { id: 1 });

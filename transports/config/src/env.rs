@@ -21,6 +21,8 @@ pub(crate) const VARIABLES: &[(&str, &str)] = &[
     ("BUS_TLS_CA_FILE", "tls_ca_file"),
     ("BUS_AMQP_USER", "amqp_user"),
     ("BUS_AMQP_PASSWORD", "amqp_password"),
+    ("BUS_PREFIX", "prefix"),
+    ("BUS_MEMORY_SERIALIZE", "memory_serialize"),
 ];
 
 /// The table every setting lives in, in `bus.toml` and in the merged configuration.

@@ -138,6 +138,17 @@ pub struct TransportSettings {
     /// The AMQP password, overriding the URL's. Never shown by `Debug`.
     #[serde(deserialize_with = "de::secret")]
     pub amqp_password: Option<String>,
+    /// A namespace for every name the bus declares on the broker (queues, exchanges, streams,
+    /// subjects, keys), so environments, tenants or test runs share one broker without
+    /// seeing each other's messages: `staging` puts the AMQP queue `billing` at
+    /// `staging.billing`. Letters, digits, `-` and `_`; none when unset (the plain names). The
+    /// in-memory transport needs none: each one is a namespace of its own.
+    pub prefix: Option<String>,
+    /// In-memory transport: serialize every message to bytes as a broker would, so body
+    /// limits and serialization errors show in memory too; off when unset (typed values are
+    /// handed over as they are, which is faster).
+    #[serde(deserialize_with = "de::flag")]
+    pub memory_serialize: Option<bool>,
 }
 
 impl Default for TransportSettings {
@@ -155,6 +166,8 @@ impl Default for TransportSettings {
             tls_ca_file: None,
             amqp_user: None,
             amqp_password: None,
+            prefix: None,
+            memory_serialize: None,
         }
     }
 }
@@ -174,6 +187,8 @@ impl fmt::Debug for TransportSettings {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("amqp_user", &self.amqp_user)
             .field("amqp_password", &self.amqp_password.as_ref().map(|_| "***"))
+            .field("prefix", &self.prefix)
+            .field("memory_serialize", &self.memory_serialize)
             .finish()
     }
 }
@@ -194,6 +209,21 @@ impl TransportSettings {
                 setting: "delivery_limit",
                 reason: "must be at least 1".into(),
             });
+        }
+        if let Some(prefix) = &self.prefix {
+            let ok = !prefix.is_empty()
+                && prefix.len() <= 64
+                && prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                return Err(ConfigError::InvalidSetting {
+                    setting: "prefix",
+                    reason: format!(
+                        "`{prefix}` is not a usable namespace: use 1 to 64 letters, digits, `-` or `_` (every broker accepts those in its names)"
+                    ),
+                });
+            }
         }
         if self.amqp_user.is_some() != self.amqp_password.is_some() {
             return Err(ConfigError::InvalidSetting {

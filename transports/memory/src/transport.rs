@@ -5,8 +5,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bus_core::{
-    async_trait, Destination, Envelope, Outgoing, SubscribeOptions, Subscription, Topology,
-    Transport, TransportError,
+    async_trait, Declared, Destination, Envelope, Outgoing, QueueKind, SubscribeOptions,
+    Subscription, Topology, Transport, TransportError,
 };
 use tokio::time::Instant;
 
@@ -125,10 +125,7 @@ impl MemoryTransport {
 
     fn targets(&self, destination: &Destination) -> Result<Vec<Arc<Queue>>, TransportError> {
         match destination {
-            Destination::Endpoint(e) => self
-                .queue(e)
-                .map(|q| vec![q])
-                .ok_or_else(|| TransportError::Unroutable(e.to_string())),
+            Destination::Endpoint(e) => self.queue(e).map(|q| vec![q]).ok_or_else(|| unroutable(e)),
             Destination::ErrorQueue(e) => Ok(vec![self.declare_queue(&error_queue_name(e), false)]),
             Destination::Event(name) => Ok(self
                 .inner
@@ -212,6 +209,11 @@ fn push_copies(slots: Vec<Reserved<'_>>, envelope: Envelope) {
     }
 }
 
+/// No queue for `endpoint`: nothing has declared it on this transport.
+fn unroutable(endpoint: &str) -> TransportError {
+    TransportError::Unroutable(format!("endpoint `{endpoint}`"))
+}
+
 /// The error queue's name for an endpoint: `<endpoint>.error`.
 pub fn error_queue_name(endpoint: &str) -> String {
     format!("{endpoint}.error")
@@ -225,6 +227,72 @@ impl Transport for MemoryTransport {
 
     fn carries_typed_messages(&self) -> bool {
         self.inner.typed
+    }
+
+    async fn browse(
+        &self,
+        endpoint: &str,
+        queue: QueueKind,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, TransportError> {
+        let mut found = match queue {
+            QueueKind::Input => MemoryTransport::browse(self, endpoint),
+            QueueKind::Errors => self.error_queue(endpoint),
+        };
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn teardown(
+        &self,
+        topology: &Topology,
+        dry_run: bool,
+    ) -> Result<Vec<Declared>, TransportError> {
+        let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
+        let mut bindings = self
+            .inner
+            .bindings
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut removed = Vec::new();
+        for ep in &topology.endpoints {
+            let input = queues.get(ep.name.as_str()).cloned();
+            for name in [ep.name.clone(), error_queue_name(&ep.name)] {
+                if queues.contains_key(name.as_str()) {
+                    if !dry_run {
+                        queues.remove(name.as_str());
+                    }
+                    removed.push(Declared {
+                        kind: "queue",
+                        name,
+                    });
+                }
+            }
+            for event in &ep.events {
+                let Some(bound) = bindings.get_mut(event.as_str()) else {
+                    continue;
+                };
+                let Some(queue) = input
+                    .as_ref()
+                    .filter(|q| bound.iter().any(|b| Arc::ptr_eq(b, q)))
+                else {
+                    continue;
+                };
+                removed.push(Declared {
+                    kind: "binding",
+                    name: format!("{event} -> {}", ep.name),
+                });
+                if !dry_run {
+                    bound.retain(|q| !Arc::ptr_eq(q, queue));
+                    if bound.is_empty() {
+                        bindings.remove(event.as_str());
+                    }
+                }
+            }
+        }
+        removed.sort();
+        removed.dedup();
+        Ok(removed)
     }
 
     async fn declare(&self, topology: &Topology) -> Result<(), TransportError> {
@@ -276,7 +344,7 @@ impl Transport for MemoryTransport {
             queues.get(&*e).map(|q| q.try_push(Stored::fresh(envelope)))
         };
         match pushed {
-            None => Ok(Err(TransportError::Unroutable(e.to_string()))),
+            None => Ok(Err(unroutable(&e))),
             Some(Ok(())) => Ok(Ok(())),
             Some(Err(stored)) => Err(Outgoing {
                 destination: Destination::Endpoint(e),
@@ -292,9 +360,7 @@ impl Transport for MemoryTransport {
             (&message.destination, message.delay.filter(|d| !d.is_zero()))
         {
             // One queue, now: no list of targets, no copy of the envelope.
-            let q = self
-                .queue(e)
-                .ok_or_else(|| TransportError::Unroutable(e.to_string()))?;
+            let q = self.queue(e).ok_or_else(|| unroutable(e))?;
             let slot = self.reserve(&q, deadline).await?;
             slot.push(Stored::fresh(message.envelope));
             return Ok(());
@@ -332,9 +398,7 @@ impl Transport for MemoryTransport {
         endpoint: &str,
         options: SubscribeOptions,
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        let queue = self
-            .queue(endpoint)
-            .ok_or_else(|| TransportError::Unroutable(endpoint.to_string()))?;
+        let queue = self.queue(endpoint).ok_or_else(|| unroutable(endpoint))?;
         Ok(Box::new(MemorySubscription::new(queue, options.prefetch)))
     }
 }

@@ -29,6 +29,9 @@ impl TransportSettings {
         if let Some(timeout) = self.publish_timeout {
             transport = transport.send_timeout(timeout);
         }
+        if let Some(serialize) = self.memory_serialize {
+            transport = transport.serialize(serialize);
+        }
         transport
     }
 
