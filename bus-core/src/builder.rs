@@ -45,7 +45,7 @@ pub struct BusBuilder {
     routes: HashMap<String, String>,
     state: StateMap,
     codecs: Codecs,
-    max_body_size: usize,
+    max_body_size: Option<usize>,
     shutdown_grace: Duration,
     layers: Vec<Arc<dyn Layer>>,
 }
@@ -63,7 +63,7 @@ impl Default for BusBuilder {
             routes: HashMap::new(),
             state: StateMap::default(),
             codecs: Codecs::default(),
-            max_body_size: 4 * 1024 * 1024,
+            max_body_size: None,
             shutdown_grace: Duration::from_secs(30),
             layers: Vec::new(),
         }
@@ -175,10 +175,45 @@ impl BusBuilder {
         self
     }
 
-    /// Largest body accepted on send and on receive (default 4 MiB).
+    /// Largest body accepted on send and on receive. By default 4 MiB, or less where the
+    /// broker takes less ([`Transport::limits`](crate::Transport::limits): NATS's
+    /// `max_payload`, less [`BusBuilder::HEADER_ROOM`] for the headers). A limit set here
+    /// above what the broker takes fails the build with [`BusError::BodyLimitAboveBroker`]:
+    /// better at start than at the first large message.
     pub fn max_body_size(mut self, bytes: usize) -> Self {
-        self.max_body_size = bytes;
+        self.max_body_size = Some(bytes);
         self
+    }
+
+    /// The default body limit.
+    pub const DEFAULT_MAX_BODY_SIZE: usize = 4 * 1024 * 1024;
+
+    /// What the body limit leaves of the broker's message limit for the headers.
+    pub const HEADER_ROOM: usize = 8 * 1024;
+
+    /// The body limit for `transport`: the one set, or the default lowered to fit the broker.
+    fn body_limit(&self, transport: &dyn Transport) -> Result<usize, BusError> {
+        let broker = transport
+            .limits()
+            .max_message_size
+            .map(|max| max.saturating_sub(Self::HEADER_ROOM));
+        match (self.max_body_size, broker) {
+            (Some(limit), Some(broker)) if limit > broker => Err(BusError::BodyLimitAboveBroker {
+                limit,
+                broker,
+                transport: transport.name().to_string(),
+            }),
+            (Some(limit), _) => Ok(limit),
+            (None, Some(broker)) if broker < Self::DEFAULT_MAX_BODY_SIZE => {
+                tracing::info!(
+                    transport = transport.name(),
+                    limit = broker,
+                    "body limit lowered to what the broker takes"
+                );
+                Ok(broker)
+            }
+            (None, _) => Ok(Self::DEFAULT_MAX_BODY_SIZE),
+        }
     }
 
     /// How long [`Bus::shutdown`] waits for in-flight handlers (default 30 s).
@@ -273,7 +308,7 @@ impl BusBuilder {
                 .collect(),
             codecs: self.codecs.clone(),
             state: self.state.clone(),
-            max_body_size: self.max_body_size,
+            max_body_size: self.body_limit(&*transport)?,
             counters: Counters::default(),
         });
 

@@ -14,7 +14,8 @@ use crate::message::{AnyMessage, Command, Event};
 use crate::outgoing::SendOptions;
 use crate::pipeline::EndpointRuntime;
 use crate::runtime::{Runtime, Signal};
-use crate::transport::{Outgoing, SubscribeOptions, Topology, Transport};
+use crate::failed::FailedMessage;
+use crate::transport::{Declared, Outgoing, QueueKind, SubscribeOptions, Topology, Transport};
 use crate::worker;
 
 /// Counters of what a bus instance did, for dashboards and summaries.
@@ -224,6 +225,45 @@ impl Bus {
             .map(|event| runtime.outgoing(event, destination.clone(), None, SendOptions::default()))
             .collect();
         async move { self.dispatch_all(outgoing.into_iter()).await }
+    }
+
+    /// Up to `limit` messages of a hosted (or any) endpoint's error queue, oldest first, left
+    /// where they are, with why each failed; through the transport, whichever it is.
+    ///
+    /// ```
+    /// # use bus_core::Bus;
+    /// # async fn demo(bus: &Bus) -> Result<(), bus_core::BusError> {
+    /// for failed in bus.failed_messages("billing", 100).await? {
+    ///     println!("{} failed: {:?}", failed.message_id(), failed.error());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn failed_messages(
+        &self,
+        endpoint: &str,
+        limit: usize,
+    ) -> Result<Vec<FailedMessage>, BusError> {
+        let envelopes = self
+            .inner
+            .runtime
+            .transport
+            .browse(endpoint, QueueKind::Errors, limit)
+            .await?;
+        Ok(envelopes.into_iter().map(FailedMessage::new).collect())
+    }
+
+    /// Remove from the broker what this bus declared for its endpoints (queues, error and delay
+    /// queues, subscriptions, and the events' own resources), messages included, and say what
+    /// that was; with `dry_run`, only say it. For test runs and environments that come and
+    /// go: give them a namespace (the `prefix` setting), since other endpoints subscribed to
+    /// the same events lose their subscriptions too. Shut the bus down first.
+    pub async fn teardown(&self, dry_run: bool) -> Result<Vec<Declared>, BusError> {
+        Ok(self
+            .inner
+            .runtime
+            .transport
+            .teardown(&self.inner.topology, dry_run)
+            .await?)
     }
 
     /// Messages [`Bus::send_all`] and [`Bus::publish_all`] hand to the transport at once.

@@ -74,6 +74,16 @@ pub enum BusError {
         #[source]
         error: Box<BusError>,
     },
+    /// The body limit set on the builder is above what the broker takes.
+    #[error("the body limit of {limit} bytes is above what the {transport} broker takes ({broker} bytes for the body, its message limit less room for headers); lower `BusBuilder::max_body_size`, or raise the broker's limit (NATS: `max_payload` in the server configuration)")]
+    BodyLimitAboveBroker {
+        /// The limit set.
+        limit: usize,
+        /// What the broker takes for a body.
+        broker: usize,
+        /// The transport's name.
+        transport: String,
+    },
     /// A handler asks for state that was not provided.
     #[error("handler `{handler}` extracts `State<{state}>`, but no such state was given; call `BusBuilder::state` with a `{state}`")]
     MissingState {

@@ -68,6 +68,7 @@ mod endpoint;
 mod envelope;
 mod error;
 mod extract;
+mod failed;
 mod failure;
 mod handler;
 mod inbox;
@@ -92,6 +93,7 @@ pub use endpoint::EndpointConfig;
 pub use envelope::{header, Body, Envelope, Headers, MessageId};
 pub use error::{BusError, CodecError, HandlerError, TransportError, Unrecoverable};
 pub use extract::{FromContext, State};
+pub use failed::FailedMessage;
 pub use failure::{Failure, FailureReason};
 pub use handler::{
     BoxFuture, Handler, HandlerDescriptor, HandlerRegistration, IntoHandlerResult, MessageInfo,

@@ -79,6 +79,21 @@ async fn browse_body(f: &dyn TransportFactory) {
         .expect("browsing with a limit");
     assert_eq!(limited.len(), 2, "[{}] the limit is kept", f.name());
 
+    // The same through the bus, typed.
+    let failed = bus
+        .failed_messages(endpoint, 10)
+        .await
+        .unwrap_or_else(|e| panic!("[{}] reading failed messages: {e}", f.name()));
+    assert_eq!(failed.len(), 3, "[{}] three failed messages", f.name());
+    let last = &failed[2];
+    assert_eq!(last.reason(), Some("handler-error"));
+    assert_eq!(last.endpoint(), Some(endpoint));
+    assert_eq!(last.attempts(), Some(1));
+    let cmd: Flaky = last
+        .decode(bus.codecs())
+        .unwrap_or_else(|e| panic!("[{}] decoding a failed message: {e}", f.name()));
+    assert_eq!(cmd.id, "bad-2");
+
     // The input queue: two messages nobody has consumed yet.
     let input = "conf-browse-input";
     declare(&*t, &[(input, &[])]).await;
