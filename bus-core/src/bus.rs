@@ -10,11 +10,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::codec::Codecs;
 use crate::error::BusError;
+use crate::failed::FailedMessage;
 use crate::message::{AnyMessage, Command, Event};
 use crate::outgoing::SendOptions;
 use crate::pipeline::EndpointRuntime;
 use crate::runtime::{Runtime, Signal};
-use crate::failed::FailedMessage;
 use crate::transport::{Declared, Outgoing, QueueKind, SubscribeOptions, Topology, Transport};
 use crate::worker;
 

@@ -3,16 +3,27 @@
 //! Messages sent or published through the context are *held back* in the outbox and released
 //! only after the handler succeeded, before the incoming message is acked. A failed attempt's
 //! messages are discarded, so a retried handler never emits twice.
+//!
+//! [`MessageContext::for_test`] makes a context without a bus, for unit tests of one handler:
+//! its outbox is never released, and [`MessageContext::staged`] shows what the handler sent.
+//! It is an ordinary context over a runtime of its own (with a transport that carries
+//! nothing), so the handling path knows nothing of tests and pays nothing for them.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
-use crate::envelope::Headers;
-use crate::error::BusError;
-use crate::message::{Command, Event};
+use crate::codec::{Codec, Codecs};
+use crate::envelope::{Headers, MessageId};
+use crate::error::{BusError, TransportError};
+use crate::handler::{HandlerRegistration, MessageRegistration};
+use crate::message::{Command, Event, Message, MessageKind};
 use crate::outgoing::SendOptions;
-use crate::runtime::Runtime;
-use crate::transport::Outgoing;
+use crate::runtime::{Counters, Runtime};
+use crate::state::StateMap;
+use crate::transport::{Outgoing, SubscribeOptions, Subscription, Topology, Transport};
 
 /// Metadata of the message being handled, and the way to send messages from a handler.
 #[derive(Clone)]
@@ -134,6 +145,62 @@ impl MessageContext {
         self.inner.runtime.state.get::<T>()
     }
 
+    /// The codecs of the bus the context belongs to, e.g. to decode what [`staged`] holds.
+    ///
+    /// [`staged`]: MessageContext::staged
+    pub fn codecs(&self) -> &Codecs {
+        &self.inner.runtime.codecs
+    }
+
+    /// What was sent or published through this context (or a clone of it) and is held back
+    /// until the handler succeeds, in order. Empty once the attempt is over. A context made by
+    /// [`MessageContext::for_test`] is never released: this is everything its handler sent.
+    pub fn staged(&self) -> Vec<Outgoing> {
+        let outbox = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        outbox.clone().unwrap_or_default()
+    }
+
+    /// Start building a context for a unit test of one handler, without a bus: what the
+    /// handler sends or publishes through it is kept ([`MessageContext::staged`]), never
+    /// delivered. Commands are routed as a bus with discovery would route them (their declared
+    /// owner, else where their `#[handler]` lives), plus the routes given with
+    /// [`TestContextBuilder::route`]; bodies are encoded with the default codec and held to
+    /// the default body limit, as for a broker.
+    ///
+    /// ```
+    /// use bus_core::{Command, Event, HandlerError, MessageContext};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Command, Serialize, Deserialize, Clone, Debug)]
+    /// #[command(name = "docs.ctx.Reserve", endpoint = "docs-ctx-stock")]
+    /// struct Reserve { sku: String }
+    ///
+    /// #[derive(Event, Serialize, Deserialize, Clone, Debug)]
+    /// #[event(name = "docs.ctx.Reserved")]
+    /// struct Reserved { sku: String }
+    ///
+    /// async fn reserve(cmd: Reserve, ctx: MessageContext) -> Result<(), HandlerError> {
+    ///     if ctx.attempt() > 1 {
+    ///         println!("retrying {}", cmd.sku);
+    ///     }
+    ///     ctx.publish(Reserved { sku: cmd.sku }).await?;
+    ///     Ok(())
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let ctx = MessageContext::for_test().attempt(2).header("tenant", "acme").build();
+    /// reserve(Reserve { sku: "lamp".into() }, ctx.clone()).await.unwrap();
+    /// let staged = ctx.staged();
+    /// assert_eq!(staged.len(), 1);
+    /// assert_eq!(staged[0].envelope.headers.message_type, "docs.ctx.Reserved");
+    /// // What the handler sends carries the ids of the message it handled.
+    /// assert_eq!(staged[0].envelope.headers.causation_id(), Some(ctx.message_id()));
+    /// # });
+    /// ```
+    pub fn for_test() -> TestContextBuilder {
+        TestContextBuilder::default()
+    }
+
     /// Send a command; it leaves only if the handler succeeds.
     pub async fn send<C: Command>(&self, command: C) -> Result<(), BusError> {
         self.send_with(command, SendOptions::default()).await
@@ -227,5 +294,204 @@ impl std::fmt::Debug for MessageContext {
             .field("endpoint", &self.endpoint())
             .field("attempt", &self.attempt())
             .finish()
+    }
+}
+
+/// Builds a [`MessageContext`] for a unit test of one handler: see
+/// [`MessageContext::for_test`].
+///
+/// By default the incoming message has a new id, no type, the JSON content type and no custom
+/// headers; the endpoint is `test`, the attempt 1, and no state is given.
+#[derive(Clone)]
+pub struct TestContextBuilder {
+    headers: Headers,
+    endpoint: String,
+    attempt: u32,
+    redelivered: bool,
+    state: StateMap,
+    routes: HashMap<String, String>,
+    codecs: Codecs,
+}
+
+impl Default for TestContextBuilder {
+    fn default() -> Self {
+        TestContextBuilder {
+            headers: Headers {
+                message_id: MessageId::from(uuid::Uuid::now_v7().to_string()),
+                message_type: Cow::Borrowed(""),
+                content_type: Cow::Borrowed(crate::codec::JSON),
+                correlation_id: None,
+                sent_at: Some(SystemTime::now()),
+                custom: Default::default(),
+            },
+            endpoint: "test".to_string(),
+            attempt: 1,
+            redelivered: false,
+            state: StateMap::default(),
+            routes: HashMap::new(),
+            codecs: Codecs::default(),
+        }
+    }
+}
+
+impl TestContextBuilder {
+    /// The endpoint the handler runs in ([`MessageContext::endpoint`]).
+    pub fn endpoint(mut self, name: impl Into<String>) -> Self {
+        self.endpoint = name.into();
+        self
+    }
+
+    /// Which attempt this is, starting at 1 ([`MessageContext::attempt`]).
+    pub fn attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// Whether the message counts as redelivered ([`MessageContext::redelivered`]).
+    pub fn redelivered(mut self, redelivered: bool) -> Self {
+        self.redelivered = redelivered;
+        self
+    }
+
+    /// The incoming message is an `M`: its wire name becomes the message type header.
+    pub fn message<M: Message>(mut self) -> Self {
+        self.headers.message_type = Cow::Borrowed(M::NAME);
+        self
+    }
+
+    /// The incoming message's id.
+    pub fn message_id(mut self, id: impl Into<String>) -> Self {
+        self.headers.message_id = MessageId::from(id.into());
+        self
+    }
+
+    /// The incoming message's correlation id.
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.headers.correlation_id = Some(id.into());
+        self
+    }
+
+    /// A custom header of the incoming message.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.custom.insert(name.into(), value.into());
+        self
+    }
+
+    /// All the incoming message's headers at once, replacing what was set before.
+    pub fn headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Shared state for [`crate::State`] and [`MessageContext::state`], as
+    /// [`crate::BusBuilder::state`] gives it.
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(value);
+        self
+    }
+
+    /// Route command `C` to `endpoint`, as [`crate::BusBuilder::route`] does.
+    pub fn route<C: Command>(mut self, endpoint: impl Into<String>) -> Self {
+        self.routes.insert(C::NAME.to_string(), endpoint.into());
+        self
+    }
+
+    /// Add a codec; with `default`, what the handler sends is encoded with it.
+    pub fn codec(mut self, codec: impl Codec, default: bool) -> Self {
+        self.codecs.register(Arc::new(codec), default);
+        self
+    }
+
+    /// The context.
+    pub fn build(self) -> MessageContext {
+        let mut names = crate::runtime::NameMap::default();
+        let mut routes: crate::runtime::NameMap<Arc<str>> = Default::default();
+        for reg in inventory::iter::<MessageRegistration>() {
+            let info = reg.info;
+            names.insert(info.name.to_string(), Arc::from(info.name));
+            if let (MessageKind::Command, Some(owner)) = (info.kind, info.endpoint) {
+                routes.insert(info.name.to_string(), Arc::from(owner));
+            }
+        }
+        // A command without a declared owner goes where its handler lives, as on a bus with
+        // discovery (and a handler naming no endpoint lives in the default one).
+        for reg in inventory::iter::<HandlerRegistration>() {
+            let d = (reg.factory)();
+            if d.message.kind == MessageKind::Command && !routes.contains_key(d.message.name) {
+                let at = d.endpoint().unwrap_or(BUILDER_DEFAULT_ENDPOINT);
+                routes.insert(d.message.name.to_string(), Arc::from(at));
+            }
+        }
+        for (command, endpoint) in self.routes {
+            routes.insert(command, Arc::from(endpoint));
+        }
+        let runtime = Arc::new(Runtime {
+            transport: Arc::new(HeldBack),
+            routes,
+            names,
+            codecs: self.codecs,
+            typed: false,
+            state: self.state,
+            max_body_size: crate::BusBuilder::DEFAULT_MAX_BODY_SIZE,
+            counters: Counters::default(),
+        });
+        MessageContext::new(
+            runtime,
+            Arc::new(self.headers),
+            Arc::from(self.endpoint),
+            self.attempt,
+            self.redelivered,
+        )
+    }
+}
+
+impl std::fmt::Debug for TestContextBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestContextBuilder")
+            .field("headers", &self.headers)
+            .field("endpoint", &self.endpoint)
+            .field("attempt", &self.attempt)
+            .field("redelivered", &self.redelivered)
+            .field("routes", &self.routes)
+            .finish()
+    }
+}
+
+/// Where [`crate::BusBuilder`] puts handlers that name no endpoint, unless told otherwise.
+const BUILDER_DEFAULT_ENDPOINT: &str = "main";
+
+/// The transport under a test context: the context's outbox is never released, so nothing
+/// ever reaches it; it refuses everything, to say so should that change.
+struct HeldBack;
+
+impl HeldBack {
+    fn refuse(&self) -> TransportError {
+        TransportError::Unsupported {
+            operation: "delivering messages from a test context",
+            transport: self.name().to_string(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for HeldBack {
+    fn name(&self) -> &str {
+        "test-context"
+    }
+
+    async fn declare(&self, _: &Topology) -> Result<(), TransportError> {
+        Err(self.refuse())
+    }
+
+    async fn send(&self, _: Outgoing) -> Result<(), TransportError> {
+        Err(self.refuse())
+    }
+
+    async fn subscribe(
+        &self,
+        _: &str,
+        _: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        Err(self.refuse())
     }
 }

@@ -88,7 +88,7 @@ mod worker;
 pub use builder::BusBuilder;
 pub use bus::{Bus, BusStats, Health, ShutdownReport};
 pub use codec::{decode, decode_any, decode_envelope, encode, Codec, Codecs, JsonCodec, JSON};
-pub use context::MessageContext;
+pub use context::{MessageContext, TestContextBuilder};
 pub use endpoint::EndpointConfig;
 pub use envelope::{header, Body, Envelope, Headers, MessageId};
 pub use error::{BusError, CodecError, HandlerError, TransportError, Unrecoverable};

@@ -3,10 +3,12 @@
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, ItemFn, LitStr, ReturnType, Type};
+use syn::{FnArg, ItemFn, ReturnType, Type};
+
+use crate::endpoint::EndpointName;
 
 struct Args {
-    endpoint: Option<LitStr>,
+    endpoint: Option<EndpointName>,
 }
 
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -34,14 +36,7 @@ fn parse_args(attr: TokenStream) -> syn::Result<Args> {
     let mut args = Args { endpoint: None };
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("endpoint") {
-            let lit: LitStr = meta.value()?.parse()?;
-            if lit.value().is_empty() {
-                return Err(syn::Error::new_spanned(
-                    &lit,
-                    "an endpoint name must be non-empty",
-                ));
-            }
-            args.endpoint = Some(lit);
+            args.endpoint = Some(EndpointName::parse(meta.value()?)?);
             Ok(())
         } else {
             Err(meta.error("unknown `handler` attribute; expected `endpoint = \"...\"`"))
@@ -97,9 +92,9 @@ fn validate(func: &ItemFn) -> syn::Result<(&Type, Vec<&Type>)> {
 fn generate(func: &ItemFn, args: &Args, message: &Type, extractors: &[&Type]) -> TokenStream {
     let ident = &func.sig.ident;
     let p = quote!(::bus_core::__private);
-    let endpoint = match &args.endpoint {
-        Some(lit) => quote!(#p::Some(#p::Cow::Borrowed(#lit))),
-        None => quote!(#p::None),
+    let (endpoint, endpoint_check) = match &args.endpoint {
+        Some(name) => (quote!(#p::Some(#p::Cow::Borrowed(#name))), name.check()),
+        None => (quote!(#p::None), TokenStream::new()),
     };
     let xs: Vec<_> = (0..extractors.len())
         .map(|i| format_ident!("__bus_x{}", i))
@@ -133,6 +128,7 @@ fn generate(func: &ItemFn, args: &Args, message: &Type, extractors: &[&Type]) ->
         #func
 
         const _: () = {
+            #endpoint_check
             fn __bus_descriptor() -> #p::HandlerDescriptor {
                 #(#extractor_decls)*
                 let mut __bus_requires = #p::Vec::new();

@@ -7,6 +7,7 @@
 
 use proc_macro::TokenStream;
 
+mod endpoint;
 mod handler;
 mod message;
 
@@ -15,7 +16,8 @@ mod message;
 /// `#[command(name = "...", endpoint = "...")]`, both optional:
 /// - `name`: the stable wire name. Defaults to the type's identifier (e.g. `PlaceOrder`); set
 ///   it explicitly so renaming the Rust type never changes what travels on the wire.
-/// - `endpoint`: the owning endpoint, where the command is routed and handled.
+/// - `endpoint`: the owning endpoint, where the command is routed and handled: a string
+///   literal, or a `&'static str` constant (`endpoint = names::BILLING`).
 ///
 /// The type must also derive `Serialize`, `Deserialize`, `Clone` and `Debug`.
 #[proc_macro_derive(Command, attributes(command))]
@@ -40,7 +42,8 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// async fn on_order_placed(evt: OrderPlaced, ctx: MessageContext, State(db): State<Db>) -> Result<(), HandlerError> { ... }
 /// ```
 ///
-/// The first argument is the message; the others are extractors. `endpoint` is optional: by
+/// The first argument is the message; the others are extractors. `endpoint` (a string literal
+/// or a `&'static str` constant) is optional: by
 /// default a command's handler goes to the command's owning endpoint, others to the bus's
 /// default endpoint. The function stays callable as written.
 #[proc_macro_attribute]

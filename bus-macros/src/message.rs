@@ -4,6 +4,8 @@ use proc_macro2::TokenStream;
 use quote::quote;
 use syn::{DeriveInput, LitStr};
 
+use crate::endpoint::EndpointName;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Command,
@@ -22,7 +24,7 @@ impl Kind {
 struct Parsed {
     input: DeriveInput,
     name: String,
-    endpoint: Option<String>,
+    endpoint: Option<EndpointName>,
 }
 
 pub(crate) fn derive(input: TokenStream, kind: Kind) -> TokenStream {
@@ -60,14 +62,7 @@ fn parse(input: TokenStream, kind: Kind) -> syn::Result<Parsed> {
                 name = Some(value);
                 Ok(())
             } else if meta.path.is_ident("endpoint") && kind == Kind::Command {
-                let lit: LitStr = meta.value()?.parse()?;
-                if lit.value().is_empty() {
-                    return Err(syn::Error::new_spanned(
-                        &lit,
-                        "an endpoint name must be non-empty",
-                    ));
-                }
-                endpoint = Some(lit.value());
+                endpoint = Some(EndpointName::parse(meta.value()?)?);
                 Ok(())
             } else {
                 let allowed = match kind {
@@ -96,9 +91,9 @@ fn expand(parsed: &Parsed, kind: Kind) -> TokenStream {
         Kind::Command => (quote!(Command), quote!(::bus_core::Command)),
         Kind::Event => (quote!(Event), quote!(::bus_core::Event)),
     };
-    let endpoint = match &parsed.endpoint {
-        Some(e) => quote!(::bus_core::__private::Some(#e)),
-        None => quote!(::bus_core::__private::None),
+    let (endpoint, endpoint_check) = match &parsed.endpoint {
+        Some(e) => (quote!(::bus_core::__private::Some(#e)), e.check()),
+        None => (quote!(::bus_core::__private::None), TokenStream::new()),
     };
     quote! {
         impl ::bus_core::Message for #ident {
@@ -108,6 +103,8 @@ fn expand(parsed: &Parsed, kind: Kind) -> TokenStream {
         }
 
         impl #marker for #ident {}
+
+        #endpoint_check
 
         const _: () = {
             use ::bus_core::__private::typetag;

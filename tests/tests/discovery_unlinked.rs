@@ -13,14 +13,16 @@ async fn hosting_an_endpoint_whose_handler_crate_is_not_linked_is_a_build_error_
         .host(["t-audit"])
         .build()
         .await
-        .err()
-        .expect("an endpoint with no handlers must not build");
+        .expect_err("an endpoint with no handlers must not build");
     assert!(
         matches!(&err, BusError::EmptyEndpoint { endpoint, .. } if endpoint == "t-audit"),
         "{err:?}"
     );
     let text = err.to_string();
-    assert!(text.contains("endpoint `t-audit` is hosted but no handler"), "{text}");
+    assert!(
+        text.contains("endpoint `t-audit` is hosted but no handler"),
+        "{text}"
+    );
     assert!(text.contains("use <that_crate> as _;"), "{text}");
 }
 
@@ -39,8 +41,10 @@ async fn a_misspelled_endpoint_lists_the_endpoints_that_have_handlers() {
         .host(["t-ledgr"])
         .build()
         .await
-        .err()
-        .expect("a misspelled endpoint must not build");
+        .expect_err("a misspelled endpoint must not build");
     let text = err.to_string();
-    assert!(text.contains("(endpoints with handlers: t-ledger)"), "{text}");
+    assert!(
+        text.contains("(endpoints with handlers: t-ledger)"),
+        "{text}"
+    );
 }

@@ -105,7 +105,11 @@ async fn failed_headers<C: Command>(command: C, which: &str) -> Headers {
         .await
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || transport.error_queue("t-err").len() == 1).await,
+        eventually(Duration::from_secs(10), || transport
+            .error_queue("t-err")
+            .len()
+            == 1)
+        .await,
         "the message reached the error queue"
     );
     bus.shutdown().await;
@@ -158,7 +162,10 @@ async fn a_boxed_error_keeps_its_text_and_causes_in_the_error_queue() {
         h.get(header::FAILURE_ERROR_TYPE),
         Some("Box<dyn Error + Send + Sync>")
     );
-    assert_eq!(h.get(header::FAILURE_ERROR), Some("reading the tariff table"));
+    assert_eq!(
+        h.get(header::FAILURE_ERROR),
+        Some("reading the tariff table")
+    );
     assert_eq!(h.get(header::FAILURE_CAUSES), Some("tariffs.csv not found"));
     assert_eq!(h.get(header::FAILURE_ATTEMPTS), Some("3"));
 }
@@ -176,7 +183,10 @@ async fn a_boxed_unrecoverable_error_names_the_wrapped_type_and_is_not_retried()
         h.get(header::FAILURE_ERROR_TYPE),
         Some("handler_errors::TariffError")
     );
-    assert_eq!(h.get(header::FAILURE_ERROR), Some("reading the tariff table"));
+    assert_eq!(
+        h.get(header::FAILURE_ERROR),
+        Some("reading the tariff table")
+    );
     assert_eq!(h.get(header::FAILURE_CAUSES), Some("tariffs.csv not found"));
     assert_eq!(h.get(header::FAILURE_ATTEMPTS), Some("1"));
 }
@@ -185,7 +195,10 @@ async fn a_boxed_unrecoverable_error_names_the_wrapped_type_and_is_not_retried()
 async fn a_string_error_reaches_the_error_queue_as_its_text() {
     let h = failed_headers(ViaString, "").await;
     assert_eq!(h.get(header::FAILURE_ERROR_TYPE), Some("String"));
-    assert_eq!(h.get(header::FAILURE_ERROR), Some("carrier refused the parcel"));
+    assert_eq!(
+        h.get(header::FAILURE_ERROR),
+        Some("carrier refused the parcel")
+    );
     assert_eq!(h.get(header::FAILURE_CAUSES), None, "no causes, no header");
 }
 
@@ -202,8 +215,17 @@ async fn a_thiserror_type_keeps_its_type_name_and_source() {
 #[tokio::test]
 async fn question_mark_converts_boxed_and_anyhow_errors_in_a_handler_error_handler() {
     let boxed = failed_headers(ViaQuestionMark, "boxed").await;
-    assert_eq!(boxed.get(header::FAILURE_ERROR), Some("the boxed call failed"));
+    assert_eq!(
+        boxed.get(header::FAILURE_ERROR),
+        Some("the boxed call failed")
+    );
     let anyhow = failed_headers(ViaQuestionMark, "anyhow").await;
-    assert_eq!(anyhow.get(header::FAILURE_ERROR), Some("the anyhow call failed"));
-    assert_eq!(anyhow.get(header::FAILURE_ERROR_TYPE), Some("anyhow::Error"));
+    assert_eq!(
+        anyhow.get(header::FAILURE_ERROR),
+        Some("the anyhow call failed")
+    );
+    assert_eq!(
+        anyhow.get(header::FAILURE_ERROR_TYPE),
+        Some("anyhow::Error")
+    );
 }

@@ -106,8 +106,7 @@ async fn a_body_limit_set_above_the_broker_limit_fails_the_build() {
         .max_body_size(4 * 1024 * 1024)
         .build()
         .await
-        .err()
-        .expect("a limit above the broker's must not build");
+        .expect_err("a limit above the broker's must not build");
     assert!(
         matches!(err, BusError::BodyLimitAboveBroker { limit, .. } if limit == 4 * 1024 * 1024),
         "{err}"
@@ -129,7 +128,10 @@ async fn a_body_limit_within_the_broker_limit_is_kept() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, BusError::Codec(CodecError::TooLarge { limit: 1000, .. })),
+        matches!(
+            err,
+            BusError::Codec(CodecError::TooLarge { limit: 1000, .. })
+        ),
         "{err}"
     );
 }

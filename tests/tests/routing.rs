@@ -170,6 +170,40 @@ async fn an_event_nobody_subscribes_to_is_fine_but_an_unroutable_command_is_an_e
     );
 }
 
+// ---- endpoint names from constants ----------------------------------------------------------------
+
+mod names {
+    pub const LEDGER: &str = "t-const-ledger";
+}
+
+#[derive(Command, Serialize, Deserialize, Clone, Debug)]
+#[command(name = "t.const.Post", endpoint = names::LEDGER)]
+struct Post {
+    n: u32,
+}
+
+#[bus_core::handler]
+async fn post(cmd: Post, State(ledger): State<Ledger>) -> Result<(), HandlerError> {
+    ledger.record(format!("post/{}", cmd.n), names::LEDGER);
+    Ok(())
+}
+
+#[tokio::test]
+async fn endpoint_names_from_constants_route_commands_on_memory() {
+    let ledger = Ledger::new();
+    let bus = Bus::builder()
+        .transport(MemoryTransport::new().serialize(true))
+        .host([names::LEDGER])
+        .state(ledger.clone())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(bus.route_of("t.const.Post"), Some(names::LEDGER));
+    bus.send(Post { n: 1 }).await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || ledger.count("post/1") == 1).await);
+    bus.shutdown().await;
+}
+
 // ---- ids propagate from input to output ------------------------------------------------------
 
 #[derive(Command, Serialize, Deserialize, Clone, Debug)]

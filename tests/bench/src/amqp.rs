@@ -585,6 +585,41 @@ fn bus_publish_only(url: &str, n: u64) -> Run {
     })
 }
 
+/// `n` commands from one task, either each awaited before the next (`batch` off) or with one
+/// `Bus::send_all` call: what a user's loop of sends costs against the batch call.
+fn bus_sends_from_one_task(url: &str, n: u64, batch: bool) -> Run {
+    runtime().block_on(async {
+        let mut scope = Scope::new(url);
+        let sink = Sink::new();
+        let bus = command_bus(&mut scope, &sink, true, LIKE_RAW).await;
+        let payload = payload_of(BODY);
+        let work = |seq| AmqpWork {
+            seq,
+            sent_ns: 0,
+            payload: String::clone(&payload),
+        };
+        bus.send_all((0..100).map(work))
+            .await
+            .expect("warm-up batch");
+        let started = Instant::now();
+        let cpu = cpu_seconds();
+        if batch {
+            bus.send_all((0..n).map(work)).await.expect("batch send");
+        } else {
+            for seq in 0..n {
+                bus.send(work(seq)).await.expect("sequential send");
+            }
+        }
+        let run = Run {
+            rate: n as f64 / started.elapsed().as_secs_f64(),
+            cpu_us: (cpu_seconds() - cpu) * 1e6 / n as f64,
+        };
+        close_bus(bus).await;
+        scope.cleanup().await;
+        run
+    })
+}
+
 fn raw_publish_only(url: &str, n: u64, props: RawProps) -> Run {
     runtime().block_on(async {
         let mut scope = Scope::new(url);
@@ -945,6 +980,23 @@ pub fn publish_and_fanout(scale: &Scale, url: &str) -> Vec<Row> {
         )
         .note("lapin: same, plus message id, type, time"),
     ];
+    let case = "amqp sends from one task, 200 B";
+    let n = scale.batch_messages;
+    progress(format!("{case}: one await per send ({n} msgs)"));
+    let one_by_one = bus_sends_from_one_task(url, n, false);
+    progress(format!("{case}: Bus::send_all ({n} msgs)"));
+    let batch = bus_sends_from_one_task(url, n, true);
+    rows.push(
+        Row::new(
+            case,
+            "send_all vs sequential sends",
+            "msg/s",
+            batch.rate,
+            one_by_one.rate,
+            true,
+        )
+        .note("both the bus; the raw column: one awaited send at a time"),
+    );
     let case = "amqp fan-out to 3 services";
     progress(format!(
         "{case}: raw lapin ({} events)",

@@ -111,6 +111,8 @@ pub struct Scale {
     pub amqp_latency: Duration,
     /// Events of the AMQP fan-out run.
     pub fanout_messages: u64,
+    /// Commands of the AMQP batch-send run (sent one by one, then with one `send_all`).
+    pub batch_messages: u64,
     /// Body sizes and message counts of the AMQP size runs.
     pub sizes: Vec<(usize, u64)>,
     /// Messages of the NATS and Redis end-to-end runs.
@@ -134,6 +136,7 @@ impl Scale {
                 amqp_rate: 1_000,
                 amqp_latency: Duration::from_secs(1),
                 fanout_messages: 1_000,
+                batch_messages: 1_000,
                 sizes: vec![(1024, 500)],
                 stream_messages: 1_000,
             }
@@ -151,6 +154,7 @@ impl Scale {
                 amqp_rate: 1_000,
                 amqp_latency: Duration::from_secs(3),
                 fanout_messages: 5_000,
+                batch_messages: 2_000,
                 sizes: vec![(1024, 5_000), (16 * 1024, 2_000), (256 * 1024, 200)],
                 stream_messages: 5_000,
             }
@@ -168,6 +172,7 @@ impl Scale {
                 amqp_rate: 1_000,
                 amqp_latency: Duration::from_secs(10),
                 fanout_messages: 30_000,
+                batch_messages: 10_000,
                 sizes: vec![(1024, 30_000), (16 * 1024, 10_000), (256 * 1024, 1_000)],
                 stream_messages: 30_000,
             }

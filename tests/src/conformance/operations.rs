@@ -58,7 +58,12 @@ async fn browse_body(f: &dyn TransportFactory) {
     let first = browse(&*t, endpoint, QueueKind::Errors).await;
     let errors: Vec<String> = first
         .iter()
-        .map(|e| e.headers.get(header::FAILURE_ERROR).unwrap_or("").to_string())
+        .map(|e| {
+            e.headers
+                .get(header::FAILURE_ERROR)
+                .unwrap_or("")
+                .to_string()
+        })
         .collect();
     assert_eq!(
         errors,
@@ -101,7 +106,10 @@ async fn browse_body(f: &dyn TransportFactory) {
         send_raw(&*t, input, id, &tally).await;
     }
     let waiting = browse(&*t, input, QueueKind::Input).await;
-    let ids: Vec<&str> = waiting.iter().map(|e| e.headers.message_id.as_str()).collect();
+    let ids: Vec<&str> = waiting
+        .iter()
+        .map(|e| e.headers.message_id.as_str())
+        .collect();
     assert_eq!(ids, ["in-0", "in-1"], "[{}] the input queue", f.name());
     let mut sub = subscribe(&*t, input, 10).await;
     for _ in 0..2 {
@@ -155,10 +163,7 @@ async fn teardown_body(f: &dyn TransportFactory) {
             f.name()
         );
     }
-    let still = t
-        .teardown(&topology, true)
-        .await
-        .expect("a second dry run");
+    let still = t.teardown(&topology, true).await.expect("a second dry run");
     assert_eq!(planned, still, "[{}] a dry run removes nothing", f.name());
     let removed = t
         .teardown(&topology, false)

@@ -78,6 +78,9 @@ macro_rules! conformance_suite {
             cancellation,
             cancel_stops_deliveries,
             fan_out_groups,
+            browse_queues,
+            teardown_declared,
+            send_all_batches,
         );
     };
 }

@@ -61,6 +61,25 @@ macro_rules! handler_for {
 
 handler_for!(from_macro, OrderPlaced);
 
+// Endpoint names from constants, for the command and for a handler.
+mod names {
+    pub const SHIPPING: &str = "ui-shipping";
+}
+
+#[derive(Command, Serialize, Deserialize, Clone, Debug)]
+#[command(name = "ui.Ship", endpoint = names::SHIPPING)]
+struct Ship;
+
+#[handler]
+async fn ship(_cmd: Ship) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[handler(endpoint = names::SHIPPING)]
+async fn shipped_too(_evt: OrderPlaced) -> Result<(), HandlerError> {
+    Ok(())
+}
+
 // The error types services commonly use.
 #[handler(endpoint = "ui-errors")]
 async fn anyhow_error(_evt: OrderPlaced) -> anyhow::Result<()> {

@@ -234,7 +234,7 @@ mod tests {
         Delivery, Destination, EndpointTopology, Envelope, Headers, Outgoing, SubscribeOptions,
         Subscription, Topology, Transport,
     };
-    use lapin::options::QueueDeleteOptions;
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     use tokio::time::timeout;
 
     use crate::{AmqpConfig, AmqpTransport, Naming};
@@ -322,6 +322,12 @@ mod tests {
                     .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                     .await;
             }
+            let _ = ch
+                .exchange_delete(
+                    naming.events_exchange_name().as_str().into(),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await;
         }
         let _ = transport.close().await;
     }

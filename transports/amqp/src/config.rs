@@ -20,17 +20,39 @@ pub enum QueueType {
 
 /// How queues and exchanges are named. The defaults:
 ///
-/// | what | name |
-/// |---|---|
-/// | input queue of endpoint `E` | `E` |
-/// | error queue of `E` | `E.error` |
-/// | delay queue of `E` for `N` ms | `E.delay.N` |
-/// | events exchange (topic; routing key = wire name) | `bus.events` |
+/// | what | name | with namespace `N` |
+/// |---|---|---|
+/// | input queue of endpoint `E` | `E` | `N.E` |
+/// | error queue of `E` | `E.error` | `N.E.error` |
+/// | delay queue of `E` for `D` ms | `E.delay.D` | `N.E.delay.D` |
+/// | events exchange (topic; routing key = wire name) | `bus.events` | `N.bus.events` |
+///
+/// A [`queue_prefix`](Naming::queue_prefix) goes before the endpoint's name, after the
+/// namespace: `N.{prefix}E`. Without a namespace the names are exactly those of earlier
+/// versions, so buses on both sides of an upgrade still meet.
+///
+/// ```
+/// use std::time::Duration;
+/// use bus_transport_amqp::Naming;
+///
+/// let naming = Naming::default().with_namespace("staging");
+/// assert_eq!(naming.queue("billing"), "staging.billing");
+/// assert_eq!(naming.error_queue("billing"), "staging.billing.error");
+/// assert_eq!(
+///     naming.delay_queue("billing", Duration::from_secs(2)),
+///     "staging.billing.delay.2000"
+/// );
+/// assert_eq!(naming.events_exchange_name(), "staging.bus.events");
+/// assert_eq!(Naming::default().events_exchange_name(), "bus.events");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Naming {
+    /// The namespace every name is put under (see [`AmqpConfig::namespace`]); empty for none.
+    pub namespace: String,
     /// Prefix for every queue name (e.g. an environment name); empty by default.
     pub queue_prefix: String,
-    /// The topic exchange events are published to.
+    /// The topic exchange events are published to, before the namespace is applied (see
+    /// [`Naming::events_exchange_name`]).
     pub events_exchange: String,
     /// Suffix of error queues.
     pub error_suffix: String,
@@ -41,6 +63,7 @@ pub struct Naming {
 impl Default for Naming {
     fn default() -> Self {
         Naming {
+            namespace: String::new(),
             queue_prefix: String::new(),
             events_exchange: "bus.events".into(),
             error_suffix: ".error".into(),
@@ -50,24 +73,78 @@ impl Default for Naming {
 }
 
 impl Naming {
+    /// The same naming under `namespace` (empty: none).
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// A name put under the namespace, if there is one.
+    fn scoped(&self, name: String) -> String {
+        if self.namespace.is_empty() {
+            name
+        } else {
+            format!("{}.{name}", self.namespace)
+        }
+    }
+
     /// The input queue of an endpoint.
     pub fn queue(&self, endpoint: &str) -> String {
-        format!("{}{endpoint}", self.queue_prefix)
+        self.scoped(format!("{}{endpoint}", self.queue_prefix))
     }
 
     /// The error queue of an endpoint.
     pub fn error_queue(&self, endpoint: &str) -> String {
-        format!("{}{endpoint}{}", self.queue_prefix, self.error_suffix)
+        self.scoped(format!(
+            "{}{endpoint}{}",
+            self.queue_prefix, self.error_suffix
+        ))
     }
 
     /// The delay queue of an endpoint for one delay.
     pub fn delay_queue(&self, endpoint: &str, delay: Duration) -> String {
-        format!(
+        self.scoped(format!(
             "{}{endpoint}{}{}",
             self.queue_prefix,
             self.delay_infix,
             delay.as_millis()
-        )
+        ))
+    }
+
+    /// Whether `queue` is a delay queue of `endpoint` (for any delay).
+    pub(crate) fn is_delay_queue_of(&self, queue: &str, endpoint: &str) -> bool {
+        // The delay queue for 0 ms, less its number, is what every delay queue starts with.
+        let zero = self.delay_queue(endpoint, Duration::ZERO);
+        let stem = &zero[..zero.len() - 1];
+        queue
+            .strip_prefix(stem)
+            .is_some_and(|millis| !millis.is_empty() && millis.bytes().all(|b| b.is_ascii_digit()))
+    }
+
+    /// The topic exchange events are published to: [`Naming::events_exchange`] under the
+    /// namespace.
+    pub fn events_exchange_name(&self) -> String {
+        self.scoped(self.events_exchange.clone())
+    }
+
+    /// Why the namespace cannot be used, if it cannot.
+    pub(crate) fn check(&self) -> Result<(), AmqpError> {
+        // RabbitMQ refuses to declare names that start with `amq.`.
+        if self.namespace == "amq" || self.namespace.starts_with("amq.") {
+            return Err(AmqpError::Config(format!(
+                "namespace `{}`: names starting with `amq.` are reserved by the broker",
+                self.namespace
+            )));
+        }
+        // AMQP names are short strings: at most 255 bytes, and the endpoint still has to fit.
+        if self.namespace.len() > 128 {
+            return Err(AmqpError::Config(format!(
+                "namespace `{:.40}...` is {} bytes long; at most 128 leave room for the endpoint names",
+                self.namespace,
+                self.namespace.len()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -173,9 +250,33 @@ impl AmqpConfig {
         self
     }
 
-    /// Set the naming convention.
+    /// Set the naming convention. A namespace set with [`AmqpConfig::namespace`] is kept
+    /// unless `naming` has one of its own.
     pub fn naming(mut self, naming: Naming) -> Self {
+        let namespace = std::mem::take(&mut self.naming.namespace);
         self.naming = naming;
+        if self.naming.namespace.is_empty() {
+            self.naming.namespace = namespace;
+        }
+        self
+    }
+
+    /// Put every name this transport declares and uses under `namespace`: input, error and
+    /// delay queues become `{namespace}.{queue}`, the events exchange
+    /// `{namespace}.bus.events` (see [`Naming`]). Buses with different namespaces share a
+    /// broker (and a virtual host) without seeing each other's commands or events; buses with
+    /// the same namespace, or both without one, talk to each other. An empty namespace is
+    /// none: the names are then those of a transport that never set one.
+    ///
+    /// ```
+    /// use bus_transport_amqp::AmqpConfig;
+    ///
+    /// let config = AmqpConfig::new("amqp://127.0.0.1:5672/%2f").namespace("tenant-a");
+    /// assert_eq!(config.naming.queue("billing"), "tenant-a.billing");
+    /// assert_eq!(config.naming.events_exchange_name(), "tenant-a.bus.events");
+    /// ```
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.naming.namespace = namespace.into();
         self
     }
 
@@ -246,5 +347,88 @@ impl fmt::Debug for AmqpConfig {
             .field("naming", &self.naming)
             .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|_| "<pem>"))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_namespace_the_names_are_unchanged() {
+        let naming = Naming::default();
+        assert_eq!(naming.queue("billing"), "billing");
+        assert_eq!(naming.error_queue("billing"), "billing.error");
+        assert_eq!(
+            naming.delay_queue("billing", Duration::from_millis(1500)),
+            "billing.delay.1500"
+        );
+        assert_eq!(naming.events_exchange_name(), "bus.events");
+        // An empty namespace is no namespace.
+        assert_eq!(naming.clone().with_namespace(""), naming);
+    }
+
+    #[test]
+    fn a_namespace_goes_before_every_name_and_the_prefix() {
+        let naming = Naming {
+            queue_prefix: "eu-".into(),
+            ..Naming::default()
+        }
+        .with_namespace("tenant-a");
+        assert_eq!(naming.queue("billing"), "tenant-a.eu-billing");
+        assert_eq!(naming.error_queue("billing"), "tenant-a.eu-billing.error");
+        assert_eq!(
+            naming.delay_queue("billing", Duration::from_secs(2)),
+            "tenant-a.eu-billing.delay.2000"
+        );
+        assert_eq!(naming.events_exchange_name(), "tenant-a.bus.events");
+    }
+
+    #[test]
+    fn the_namespace_survives_a_later_naming_unless_it_brings_its_own() {
+        let kept = AmqpConfig::new("amqp://h/%2f")
+            .namespace("a")
+            .naming(Naming::default());
+        assert_eq!(kept.naming.queue("e"), "a.e");
+        let replaced = AmqpConfig::new("amqp://h/%2f")
+            .namespace("a")
+            .naming(Naming::default().with_namespace("b"));
+        assert_eq!(replaced.naming.queue("e"), "b.e");
+        let later = AmqpConfig::new("amqp://h/%2f")
+            .naming(Naming::default())
+            .namespace("c");
+        assert_eq!(later.naming.error_queue("e"), "c.e.error");
+    }
+
+    #[test]
+    fn delay_queues_are_told_apart_by_endpoint() {
+        let naming = Naming::default().with_namespace("ns");
+        let of_a = naming.delay_queue("a", Duration::from_secs(1));
+        assert!(naming.is_delay_queue_of(&of_a, "a"));
+        assert!(!naming.is_delay_queue_of(&of_a, "b"));
+        // The delay queue of an endpoint whose name extends another's is not the other's.
+        let of_longer = naming.delay_queue("a.delay.5", Duration::from_secs(1));
+        assert!(naming.is_delay_queue_of(&of_longer, "a.delay.5"));
+        assert!(!naming.is_delay_queue_of(&of_longer, "a"));
+        assert!(!naming.is_delay_queue_of(&naming.queue("a"), "a"));
+        assert!(
+            !naming.is_delay_queue_of("a.delay.1000", "a"),
+            "not in the namespace"
+        );
+    }
+
+    #[test]
+    fn reserved_or_oversized_namespaces_are_refused() {
+        assert!(Naming::default().with_namespace("amq").check().is_err());
+        assert!(Naming::default().with_namespace("amq.x").check().is_err());
+        assert!(Naming::default()
+            .with_namespace("x".repeat(129))
+            .check()
+            .is_err());
+        assert!(Naming::default()
+            .with_namespace("amqp-tests")
+            .check()
+            .is_ok());
+        assert!(Naming::default().check().is_ok());
     }
 }

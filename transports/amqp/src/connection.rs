@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bus_core::probe::{self, Protocol};
 use bus_core::TransportError;
 use lapin::options::ConfirmSelectOptions;
 use lapin::tcp::OwnedTLSConfig;
@@ -154,23 +155,112 @@ pub(crate) async fn open(
     };
     let runtime =
         lapin::runtime::default_runtime().map_err(|e| AmqpError::Config(e.to_string()))?;
-    let connecting = Connection::connect_with_config(url, props, tls, runtime);
-    match timeout(config.connect_timeout, connecting).await {
+    let connecting = timeout(
+        config.connect_timeout,
+        Connection::connect_with_config(url, props, tls, runtime),
+    );
+    // A server that waits for more than the AMQP header (Redis does) holds the connection
+    // until the timeout. After a moment, ask what is listening, and stop waiting at once if
+    // it is another kind of server; a broker that is only slow is left to answer in time.
+    let asked = async {
+        tokio::time::sleep(PROBE_AFTER.min(config.connect_timeout / 2)).await;
+        match wrong_server(config, url, None).await {
+            Some(wrong) => wrong,
+            None => std::future::pending().await,
+        }
+    };
+    let connected = tokio::select! {
+        connected = connecting => connected,
+        wrong = asked => return Err(wrong),
+    };
+    match connected {
         Err(_) => Err(AmqpError::Timeout {
             operation: "connecting to the AMQP broker",
             after: config.connect_timeout,
         }),
         Ok(Err(e)) => {
-            let reason = config.scrub(&e.to_string());
-            let url = config.redacted_url();
             if is_login_refused(&e) {
-                Err(AmqpError::Authentication { url, reason })
-            } else {
-                Err(AmqpError::Connection { url, reason })
+                let reason = config.scrub(&e.to_string());
+                let url = config.redacted_url();
+                return Err(AmqpError::Authentication { url, reason });
             }
+            if let Some(wrong) = wrong_server(config, url, Some(&e)).await {
+                return Err(wrong);
+            }
+            let reason = config.scrub(&e.to_string());
+            Err(AmqpError::Connection {
+                url: config.redacted_url(),
+                reason,
+            })
         }
         Ok(Ok(c)) => Ok(c),
     }
+}
+
+/// How long [`wrong_server`] waits for the server to say what it is.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a connection may take before the server is asked what it is (at most half the
+/// connect timeout).
+const PROBE_AFTER: Duration = Duration::from_secs(1);
+
+/// When connecting failed with `error` (or, when `None`, takes long) because another kind of
+/// server answered at the broker's address, the error that says so; `None` when the failure
+/// is something else, reported as it is.
+async fn wrong_server(
+    config: &AmqpConfig,
+    url: &str,
+    error: Option<&lapin::Error>,
+) -> Option<AmqpError> {
+    if error.is_some_and(is_unreachable) {
+        // Nobody answered: there is nothing to ask.
+        return None;
+    }
+    let addr = address(url)?;
+    let found = probe::identify(&addr, PROBE_TIMEOUT).await;
+    // The client could not even read the server's first frame: something that is no AMQP
+    // broker answered, even if the probe cannot tell what.
+    let unreadable = error.is_some_and(|e| {
+        matches!(
+            e.kind(),
+            lapin::ErrorKind::ParsingError(_) | lapin::ErrorKind::InvalidProtocolVersion(_)
+        )
+    });
+    match found {
+        Some(Protocol::Amqp) => return None,
+        Some(_) => {}
+        None if unreadable => {}
+        None => return None,
+    }
+    Some(AmqpError::WrongProtocol {
+        url: config.redacted_url(),
+        context: probe::wrong_protocol(&addr, Protocol::Amqp, found),
+        found,
+        source: error.cloned().map(Arc::new),
+    })
+}
+
+/// Whether connecting failed because nothing answered at all: refused, unreachable, or a
+/// name that does not resolve.
+fn is_unreachable(e: &lapin::Error) -> bool {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        lapin::ErrorKind::IOError(io) => matches!(
+            io.kind(),
+            ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable | TimedOut
+        ),
+        _ => false,
+    }
+}
+
+/// `host:port` of an AMQP URL, the default port filled in; never the credentials.
+fn address(url: &str) -> Option<String> {
+    let url = url::Url::parse(url).ok()?;
+    let host = url.host_str()?;
+    let port = url
+        .port()
+        .unwrap_or(if url.scheme() == "amqps" { 5671 } else { 5672 });
+    Some(format!("{host}:{port}"))
 }
 
 /// A channel with publisher confirms on.
@@ -193,5 +283,39 @@ pub(crate) async fn publisher_channel(
             reason: config.scrub(&e.to_string()),
         }),
         Ok(Ok(ch)) => Ok(ch),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probed_address_has_the_default_port_and_no_credentials() {
+        assert_eq!(
+            address("amqp://app:s3cret@rabbit.internal/%2f").as_deref(),
+            Some("rabbit.internal:5672")
+        );
+        assert_eq!(
+            address("amqps://app:s3cret@rabbit.internal/%2f").as_deref(),
+            Some("rabbit.internal:5671")
+        );
+        assert_eq!(
+            address("amqp://127.0.0.1:4222").as_deref(),
+            Some("127.0.0.1:4222")
+        );
+        assert_eq!(
+            address("amqp://[::1]:5673/v").as_deref(),
+            Some("[::1]:5673")
+        );
+    }
+
+    #[test]
+    fn a_refused_socket_is_not_probed() {
+        let refused: lapin::Error =
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
+        assert!(is_unreachable(&refused));
+        let reset: lapin::Error = std::io::Error::from(std::io::ErrorKind::ConnectionReset).into();
+        assert!(!is_unreachable(&reset), "a server that hung up did answer");
     }
 }

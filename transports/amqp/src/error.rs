@@ -1,19 +1,20 @@
 //! Errors of the AMQP transport, and what the broker's errors mean for the bus.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::TransportError;
+use bus_core::probe::Protocol;
+use bus_core::{Destination, TransportError};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 
 /// An error setting up or using the AMQP transport. Texts never contain the password.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum AmqpError {
     /// The configuration is unusable.
-    #[error("AMQP configuration: {0}")]
     Config(String),
     /// Could not connect, or the connection failed.
-    #[error("AMQP connection to {url} failed: {reason}")]
     Connection {
         /// The URL, password redacted.
         url: String,
@@ -21,21 +22,68 @@ pub enum AmqpError {
         reason: String,
     },
     /// The broker refused credentials or the virtual host.
-    #[error("the broker at {url} refused the login: {reason}; check the user, password and vhost")]
     Authentication {
         /// The URL, password redacted.
         url: String,
         /// What the broker said.
         reason: String,
     },
+    /// Something answered at the broker's address, but not as an AMQP broker: the URL names
+    /// another server's port (NATS, Redis, ...).
+    WrongProtocol {
+        /// The URL, password redacted.
+        url: String,
+        /// What answered and the likely mix-up (see [`bus_core::probe::wrong_protocol`]).
+        context: String,
+        /// The protocol that answered, when it was recognized.
+        found: Option<Protocol>,
+        /// The client library's error, when the connection failed with one (not when it
+        /// timed out); also the [`source`](std::error::Error::source).
+        source: Option<Arc<lapin::Error>>,
+    },
     /// An operation did not finish in time.
-    #[error("{operation} timed out after {after:?}")]
     Timeout {
         /// What was attempted.
         operation: &'static str,
         /// The limit.
         after: Duration,
     },
+}
+
+impl fmt::Display for AmqpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AmqpError::Config(what) => write!(f, "AMQP configuration: {what}"),
+            AmqpError::Connection { url, reason } => {
+                write!(f, "AMQP connection to {url} failed: {reason}")
+            }
+            AmqpError::Authentication { url, reason } => write!(
+                f,
+                "the broker at {url} refused the login: {reason}; check the user, password and vhost"
+            ),
+            // The client library's parse error says nothing the context does not say better.
+            AmqpError::WrongProtocol { url, context, .. } => {
+                write!(f, "AMQP connection to {url} failed: {context}")
+            }
+            AmqpError::Timeout { operation, after } => {
+                write!(f, "{operation} timed out after {after:?}")
+            }
+        }
+    }
+}
+
+// Written out rather than derived: the source is the client library's error itself, which a
+// caller can downcast, not the `Arc` that keeps this error small and `Clone`.
+impl std::error::Error for AmqpError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AmqpError::WrongProtocol {
+                source: Some(source),
+                ..
+            } => Some(&**source),
+            _ => None,
+        }
+    }
 }
 
 impl From<AmqpError> for TransportError {
@@ -46,6 +94,13 @@ impl From<AmqpError> for TransportError {
             AmqpError::Config(_) => TransportError::other("", e),
             AmqpError::Authentication { .. } => TransportError::refused("", e),
             AmqpError::Connection { .. } => TransportError::connection("", e),
+            // The context says it all; the client library's parse error stays the source.
+            AmqpError::WrongProtocol {
+                context, source, ..
+            } => TransportError::Connection {
+                context,
+                source: source.map(|s| s as Arc<dyn std::error::Error + Send + Sync>),
+            },
         }
     }
 }
@@ -72,20 +127,52 @@ pub(crate) fn is_login_refused(e: &lapin::Error) -> bool {
         )
 }
 
-/// What a failed broker call while doing `what` means for the bus: a queue that does not
-/// exist is [`TransportError::Unroutable`], one declared with other settings is
-/// [`TransportError::Refused`], anything else is a connection problem, worth trying again.
+/// Whether the broker closed the channel because what was named does not exist
+/// (`NOT_FOUND`): a passive declare of a missing queue or exchange, or a queue consumed from
+/// or read that is not there.
+pub(crate) fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(
+        reply_code(e),
+        Some(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+    )
+}
+
+/// Whether the broker refused a call because something is not as asked
+/// (`PRECONDITION_FAILED`): declared with other settings, or still in use.
+pub(crate) fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(
+        reply_code(e),
+        Some(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
+}
+
+/// What a failed broker call while doing `what` means for the bus: something declared with
+/// other settings, or missing, is [`TransportError::Refused`]; anything else is a connection
+/// problem, worth trying again.
 pub(crate) fn broker_error(what: impl Into<String>, e: lapin::Error) -> TransportError {
     let what = what.into();
     match reply_code(&e) {
-        Some(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) => {
-            TransportError::Unroutable(format!("{what}: {e}"))
-        }
         Some(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) => TransportError::refused(
             format!("{what} (does it exist with other settings, e.g. another queue type?)"),
             e,
         ),
+        Some(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) => TransportError::refused(what, e),
         _ => TransportError::connection(what, e),
+    }
+}
+
+/// [`broker_error`] for a call on the queue of `target`: that the queue does not exist is
+/// [`TransportError::Unroutable`], naming the target as its message reads it ("no queue
+/// receives messages for endpoint `billing`").
+pub(crate) fn queue_error(
+    what: impl Into<String>,
+    target: &Destination,
+    e: lapin::Error,
+) -> TransportError {
+    if is_not_found(&e) {
+        TransportError::Unroutable(target.to_string())
+    } else {
+        broker_error(what, e)
     }
 }
 
@@ -102,13 +189,50 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_queue_is_unroutable() {
+    fn a_missing_queue_is_unroutable_and_names_its_target() {
         let e = closed_with(
             AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND),
             "NOT_FOUND - no queue 'q' in vhost '/'",
         );
-        let err = broker_error("consuming from `q`", e);
-        assert!(matches!(err, TransportError::Unroutable(ref t) if t.contains("no queue 'q'")));
+        let err = queue_error("consuming from `q`", &Destination::Endpoint("q".into()), e);
+        assert!(matches!(err, TransportError::Unroutable(ref t) if t == "endpoint `q`"));
+        assert_eq!(
+            err.to_string(),
+            "unroutable: no queue receives messages for endpoint `q`; start a bus that hosts it once on this transport (starting declares its queue)"
+        );
+    }
+
+    #[test]
+    fn something_missing_elsewhere_is_refused_not_unroutable() {
+        let e = closed_with(
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND),
+            "NOT_FOUND - no exchange 'bus.events' in vhost '/'",
+        );
+        let err = broker_error("binding `q` to `e`", e);
+        assert!(matches!(err, TransportError::Refused { .. }), "{err}");
+        assert!(
+            err.to_string().contains("no exchange 'bus.events'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_protocol_is_a_connection_error_with_the_client_error_as_source() {
+        let parse: lapin::Error = std::io::Error::other("Parsing Error").into();
+        let amqp = AmqpError::WrongProtocol {
+            url: "amqp://guest:***@127.0.0.1:4222/%2f".into(),
+            context: "127.0.0.1:4222 answered, but not as an AMQP broker: it speaks NATS (is this the NATS port?)".into(),
+            found: Some(Protocol::Nats),
+            source: Some(Arc::new(parse)),
+        };
+        assert!(amqp.source().is_some_and(|s| s.is::<lapin::Error>()));
+        assert!(!amqp.to_string().contains("Parsing Error"), "{amqp}");
+        let err = TransportError::from(amqp);
+        assert!(
+            matches!(&err, TransportError::Connection { context, .. } if context.contains("it speaks NATS")),
+            "{err}"
+        );
+        assert!(err.source().is_some_and(|s| s.is::<lapin::Error>()));
     }
 
     #[test]

@@ -6,8 +6,13 @@
 //! retries through TTL + dead-letter queues (no plugin), automatic reconnect, and `amqps://`
 //! through rustls. The wire format is documented in `docs/wire-format.md`.
 //!
+//! Buses that share a broker stay apart under a namespace ([`AmqpConfig::namespace`]). Through
+//! the `Transport` contract a tool or test can browse an endpoint's input or error queue
+//! without taking its messages, and tear down what a bus declared.
+//!
 //! ## Where things live
-//! - `config`: [`AmqpConfig`] (URL, credentials, timeouts, queue type) and [`Naming`].
+//! - `config`: [`AmqpConfig`] (URL, credentials, timeouts, queue type, namespace) and
+//!   [`Naming`].
 //! - `transport`: [`AmqpTransport`] itself: connect, close, and the `Transport` contract, which
 //!   hands each part to the modules below.
 //! - `connection`: opening the connection and the publisher channel; a fresh connection when
@@ -16,15 +21,19 @@
 //! - `publish`: routing a message, publishing a batch with confirms, again after recovery.
 //! - `subscription`: the consumer of an endpoint's queue, and the ackers of its deliveries.
 //! - `ack_batch`: consumer acks held back and sent as one `multiple` ack.
+//! - `browse`: the messages waiting in a queue, lent and given back.
+//! - `teardown`: deleting what `declare` created, after checking what exists.
 //! - `error`: [`AmqpError`], and what the broker's reply codes mean for the bus.
 //! - `wire`: envelope to AMQP properties and back.
 
 mod ack_batch;
+mod browse;
 mod config;
 mod connection;
 mod error;
 mod publish;
 mod subscription;
+mod teardown;
 mod topology;
 mod transport;
 mod wire;

@@ -70,7 +70,7 @@ impl AmqpTransport {
                 (Destination::Endpoint(e), None) => (String::new(), naming.queue(e), true),
                 (Destination::ErrorQueue(e), _) => (String::new(), naming.error_queue(e), true),
                 (Destination::Event(name), None) => {
-                    (naming.events_exchange.clone(), name.to_string(), false)
+                    (naming.events_exchange_name(), name.to_string(), false)
                 }
                 (Destination::Event(name), Some(_)) => {
                     return Err(TransportError::Other {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::{async_trait, Acker, Delivery, Envelope, Subscription, TransportError};
+use bus_core::{async_trait, Acker, Delivery, Destination, Envelope, Subscription, TransportError};
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -14,7 +14,7 @@ use lapin::{Channel, Consumer};
 use tokio::time::timeout;
 
 use crate::ack_batch::AckBatch;
-use crate::error::broker_error;
+use crate::error::{broker_error, queue_error};
 use crate::transport::AmqpTransport;
 use crate::wire;
 
@@ -22,6 +22,8 @@ use crate::wire;
 pub(crate) struct AmqpSubscription {
     transport: AmqpTransport,
     queue: String,
+    /// Whose queue it is, as a missing queue's error names it.
+    target: Destination,
     prefetch: u16,
     channel: Option<Channel>,
     consumer: Option<Consumer>,
@@ -31,9 +33,11 @@ pub(crate) struct AmqpSubscription {
 }
 
 impl AmqpSubscription {
-    /// Start consuming from `queue`; with `batch`, acks are batched.
+    /// Start consuming from `queue`, the input queue of `endpoint`; with `batch`, acks are
+    /// batched.
     pub(crate) async fn start(
         transport: AmqpTransport,
+        endpoint: &str,
         queue: String,
         prefetch: u16,
         batch: Option<Arc<AckBatch>>,
@@ -41,6 +45,7 @@ impl AmqpSubscription {
         let mut sub = AmqpSubscription {
             transport,
             queue,
+            target: Destination::Endpoint(endpoint.into()),
             prefetch,
             channel: None,
             consumer: None,
@@ -69,7 +74,9 @@ impl AmqpSubscription {
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| broker_error(format!("consuming from `{}`", self.queue), e))?;
+                .map_err(|e| {
+                    queue_error(format!("consuming from `{}`", self.queue), &self.target, e)
+                })?;
             Ok::<_, TransportError>((ch, consumer))
         };
         let (ch, consumer) = TransportError::within("subscribing", limit, work).await??;

@@ -16,10 +16,11 @@ impl AmqpTransport {
     /// Declare the events exchange and, for every endpoint, its queues and event bindings.
     pub(crate) async fn declare_topology(&self, topology: &Topology) -> Result<(), TransportError> {
         let naming = self.inner.config.naming.clone();
+        let exchange = naming.events_exchange_name();
         let ch = self.topology_channel().await?;
         let work = async {
             ch.exchange_declare(
-                naming.events_exchange.as_str().into(),
+                exchange.as_str().into(),
                 ExchangeKind::Topic,
                 ExchangeDeclareOptions {
                     durable: true,
@@ -56,7 +57,7 @@ impl AmqpTransport {
                 for event in &ep.events {
                     ch.queue_bind(
                         queue.as_str().into(),
-                        naming.events_exchange.as_str().into(),
+                        exchange.as_str().into(),
                         event.as_str().into(),
                         QueueBindOptions::default(),
                         FieldTable::default(),

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bus_core::{
-    async_trait, Outgoing, SubscribeOptions, Subscription, Topology, Transport, TransportError,
+    async_trait, Declared, Envelope, Outgoing, QueueKind, SubscribeOptions, Subscription, Topology,
+    Transport, TransportError,
 };
 use lapin::{Channel, Connection};
 use tokio::time::Instant;
@@ -73,9 +74,13 @@ impl AmqpTransport {
     /// Connect, open the publisher channel (confirms on), and return the transport.
     ///
     /// Wrong credentials or vhost fail at once with [`AmqpError::Authentication`]; an
-    /// unreachable broker fails within the connect timeout.
+    /// unreachable broker fails within the connect timeout. A URL that points at another kind
+    /// of server (the NATS or Redis port) fails with [`AmqpError::WrongProtocol`], which says
+    /// what answered, instead of the client library's parse error or a timeout. A namespace
+    /// the broker would refuse (see [`AmqpConfig::namespace`]) is [`AmqpError::Config`].
     pub async fn connect(config: AmqpConfig) -> Result<Self, AmqpError> {
         let url = config.effective_url()?;
+        config.naming.check()?;
         // First a plain connection, without recovery, so a bad login or vhost is reported at
         // once instead of being retried in the background.
         let probe = open(&config, &url, false).await?;
@@ -168,7 +173,47 @@ impl Transport for AmqpTransport {
             .load(Ordering::Relaxed)
             .then(|| Arc::new(AckBatch::new(usize::from(prefetch / 4).max(1))));
         let queue = self.inner.config.naming.queue(endpoint);
-        let sub = AmqpSubscription::start(self.clone(), queue, prefetch, batch).await?;
+        let sub = AmqpSubscription::start(self.clone(), endpoint, queue, prefetch, batch).await?;
         Ok(Box::new(sub))
+    }
+
+    /// Up to `limit` messages of the queue, oldest first, decoded as a delivery of them would
+    /// be. They are lent and given back by closing the channel they were lent on, so they stay
+    /// in their places, marked redelivered; messages a consumer holds unsettled are not seen.
+    ///
+    /// A queue that does not exist is [`TransportError::Unroutable`] naming it (a mistyped
+    /// endpoint, or one no bus has started yet), not an empty list. With quorum queues
+    /// ([`AmqpConfig::quorum_queues`]) the input queue cannot be browsed
+    /// ([`TransportError::Unsupported`]): a message returned to a quorum queue counts as
+    /// delivered once more, toward the delivery limit past which the broker moves it to the
+    /// error queue. Error queues have no limit and can always be browsed.
+    async fn browse(
+        &self,
+        endpoint: &str,
+        queue: QueueKind,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, TransportError> {
+        self.browse_queue(endpoint, queue, limit).await
+    }
+
+    /// Deletes each endpoint's delay queues, input queue and error queue, with their messages,
+    /// consumers and event bindings, and reports each queue found as `queue`. With `dry_run`
+    /// it only reports them. What is not there is skipped, so a second teardown reports
+    /// nothing.
+    ///
+    /// Delay queues are found by the names this transport (or a clone) declared: AMQP 0-9-1
+    /// cannot list queues, and delays are chosen per retry. Those another process declared are
+    /// left; with the input queue gone their messages are dropped when they expire.
+    ///
+    /// The AMQP topology has no exchange per event: events go through one topic exchange
+    /// shared by every endpoint and publisher under the same naming, and an endpoint's
+    /// subscriptions are bindings of its queue, removed with it. The exchange is kept; see
+    /// [`AmqpTransport::delete_events_exchange`].
+    async fn teardown(
+        &self,
+        topology: &Topology,
+        dry_run: bool,
+    ) -> Result<Vec<Declared>, TransportError> {
+        self.teardown_topology(topology, dry_run).await
     }
 }

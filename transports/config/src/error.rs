@@ -128,6 +128,7 @@ fn why_not_yet(scheme: &str) -> String {
 fn describe(cause: &ConnectCause) -> String {
     match cause {
         ConnectCause::Amqp(AmqpError::Connection { reason, .. }) => reason.clone(),
+        ConnectCause::Amqp(AmqpError::WrongProtocol { context, .. }) => context.clone(),
         ConnectCause::Amqp(AmqpError::Authentication { reason, .. }) => {
             format!("the broker refused the login ({reason}); check the user, password and vhost")
         }

@@ -21,6 +21,27 @@ use crate::error::NatsError;
 ///
 /// Stream names cannot hold `.`, so other characters than letters, digits, `-` and `_` become
 /// `_` and a short hash of the original name is appended (`orders.v2` gives `BUS_EP_orders_v2_3f1c09aa`).
+///
+/// # Namespaces
+///
+/// With a [`namespace`](Naming::namespace) `N` (see [`NatsConfig::namespace`]), every subject
+/// starts with `N.` and every stream with the namespace's stream form and `_`: namespace
+/// `staging` gives subject `staging.bus.cmd.E` and stream `STAGING_BUS_EP_E`. The stream form
+/// is the namespace in capitals when it is made of lowercase letters, digits and `-` only;
+/// otherwise other characters become `_`, letters become capitals, and a hash of the namespace
+/// as given is appended (`eu.west` gives `EU_WEST_<hash>_BUS_EP_E`), so that two different
+/// namespaces never share a stream. Buses with different namespaces on one server see
+/// nothing of each other: not a command, not an event, not a stream. Consumers live inside
+/// their stream and keep their name. Without a namespace the names are the defaults above.
+///
+/// ```
+/// use bus_transport_nats::Naming;
+///
+/// let naming = Naming::default().with_namespace("staging");
+/// assert_eq!(naming.command_subject("billing"), "staging.bus.cmd.billing");
+/// assert_eq!(naming.endpoint_stream("billing"), "STAGING_BUS_EP_billing");
+/// assert_eq!(Naming::default().endpoint_stream("billing"), "BUS_EP_billing");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Naming {
     /// First token(s) of every subject, e.g. an environment name; `bus` by default.
@@ -29,6 +50,9 @@ pub struct Naming {
     pub stream_prefix: String,
     /// Name of the durable consumers; `bus` by default.
     pub consumer: String,
+    /// A namespace in front of every subject and stream name (see [Namespaces](Naming#namespaces));
+    /// none by default.
+    pub namespace: Option<String>,
 }
 
 impl Default for Naming {
@@ -37,11 +61,18 @@ impl Default for Naming {
             subject_prefix: "bus".into(),
             stream_prefix: "BUS".into(),
             consumer: "bus".into(),
+            namespace: None,
         }
     }
 }
 
 impl Naming {
+    /// The same naming under a namespace (see [Namespaces](Naming#namespaces)).
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
     /// Subject of the commands of an endpoint.
     pub fn command_subject(&self, endpoint: &str) -> String {
         self.subject("cmd", endpoint)
@@ -62,10 +93,17 @@ impl Naming {
         self.subject("error", endpoint)
     }
 
-    /// `<prefix>.<kind>.<name>`, written straight into its `String` (every send makes one).
+    /// `[<namespace>.]<prefix>.<kind>.<name>`, written straight into its `String` (every send
+    /// makes one).
     fn subject(&self, kind: &str, name: &str) -> String {
         let prefix = &self.subject_prefix;
-        let mut subject = String::with_capacity(prefix.len() + kind.len() + name.len() + 2);
+        let namespace = self.namespace.as_deref().unwrap_or("");
+        let mut subject =
+            String::with_capacity(namespace.len() + prefix.len() + kind.len() + name.len() + 3);
+        if !namespace.is_empty() {
+            subject.push_str(namespace);
+            subject.push('.');
+        }
         subject.push_str(prefix);
         subject.push('.');
         subject.push_str(kind);
@@ -74,24 +112,54 @@ impl Naming {
         subject
     }
 
+    /// `[<NAMESPACE>_]<prefix>_<kind>_<name as a stream token>`.
+    fn stream(&self, kind: &str, name: &str) -> String {
+        let token = stream_token(name);
+        match self.namespace.as_deref() {
+            Some(ns) => format!(
+                "{}_{}_{kind}_{token}",
+                namespace_token(ns),
+                self.stream_prefix
+            ),
+            None => format!("{}_{kind}_{token}", self.stream_prefix),
+        }
+    }
+
+    /// How every stream name of this naming starts, namespace included (`BUS_`, or
+    /// `STAGING_BUS_` in namespace `staging`): to list or clean up what a bus made.
+    pub fn stream_name_prefix(&self) -> String {
+        match self.namespace.as_deref() {
+            Some(ns) => format!("{}_{}_", namespace_token(ns), self.stream_prefix),
+            None => format!("{}_", self.stream_prefix),
+        }
+    }
+
+    /// Check the namespace can start a subject.
+    pub(crate) fn check(&self) -> Result<(), NatsError> {
+        if let Some(ns) = &self.namespace {
+            check_subject_part("namespace", ns).map_err(|e| NatsError::Config(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// The stream an endpoint consumes: its commands plus the events it subscribes to.
     pub fn endpoint_stream(&self, endpoint: &str) -> String {
-        format!("{}_EP_{}", self.stream_prefix, stream_token(endpoint))
+        self.stream("EP", endpoint)
     }
 
     /// The stream that stores one event type.
     pub fn event_stream(&self, wire_name: &str) -> String {
-        format!("{}_EVT_{}", self.stream_prefix, stream_token(wire_name))
+        self.stream("EVT", wire_name)
     }
 
     /// The stream that holds an endpoint's delayed retries until they are due.
     pub fn delay_stream(&self, endpoint: &str) -> String {
-        format!("{}_DELAY_{}", self.stream_prefix, stream_token(endpoint))
+        self.stream("DELAY", endpoint)
     }
 
     /// The stream of an endpoint's error queue.
     pub fn error_stream(&self, endpoint: &str) -> String {
-        format!("{}_ERR_{}", self.stream_prefix, stream_token(endpoint))
+        self.stream("ERR", endpoint)
     }
 }
 
@@ -111,13 +179,44 @@ fn stream_token(name: &str) -> String {
     if clean == name {
         return clean;
     }
-    // FNV-1a: stable across releases and platforms, unlike std's hasher.
+    format!("{clean}_{:08x}", fnv1a(name))
+}
+
+/// A namespace as the start of a stream name: in capitals, as it is when it is made of
+/// lowercase letters, digits and `-`; otherwise with other characters as `_` and a hash of the
+/// namespace as given appended, so that `prod`, `PROD` and `p.rod` name three sets of streams,
+/// as they name three sets of subjects. `_` counts as another character: it separates the
+/// namespace from the rest of the stream name, and a namespace holding it could otherwise give
+/// the name that another namespace gives one of its endpoints.
+fn namespace_token(namespace: &str) -> String {
+    let upper: String = namespace
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let plain = namespace
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if plain {
+        upper
+    } else {
+        format!("{upper}_{:08X}", fnv1a(namespace))
+    }
+}
+
+/// FNV-1a: stable across releases and platforms, unlike std's hasher.
+fn fnv1a(text: &str) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
-    for b in name.bytes() {
+    for b in text.bytes() {
         hash ^= u32::from(b);
         hash = hash.wrapping_mul(0x0100_0193);
     }
-    format!("{clean}_{hash:08x}")
+    hash
 }
 
 /// Check that an endpoint or wire name can be part of a subject: dot-separated tokens, none
@@ -307,9 +406,36 @@ impl NatsConfig {
         self
     }
 
-    /// Set the naming convention.
+    /// Set the naming convention. A namespace set before (with [`NatsConfig::namespace`]) is
+    /// kept unless `naming` has one of its own: replacing the prefixes never drops the
+    /// isolation a namespace gives.
     pub fn naming(mut self, naming: Naming) -> Self {
-        self.naming = naming;
+        let namespace = naming.namespace.clone().or(self.naming.namespace.take());
+        self.naming = Naming {
+            namespace,
+            ..naming
+        };
+        self
+    }
+
+    /// Put every subject and stream of this transport under a namespace, so that buses with
+    /// different namespaces share a server without seeing each other's commands, events or
+    /// streams: namespace `staging` gives subjects `staging.bus.cmd.E`, `staging.bus.evt.W`,
+    /// ... and streams `STAGING_BUS_EP_E`, `STAGING_BUS_EVT_W`, ... (see
+    /// [Namespaces](Naming#namespaces) for names with other characters). Without one, the
+    /// names are the defaults of [`Naming`]. The namespace must be usable in a subject
+    /// (dot-separated tokens without spaces, `*` or `>`); [`crate::NatsTransport::connect`]
+    /// checks it.
+    ///
+    /// ```
+    /// use bus_transport_nats::NatsConfig;
+    ///
+    /// let config = NatsConfig::new("nats://127.0.0.1:4222").namespace("staging");
+    /// assert_eq!(config.naming.event_subject("shop.OrderPlaced"), "staging.bus.evt.shop.OrderPlaced");
+    /// assert_eq!(config.naming.error_stream("billing"), "STAGING_BUS_ERR_billing");
+    /// ```
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.naming.namespace = Some(namespace.into());
         self
     }
 
@@ -449,79 +575,4 @@ impl fmt::Debug for NatsConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_come_from_the_url_and_are_redacted() {
-        let c = NatsConfig::new("nats://app:p%40ss@127.0.0.1:4222");
-        let (servers, auth) = c.servers_and_auth().unwrap();
-        assert_eq!(servers, vec!["nats://127.0.0.1:4222".to_string()]);
-        assert!(auth == Auth::UserPassword("app".into(), "p@ss".into()));
-        assert_eq!(c.redacted_url(), "nats://app:***@127.0.0.1:4222");
-        assert_eq!(c.scrub("login p@ss refused"), "login *** refused");
-        assert!(!format!("{c:?}").contains("p%40ss"));
-    }
-
-    #[test]
-    fn a_user_without_password_is_a_token() {
-        let c = NatsConfig::new("nats://s3cr3t-token@localhost:4222,nats://localhost:4223");
-        let (servers, auth) = c.servers_and_auth().unwrap();
-        assert_eq!(servers.len(), 2);
-        assert!(auth == Auth::Token("s3cr3t-token".into()));
-        assert!(!c.redacted_url().contains("s3cr3t"));
-        assert!(!format!("{c:?}").contains("s3cr3t"));
-    }
-
-    #[test]
-    fn overrides_win_and_stay_secret() {
-        let c = NatsConfig::new("nats://localhost:4222").credentials("u", "canary-91");
-        let (_, auth) = c.servers_and_auth().unwrap();
-        assert!(auth == Auth::UserPassword("u".into(), "canary-91".into()));
-        assert!(!format!("{c:?}").contains("canary-91"));
-        assert_eq!(c.scrub("x canary-91 y"), "x *** y");
-    }
-
-    #[test]
-    fn bad_urls_are_config_errors() {
-        assert!(NatsConfig::new("amqp://x").servers_and_auth().is_err());
-        assert!(NatsConfig::new("not a url").servers_and_auth().is_err());
-        assert!(NatsConfig::new("").servers_and_auth().is_err());
-    }
-
-    #[test]
-    fn stream_names_are_safe_and_distinct() {
-        let n = Naming::default();
-        assert_eq!(n.endpoint_stream("billing"), "BUS_EP_billing");
-        let a = n.event_stream("shop.sales.OrderPlaced");
-        let b = n.event_stream("shop_sales_OrderPlaced");
-        assert!(a.starts_with("BUS_EVT_shop_sales_OrderPlaced_"));
-        assert_ne!(a, b);
-        assert!(!a.contains('.'));
-        assert_eq!(n.command_subject("billing"), "bus.cmd.billing");
-        assert_eq!(
-            n.event_subject("shop.sales.OrderPlaced"),
-            "bus.evt.shop.sales.OrderPlaced"
-        );
-    }
-
-    #[test]
-    fn subject_parts_are_checked() {
-        assert!(check_subject_part("endpoint", "billing.v2").is_ok());
-        assert!(check_subject_part("endpoint", "a b").is_err());
-        assert!(check_subject_part("endpoint", "a.*").is_err());
-        assert!(check_subject_part("endpoint", "a..b").is_err());
-        assert!(check_subject_part("endpoint", "").is_err());
-        for bad in [
-            "a\tb",
-            "a\u{b}b",
-            "a\u{7f}",
-            "a\u{85}b",
-            "a\u{a0}b",
-            "ü\u{3000}",
-        ] {
-            assert!(check_subject_part("endpoint", bad).is_err(), "{bad:?}");
-        }
-        assert!(check_subject_part("endpoint", "grüße.v2").is_ok());
-    }
-}
+mod tests;

@@ -29,6 +29,30 @@
 //! `nats sub`, sees every message too; where no stream exists it swallows the publish request,
 //! so the answer then comes after [`NatsConfig::request_timeout`].
 //!
+//! ## Namespaces
+//!
+//! [`NatsConfig::namespace`] puts every subject and stream under a namespace, so that several
+//! buses (environments, tenants, test runs) share one server without seeing each other's
+//! commands, events or streams: with namespace `staging`, commands to `E` go to subject
+//! `staging.bus.cmd.E` in stream `STAGING_BUS_EP_E`, events to `staging.bus.evt.W` in
+//! `STAGING_BUS_EVT_W`, and so on for the delay and error streams ([`Naming`] has the rules for
+//! namespaces with other characters). Without a namespace the names are those of the table
+//! above. The JetStream API (`$JS.API.>`) and the client's reply inboxes (`_INBOX.>`, unique
+//! to each connection) are the server's own and stay as they are.
+//!
+//! ## Operating
+//!
+//! - `limits()` reports the server's `max_payload`, so the bus keeps its bodies under it; a
+//!   larger message is refused before it is sent ([`bus_core::TransportError::Refused`],
+//!   naming its size, the limit and how to raise it).
+//! - `browse` reads an endpoint's input or error stream by sequence, oldest first, leaving the
+//!   messages where they are (see [`NatsTransport`]'s `Transport` implementation).
+//! - `teardown` deletes what declaring endpoints created: their input, delay and error streams,
+//!   their consumers, and the streams of the events they subscribe to that no other endpoint
+//!   takes; a dry run lists them.
+//! - Connecting to a server that is not a NATS server (the AMQP or Redis port) fails within
+//!   seconds with [`NatsError::WrongProtocol`], which says what answered.
+//!
 //! ## Headers
 //!
 //! NATS has no message properties: every bus header is a NATS header (`wire` module docs):
@@ -73,9 +97,11 @@
 //!   progress on, acks waiting for their confirmation.
 //! - `acks`: acks and their confirmations, naks, progress signals.
 //! - `delay`: moving due delayed retries; `limit`: messages past the delivery limit.
+//! - `browse`: reading a queue's messages without consuming them.
 //! - `wire`: envelope to NATS headers and back.
 
 mod acks;
+mod browse;
 mod config;
 mod delay;
 mod error;

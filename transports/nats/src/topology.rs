@@ -19,7 +19,8 @@ use async_nats::jetstream::stream::{
     self, ConsumerError, ConsumerErrorKind, RetentionPolicy, Source, StorageType,
 };
 use async_nats::jetstream::{Context, ErrorCode};
-use bus_core::{EndpointTopology, TransportError};
+use bus_core::{Declared, Destination, EndpointTopology, Topology, TransportError};
+use futures_util::StreamExt;
 use tokio::time::timeout;
 
 use crate::config::{check_subject_part, NatsConfig};
@@ -304,9 +305,7 @@ pub(crate) async fn ensure_consumer(
             {
                 Some(ConsumerInfoErrorKind::NotFound) => {}
                 Some(ConsumerInfoErrorKind::StreamNotFound) => {
-                    return Err(TransportError::Unroutable(format!(
-                        "endpoint `{endpoint}` (stream `{stream_name}` does not exist)"
-                    )))
+                    return Err(unroutable(endpoint, &stream_name))
                 }
                 _ => return Err(api_error(format!("reading consumer of `{stream_name}`"), e)),
             }
@@ -318,9 +317,7 @@ pub(crate) async fn ensure_consumer(
         Ok(Err(e)) => {
             let missing_stream = matches!(e.kind(), ConsumerErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND);
             if missing_stream {
-                return Err(TransportError::Unroutable(format!(
-                    "endpoint `{endpoint}` (stream `{stream_name}` does not exist)"
-                )));
+                return Err(unroutable(endpoint, &stream_name));
             }
             Err(api_error(
                 format!("creating consumer of `{stream_name}`"),
@@ -328,6 +325,171 @@ pub(crate) async fn ensure_consumer(
             ))
         }
     }
+}
+
+/// The endpoint has no stream: it was never declared on this server (under this naming).
+/// The target reads as the destination does (endpoint `E`), followed by the missing stream.
+fn unroutable(endpoint: &str, stream: &str) -> TransportError {
+    let destination = Destination::Endpoint(endpoint.into());
+    TransportError::Unroutable(format!("{destination} (no stream `{stream}`)"))
+}
+
+/// What a teardown deletes for one endpoint or event: a stream, and whether it carries the
+/// durable consumer a declaration created on it.
+struct Doomed {
+    stream: String,
+    consumer: bool,
+}
+
+/// Delete the streams and consumers that declaring these endpoints created, and the streams of
+/// the events they subscribe to, reporting each; with `dry_run`, report what exists and delete
+/// nothing. What does not exist is skipped. An event stream that a stream left standing (an
+/// endpoint outside the topology) still sources is kept: deleting it would end that
+/// endpoint's subscription.
+pub(crate) async fn teardown(
+    js: &Context,
+    config: &NatsConfig,
+    topology: &Topology,
+    dry_run: bool,
+) -> Result<Vec<Declared>, TransportError> {
+    let naming = &config.naming;
+    let mut doomed = Vec::new();
+    let mut events: Vec<String> = Vec::new();
+    for ep in &topology.endpoints {
+        check_subject_part("endpoint name", &ep.name)?;
+        for (stream, consumer) in [
+            (naming.endpoint_stream(&ep.name), true),
+            (naming.delay_stream(&ep.name), true),
+            (naming.error_stream(&ep.name), false),
+        ] {
+            if !doomed.iter().any(|d: &Doomed| d.stream == stream) {
+                doomed.push(Doomed { stream, consumer });
+            }
+        }
+        for event in &ep.events {
+            check_subject_part("event wire name", event)?;
+            let stream = naming.event_stream(event);
+            if !events.contains(&stream) {
+                events.push(stream);
+            }
+        }
+    }
+    if !events.is_empty() {
+        let going: Vec<&str> = doomed.iter().map(|d| d.stream.as_str()).collect();
+        let kept = sourced_elsewhere(js, config, &going, &events).await?;
+        events.retain(|e| !kept.contains(e));
+    }
+    doomed.extend(events.into_iter().map(|stream| Doomed {
+        stream,
+        consumer: false,
+    }));
+    let mut done = Vec::new();
+    for d in doomed {
+        teardown_stream(js, config, d, dry_run, &mut done).await?;
+    }
+    Ok(done)
+}
+
+/// The event streams among `events` that a stream not in `going` sources.
+async fn sourced_elsewhere(
+    js: &Context,
+    config: &NatsConfig,
+    going: &[&str],
+    events: &[String],
+) -> Result<Vec<String>, TransportError> {
+    let listing = async {
+        let mut kept = Vec::new();
+        let mut streams = js.streams();
+        while let Some(info) = streams.next().await {
+            let info = info.map_err(|e| TransportError::other("listing the streams", e))?;
+            if going.contains(&info.config.name.as_str()) {
+                continue;
+            }
+            for source in info.config.sources.iter().flatten() {
+                if events.contains(&source.name) && !kept.contains(&source.name) {
+                    tracing::info!(
+                        stream = %source.name,
+                        by = %info.config.name,
+                        "event stream kept: another endpoint's stream sources it"
+                    );
+                    kept.push(source.name.clone());
+                }
+            }
+        }
+        Ok(kept)
+    };
+    TransportError::within("listing the streams", config.connect_timeout, listing).await?
+}
+
+/// Delete (or, with `dry_run`, look for) one stream and its consumer, recording what was there.
+async fn teardown_stream(
+    js: &Context,
+    config: &NatsConfig,
+    doomed: Doomed,
+    dry_run: bool,
+    done: &mut Vec<Declared>,
+) -> Result<(), TransportError> {
+    let name = doomed.stream;
+    if get_stream(js, config, &name).await?.is_none() {
+        return Ok(());
+    }
+    let limit = config.request_timeout;
+    let stream = js
+        .get_stream_no_info(&name)
+        .await
+        .map_err(|e| api_error(format!("reading stream `{name}`"), e))?;
+    if doomed.consumer {
+        let consumer = config.naming.consumer.as_str();
+        let reading = stream.consumer_info(consumer);
+        let exists = match TransportError::within("reading a consumer", limit, reading).await? {
+            Ok(_) => true,
+            Err(e) => match e.kind() {
+                ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound => false,
+                _ => return Err(api_error(format!("reading consumer of `{name}`"), e)),
+            },
+        };
+        let deleted = if exists && !dry_run {
+            let deleting = stream.delete_consumer(consumer);
+            match TransportError::within("deleting a consumer", limit, deleting).await? {
+                Ok(_) => true,
+                Err(e) if is_not_found(&e) => false,
+                Err(e) => return Err(api_error(format!("deleting consumer of `{name}`"), e)),
+            }
+        } else {
+            exists
+        };
+        if deleted {
+            done.push(Declared {
+                kind: "consumer",
+                name: format!("{name}/{consumer}"),
+            });
+        }
+    }
+    if !dry_run {
+        let deleting = js.delete_stream(&name);
+        match TransportError::within("deleting a stream", config.connect_timeout, deleting).await? {
+            Ok(_) => {}
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    return Ok(())
+                }
+                _ => return Err(api_error(format!("deleting stream `{name}`"), e)),
+            },
+        }
+    }
+    done.push(Declared {
+        kind: "stream",
+        name,
+    });
+    Ok(())
+}
+
+/// The consumer (or its stream) was gone already.
+fn is_not_found(e: &ConsumerError) -> bool {
+    matches!(e.kind(), ConsumerErrorKind::JetStream(ref j)
+        if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND || j.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// A JetStream call failed: a refusal when the server answered with an error, else a
@@ -370,6 +532,15 @@ impl JetStreamError for CreateStreamError {
 impl JetStreamError for ConsumerError {
     fn is_server_answer(&self) -> bool {
         matches!(self.kind(), ConsumerErrorKind::JetStream(_))
+    }
+    fn into_source(self) -> Box<dyn std::error::Error + Send + Sync> {
+        Box::new(self)
+    }
+}
+
+impl JetStreamError for ConsumerInfoError {
+    fn is_server_answer(&self) -> bool {
+        matches!(self.kind(), ConsumerInfoErrorKind::JetStream(_))
     }
     fn into_source(self) -> Box<dyn std::error::Error + Send + Sync> {
         Box::new(self)

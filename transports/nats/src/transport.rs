@@ -10,13 +10,15 @@ use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind}
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::{ConnectErrorKind, ConnectOptions, HeaderMap, ServerAddr};
+use bus_core::probe::{self, Protocol};
 use bus_core::{
-    async_trait, Bytes, Destination, Outgoing, SubscribeOptions, Subscription, Topology, Transport,
-    TransportError,
+    async_trait, Bytes, Declared, Destination, Envelope, Outgoing, QueueKind, SubscribeOptions,
+    Subscription, Topology, Transport, TransportError, TransportLimits,
 };
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 
+use crate::browse;
 use crate::config::{check_subject_part, Auth, NatsConfig};
 use crate::error::NatsError;
 use crate::subscription::NatsSubscription;
@@ -120,8 +122,12 @@ impl NatsTransport {
     ///
     /// Wrong credentials fail at once with [`NatsError::Authentication`]; an unreachable server
     /// fails within the connect timeout; a server without JetStream with
-    /// [`NatsError::JetStreamUnavailable`].
+    /// [`NatsError::JetStreamUnavailable`]. A server that answers but is no NATS server (the
+    /// AMQP or Redis port, say) fails with [`NatsError::WrongProtocol`], which names what
+    /// answered, within a few seconds rather than at the end of the connect timeout. An invalid
+    /// [namespace](NatsConfig::namespace) is a [`NatsError::Config`].
     pub async fn connect(config: NatsConfig) -> Result<Self, NatsError> {
+        config.naming.check()?;
         let (servers, auth) = config.servers_and_auth()?;
         let addrs = servers
             .iter()
@@ -175,28 +181,7 @@ impl NatsTransport {
             options = options.require_tls(true);
         }
         let url = config.redacted_url();
-        let client = match timeout(config.connect_timeout, options.connect(addrs)).await {
-            Err(_) => {
-                return Err(NatsError::Timeout {
-                    operation: "connecting to the NATS server",
-                    after: config.connect_timeout,
-                })
-            }
-            Ok(Err(e)) => {
-                let reason = config.scrub(&e.to_string());
-                return Err(match e.kind() {
-                    ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
-                        NatsError::Authentication { url, reason }
-                    }
-                    ConnectErrorKind::TimedOut => NatsError::Timeout {
-                        operation: "connecting to the NATS server",
-                        after: config.connect_timeout,
-                    },
-                    _ => NatsError::Connection { url, reason },
-                });
-            }
-            Ok(Ok(c)) => c,
-        };
+        let client = connect_client(&config, options, addrs, &url).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(config.request_timeout)
             .build(client.clone());
@@ -311,7 +296,7 @@ impl NatsTransport {
         if limit > 0 && size > limit {
             return Err(TransportError::Refused {
                 context: format!(
-                    "a message of {size} bytes (body and headers) exceeds the server's max_payload of {limit} bytes"
+                    "a message of {size} bytes (body and headers) exceeds the NATS server's max_payload of {limit} bytes; send a smaller message, or raise `max_payload` in the nats-server configuration (at most 64 MB) and reconnect"
                 ),
                 source: None,
             });
@@ -472,6 +457,111 @@ impl NatsTransport {
     }
 }
 
+/// How long a connection attempt runs before the servers are asked, on the side, what they
+/// speak: a NATS server greets a client at once.
+const PROBE_AFTER: Duration = Duration::from_millis(500);
+/// Longest wait for a server to say what it speaks.
+const PROBE_WITHIN: Duration = Duration::from_secs(2);
+
+/// Connect the client within the connect timeout, explaining a failure.
+///
+/// A server that is no NATS server (an AMQP broker, Redis) never sends the greeting a NATS
+/// client waits for, so the attempt alone would end at the connect timeout with nothing said
+/// about why. Once it runs longer than a NATS server takes to greet, each server is asked what
+/// it speaks ([`bus_core::probe::identify`]); when none speaks NATS and one speaks something
+/// else, the attempt ends there with [`NatsError::WrongProtocol`]. A failure of any other kind
+/// (not a refused login) is explained the same way, with the probe's own short limit.
+async fn connect_client(
+    config: &NatsConfig,
+    options: ConnectOptions,
+    addrs: Vec<ServerAddr>,
+    url: &str,
+) -> Result<async_nats::Client, NatsError> {
+    let targets: Vec<String> = addrs.iter().map(host_port).collect();
+    let connecting = timeout(config.connect_timeout, options.connect(addrs));
+    let mut connecting = std::pin::pin!(connecting);
+    let probing = async {
+        tokio::time::sleep(PROBE_AFTER.min(config.connect_timeout / 2)).await;
+        identify_all(&targets).await
+    };
+    let mut probing = std::pin::pin!(probing);
+    let mut probed = false;
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            outcome = &mut connecting => break outcome,
+            found = &mut probing, if !probed => {
+                probed = true;
+                // Another server of the list may still be a NATS server: wait for it then.
+                if !found.iter().any(|(_, p)| *p == Some(Protocol::Nats)) {
+                    if let Some(wrong) = wrong_server(found) {
+                        return Err(wrong);
+                    }
+                }
+            }
+        }
+    };
+    let timed_out = || NatsError::Timeout {
+        operation: "connecting to the NATS server",
+        after: config.connect_timeout,
+    };
+    let failure = match outcome {
+        Ok(Ok(client)) => return Ok(client),
+        Err(_) => timed_out(),
+        Ok(Err(e)) => {
+            let reason = config.scrub(&e.to_string());
+            match e.kind() {
+                ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                    return Err(NatsError::Authentication {
+                        url: url.to_string(),
+                        reason,
+                    })
+                }
+                ConnectErrorKind::TimedOut => timed_out(),
+                _ => NatsError::Connection {
+                    url: url.to_string(),
+                    reason,
+                },
+            }
+        }
+    };
+    if !probed {
+        if let Some(wrong) = wrong_server(identify_all(&targets).await) {
+            return Err(wrong);
+        }
+    }
+    Err(failure)
+}
+
+/// `host:port` of a server, as [`bus_core::probe::identify`] connects to it (never with
+/// credentials).
+fn host_port(addr: &ServerAddr) -> String {
+    let host = addr.host();
+    if host.contains(':') {
+        format!("[{host}]:{}", addr.port())
+    } else {
+        format!("{host}:{}", addr.port())
+    }
+}
+
+/// What each server speaks, asked all at once.
+async fn identify_all(targets: &[String]) -> Vec<(String, Option<Protocol>)> {
+    let asking = targets.iter().map(|t| probe::identify(t, PROBE_WITHIN));
+    let found = futures_util::future::join_all(asking).await;
+    targets.iter().cloned().zip(found).collect()
+}
+
+/// The first server that answered in another protocol than NATS.
+fn wrong_server(found: Vec<(String, Option<Protocol>)>) -> Option<NatsError> {
+    found.into_iter().find_map(|(addr, p)| match p {
+        Some(p) if p != Protocol::Nats => Some(NatsError::WrongProtocol {
+            addr,
+            found: Some(p),
+        }),
+        _ => None,
+    })
+}
+
 enum Missing {
     NoSubscriber,
     Unroutable(TransportError),
@@ -532,5 +622,47 @@ impl Transport for NatsTransport {
     ) -> Result<Box<dyn Subscription>, TransportError> {
         let sub = NatsSubscription::start(self.clone(), endpoint, options).await?;
         Ok(Box::new(sub))
+    }
+
+    /// The `max_payload` of the server of the current connection (1 MiB unless the server is
+    /// configured otherwise): the largest message, headers included, the server takes. A send
+    /// of a larger one fails at once with [`TransportError::Refused`], without reaching the
+    /// server (which would drop the whole connection).
+    fn limits(&self) -> TransportLimits {
+        match self.inner.max_payload.get(&self.inner.client) {
+            0 => TransportLimits::default(),
+            max => TransportLimits::with_max_message_size(max),
+        }
+    }
+
+    /// Messages of the endpoint's stream (input) or error stream, oldest first, read by
+    /// sequence and left in place: nothing is delivered or counted as a delivery. The input
+    /// queue shows every message not acked yet, those being handled right now included (the
+    /// stream's work-queue retention removes a message once it is acked); delayed retries
+    /// waiting to be due are in the delay stream and not shown. A queue whose stream does not
+    /// exist is [`TransportError::Unroutable`]. Each read waits at most the request timeout.
+    async fn browse(
+        &self,
+        endpoint: &str,
+        queue: QueueKind,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, TransportError> {
+        browse::browse(self, endpoint, queue, limit).await
+    }
+
+    /// Deletes, for each endpoint, its input stream and the consumer on it, its delay stream
+    /// and the consumer on it, and its error stream, then the stream of each event the
+    /// endpoints subscribe to, unless an endpoint outside `topology` still takes that event
+    /// (its stream sources the event stream): that one is kept. Reports each as
+    /// `Declared { kind: "stream", name: <stream> }` or
+    /// `Declared { kind: "consumer", name: "<stream>/<consumer>" }`, in that order. Messages in
+    /// them are gone with them. Stop the buses hosting these endpoints first: their
+    /// subscriptions would otherwise keep failing to find their consumers.
+    async fn teardown(
+        &self,
+        topology: &Topology,
+        dry_run: bool,
+    ) -> Result<Vec<Declared>, TransportError> {
+        topology::teardown(&self.inner.js, &self.inner.config, topology, dry_run).await
     }
 }

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use crate::error::RedisError;
 
-/// How the keys of the transport are named. Every key starts with the prefix, so several
-/// systems (or test runs) can share one Redis. The defaults, for prefix `bus`:
+/// How the keys of the transport are named. Every key starts with the root: the prefix, under
+/// the namespace when there is one (`<namespace>:<prefix>`). Buses with different roots on one
+/// Redis never see each other's commands or events; several systems (or test runs) can share
+/// one Redis that way. The keys, for the default prefix `bus` and no namespace:
 ///
 /// | what | key | type |
 /// |---|---|---|
@@ -17,8 +19,11 @@ use crate::error::RedisError;
 /// | error stream of `E` | `bus:ep:E:error` | stream |
 /// | delayed messages of `E`, scored by due time (ms) | `bus:delayed:E` | sorted set |
 ///
-/// For Redis Cluster every key of one system must live in one slot: use a hash tag as the
-/// prefix, e.g. `{bus}`.
+/// With namespace `shop`, every one of them starts with `shop:` instead: `shop:bus:endpoints`,
+/// `shop:bus:ep:E`, and so on. Without one, the keys are exactly the ones above.
+///
+/// For Redis Cluster every key of one system must live in one slot: put a hash tag in the
+/// root, e.g. the prefix `{bus}` (or the namespace `{shop}`; Redis hashes the first `{...}`).
 ///
 /// ```
 /// use bus_transport_redis::Keys;
@@ -27,11 +32,20 @@ use crate::error::RedisError;
 /// assert_eq!(keys.stream("billing"), "shop:ep:billing");
 /// assert_eq!(keys.error_stream("billing"), "shop:ep:billing:error");
 /// assert_eq!(keys.subscribers("sales.OrderPlaced"), "shop:subs:sales.OrderPlaced");
+///
+/// let keys = Keys::default().namespace("tenant-a");
+/// assert_eq!(keys.root(), "tenant-a:bus");
+/// assert_eq!(keys.stream("billing"), "tenant-a:bus:ep:billing");
+/// assert_eq!(keys.endpoints(), "tenant-a:bus:endpoints");
+/// assert_eq!(keys.delayed("billing"), "tenant-a:bus:delayed:billing");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Keys {
-    /// The first part of every key.
+    /// The part of every key after the namespace (`bus` by default).
     pub prefix: String,
+    /// The first part of every key, before the prefix, when set. `None` (or empty) leaves the
+    /// keys as they are without one.
+    pub namespace: Option<String>,
 }
 
 impl Default for Keys {
@@ -41,21 +55,42 @@ impl Default for Keys {
 }
 
 impl Keys {
-    /// Keys under `prefix`.
+    /// Keys under `prefix`, with no namespace.
     pub fn new(prefix: impl Into<String>) -> Self {
         Keys {
             prefix: prefix.into(),
+            namespace: None,
+        }
+    }
+
+    /// The same keys under namespace `ns`: `<ns>:<prefix>:...`. An empty `ns` means none.
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        let ns = ns.into();
+        self.namespace = (!ns.is_empty()).then_some(ns);
+        self
+    }
+
+    /// What every key starts with: `<namespace>:<prefix>`, or the prefix alone.
+    pub fn root(&self) -> String {
+        match self.namespace.as_deref().filter(|ns| !ns.is_empty()) {
+            Some(ns) => format!("{ns}:{}", self.prefix),
+            None => self.prefix.clone(),
         }
     }
 
     /// The set of declared endpoint names: a command to an endpoint missing here is unroutable.
     pub fn endpoints(&self) -> String {
-        format!("{}:endpoints", self.prefix)
+        format!("{}:endpoints", self.root())
     }
 
     /// The set of endpoints subscribed to an event wire name.
     pub fn subscribers(&self, event: &str) -> String {
-        format!("{}:subs:{event}", self.prefix)
+        format!("{}{event}", self.subscribers_prefix())
+    }
+
+    /// What every subscriber set key starts with.
+    pub(crate) fn subscribers_prefix(&self) -> String {
+        format!("{}:subs:", self.root())
     }
 
     /// The input stream of an endpoint.
@@ -65,17 +100,17 @@ impl Keys {
 
     /// What every input stream key starts with (the publish script appends endpoint names).
     pub(crate) fn stream_prefix(&self) -> String {
-        format!("{}:ep:", self.prefix)
+        format!("{}:ep:", self.root())
     }
 
     /// The error stream of an endpoint.
     pub fn error_stream(&self, endpoint: &str) -> String {
-        format!("{}:ep:{endpoint}:error", self.prefix)
+        format!("{}:ep:{endpoint}:error", self.root())
     }
 
     /// The sorted set holding an endpoint's delayed messages until they are due.
     pub fn delayed(&self, endpoint: &str) -> String {
-        format!("{}:delayed:{endpoint}", self.prefix)
+        format!("{}:delayed:{endpoint}", self.root())
     }
 
     /// The consumer group reading an endpoint's stream: the endpoint's name.
@@ -126,8 +161,8 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// Settings for a Redis URL, with defaults for the rest: prefix `bus`, 5 s operation and
-    /// connect timeouts, 1 s block, 30 s reclaim idle, 1 s claim interval.
+    /// Settings for a Redis URL, with defaults for the rest: prefix `bus`, no namespace, 5 s
+    /// operation and connect timeouts, 1 s block, 30 s reclaim idle, 1 s claim interval.
     pub fn new(url: impl Into<String>) -> Self {
         RedisConfig {
             url: url.into(),
@@ -157,7 +192,8 @@ impl RedisConfig {
     }
 
     /// From the environment: the URL from `BUS_REDIS_URL`, else `BUS_TRANSPORT` when it is a
-    /// `redis://` URL; the key prefix from `BUS_REDIS_PREFIX` when set.
+    /// `redis://` URL; the key prefix from `BUS_REDIS_PREFIX` when set. (A namespace comes
+    /// from the configuration crate's `prefix` setting, `BUS_PREFIX`, for every transport.)
     pub fn from_env() -> Result<Self, RedisError> {
         let url = std::env::var("BUS_REDIS_URL")
             .ok()
@@ -176,9 +212,27 @@ impl RedisConfig {
         Ok(config)
     }
 
-    /// Set the key prefix.
+    /// Set the key prefix (`bus` by default); the namespace, if any, stays.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.keys = Keys::new(prefix);
+        self.keys.prefix = prefix.into();
+        self
+    }
+
+    /// Put every key under namespace `ns`: `<ns>:bus:endpoints`, `<ns>:bus:ep:E`, and so on
+    /// (see [`Keys`]). Two buses with different namespaces on one Redis never see each other's
+    /// commands or events; without a namespace (or with an empty one) the keys are the plain
+    /// ones. The key prefix, set before or after, stays.
+    ///
+    /// ```
+    /// use bus_transport_redis::RedisConfig;
+    ///
+    /// let config = RedisConfig::new("redis://127.0.0.1:6379").namespace("tenant-a");
+    /// assert_eq!(config.keys.stream("billing"), "tenant-a:bus:ep:billing");
+    /// let plain = RedisConfig::new("redis://127.0.0.1:6379");
+    /// assert_eq!(plain.keys.stream("billing"), "bus:ep:billing");
+    /// ```
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.keys = self.keys.namespace(ns);
         self
     }
 
@@ -228,6 +282,14 @@ impl RedisConfig {
                 "unsupported scheme `{other}`: use redis:// or rediss:// (TLS)"
             ))),
         }
+    }
+
+    /// `host:port` of the server, for asking what answers there (port 6379 when the URL has
+    /// none); `None` when the URL names no host.
+    pub(crate) fn address(&self) -> Option<String> {
+        let url = url::Url::parse(&self.url).ok()?;
+        let host = url.host_str().filter(|h| !h.is_empty())?;
+        Some(format!("{host}:{}", url.port().unwrap_or(6379)))
     }
 
     /// The URL with its password replaced by `***`.
@@ -285,6 +347,49 @@ mod tests {
             c.scrub("failed for redis://:canary%2Fpw@127.0.0.1:6379/2: canary/pw"),
             "failed for redis://:***@127.0.0.1:6379/2: ***"
         );
+    }
+
+    #[test]
+    fn without_a_namespace_the_keys_are_the_plain_ones() {
+        let keys = RedisConfig::new("redis://h").keys;
+        assert_eq!(keys.root(), "bus");
+        assert_eq!(keys.endpoints(), "bus:endpoints");
+        assert_eq!(keys.subscribers("e.W"), "bus:subs:e.W");
+        assert_eq!(keys.stream("a"), "bus:ep:a");
+        assert_eq!(keys.error_stream("a"), "bus:ep:a:error");
+        assert_eq!(keys.delayed("a"), "bus:delayed:a");
+        assert_eq!(keys.group("a"), "a");
+        assert_eq!(RedisConfig::new("redis://h").namespace("").keys, keys);
+    }
+
+    #[test]
+    fn a_namespace_goes_before_every_key_whatever_the_order_of_the_calls() {
+        let a = RedisConfig::new("redis://h")
+            .namespace("ns")
+            .key_prefix("p");
+        let b = RedisConfig::new("redis://h")
+            .key_prefix("p")
+            .namespace("ns");
+        assert_eq!(a.keys, b.keys);
+        let k = a.keys;
+        assert_eq!(k.root(), "ns:p");
+        assert_eq!(k.endpoints(), "ns:p:endpoints");
+        assert_eq!(k.subscribers("e.W"), "ns:p:subs:e.W");
+        assert_eq!(k.stream("a"), "ns:p:ep:a");
+        assert_eq!(k.stream_prefix(), "ns:p:ep:");
+        assert_eq!(k.error_stream("a"), "ns:p:ep:a:error");
+        assert_eq!(k.delayed("a"), "ns:p:delayed:a");
+    }
+
+    #[test]
+    fn the_address_to_probe_has_no_password_and_a_port() {
+        let c = RedisConfig::new("redis://:pw@127.0.0.1:5672/0");
+        assert_eq!(c.address().as_deref(), Some("127.0.0.1:5672"));
+        let c = RedisConfig::new("rediss://user:pw@redis.internal");
+        assert_eq!(c.address().as_deref(), Some("redis.internal:6379"));
+        let c = RedisConfig::new("redis://[::1]:7000");
+        assert_eq!(c.address().as_deref(), Some("[::1]:7000"));
+        assert_eq!(RedisConfig::new("not a url").address(), None);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! on the `redis` crate with a reconnecting connection manager and a timeout on every call.
 //!
 //! ## Keys and groups
-//! Every key starts with a prefix (`bus` by default; see [`Keys`]):
+//! Every key starts with a prefix (`bus` by default), under a namespace when one is set
+//! ([`RedisConfig::namespace`]: `<ns>:bus:...`, so buses with different namespaces on one
+//! Redis never see each other's commands or events; see [`Keys`]). Without a namespace:
 //! - `bus:ep:E`, the input stream of endpoint `E`, read by the consumer group `E`. Each
 //!   subscription is a consumer of its own (`<consumer_name>-<pid>-<random>-<n>`), so the
 //!   instances of an endpoint compete for its entries. Acked entries are deleted (`XACK` +
@@ -44,6 +46,49 @@
 //!   out again a delivery it still holds, even when `XAUTOCLAIM` returns it because its
 //!   renewal failed during an outage longer than `reclaim_idle`.
 //!
+//! ## Looking and cleaning up
+//! [`bus_core::Transport::browse`] lists up to `limit` messages of an endpoint's queue,
+//! oldest first, decoded as a delivery decodes them, and leaves them where they are (no
+//! delivery is counted):
+//! - the error stream: its entries. Nobody consumes it, so it holds every message that failed
+//!   for good until someone deletes it.
+//! - the input stream: what is still to be handled: entries handed out to a consumer and not
+//!   acked yet (in a handler, or nacked and waiting to be taken over), then entries not handed
+//!   out yet. An ack deletes its entry, so that is all the stream holds; an entry acked but
+//!   left in the stream (by another tool) is skipped all the same. Delayed messages (delayed
+//!   retries, delayed sends) wait in the delay set until they are due and are not listed
+//!   until they have moved into the stream.
+//!
+//! An endpoint never declared has nothing to list.
+//!
+//! [`bus_core::Transport::teardown`] deletes what declaring the endpoints created, messages
+//! included, and reports each thing that existed as a [`bus_core::Declared`], in this order
+//! (`<root>` is `bus`, or `<namespace>:bus`; see [`Keys`]):
+//!
+//! | kind | name | what it is |
+//! |---|---|---|
+//! | `stream` | `<root>:ep:E` | the input stream of `E` |
+//! | `consumer group` | `<root>:ep:E E` | its consumer group (stream key, space, group), gone with the stream |
+//! | `stream` | `<root>:ep:E:error` | the error stream of `E` |
+//! | `sorted set` | `<root>:delayed:E` | the delayed messages of `E` |
+//! | `set member` | `<root>:endpoints E` | `E` in the endpoint registry (set key, space, member) |
+//! | `set member` | `<root>:subs:W E` | the subscription of `E` to event `W` |
+//! | `set` | `<root>:endpoints`, `<root>:subs:W` | a registry set left without members, which Redis deletes |
+//!
+//! Subscriptions are looked for in every subscriber set under the root, not only those of
+//! the events the topology names, so none is left behind to append events to a deleted
+//! stream. A subscriber set shared with endpoints that stay only loses the torn-down members;
+//! one left empty existed only for them and goes. With `dry_run` nothing is deleted and the
+//! report says what would be; a second teardown reports nothing. Stop the buses hosting the
+//! endpoints first: a subscription still running finds its group missing and declares its
+//! endpoint again.
+//!
+//! ## Connecting
+//! Connecting has a deadline (the connect timeout). When the server at the URL answers but
+//! not as Redis, [`RedisError::WrongProtocol`] says what answered ("127.0.0.1:5672 answered,
+//! but not as a Redis server: it speaks AMQP (is this the AMQP port?)"); it converts to a
+//! [`bus_core::TransportError::Connection`] with that text and the client's error as source.
+//!
 //! ## What survives a Redis restart
 //! Redis's own persistence settings decide: with RDB snapshots or AOF, streams, pending
 //! lists, registries and delayed messages come back as of the last write saved; with
@@ -65,10 +110,12 @@
 //! ## Where things live
 //! - `config`: [`RedisConfig`] (URL, timeouts, reclaim settings) and [`Keys`].
 //! - `transport`: [`RedisTransport`]: connect, declare, send.
+//! - `admin`: browse and teardown.
 //! - `subscription`: the reader task of a subscription, and its ackers.
 //! - `scripts`: the Lua scripts for the steps that must be atomic.
 //! - `wire`: envelope to stream entry and back; reading stream replies.
 
+mod admin;
 mod config;
 mod error;
 mod scripts;

@@ -147,3 +147,109 @@ return removed
 "#,
     )
 });
+
+/// The entries of an input stream still to be handled, oldest first, at most `ARGV[2]`: those
+/// the group handed out and nobody acked yet (its pending list), then those it has not handed
+/// out (after its last delivered id). Entries the group has moved past and that are not
+/// pending were acked; an ack deletes its entry, but one acked without (by another tool) is
+/// left out all the same. Without the group, every entry is still to be handled.
+///
+/// `KEYS[1]` the stream; `ARGV[1]` the group, `ARGV[2]` the most entries to return. Returns
+/// the entries as `XRANGE` does.
+pub(crate) static BROWSE_INPUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local limit = tonumber(ARGV[2])
+if limit <= 0 or redis.call('EXISTS', KEYS[1]) == 0 then
+  return {}
+end
+local last
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, id
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1]
+    elseif g[i] == 'last-delivered-id' then id = g[i + 1] end
+  end
+  if name == ARGV[1] then last = id end
+end
+local out = {}
+local from = '-'
+if last then
+  local start = '-'
+  while #out < limit do
+    local pending = redis.call('XPENDING', KEYS[1], ARGV[1], start, last, limit - #out)
+    if #pending == 0 then break end
+    for _, p in ipairs(pending) do
+      local entry = redis.call('XRANGE', KEYS[1], p[1], p[1])[1]
+      if entry then out[#out + 1] = entry end
+    end
+    start = '(' .. pending[#pending][1]
+  end
+  from = '(' .. last
+end
+if #out < limit then
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', limit - #out)) do
+    out[#out + 1] = entry
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Tear down the keys of one endpoint: its input stream (and the consumer group in it), its
+/// error stream and its delay set, or, as a dry run, only say which exist.
+///
+/// `KEYS[1]` the input stream, `KEYS[2]` the error stream, `KEYS[3]` the delay set; `ARGV[1]`
+/// the group, `ARGV[2]` `1` to delete. Returns `{input stream, group, error stream, delay set}`,
+/// each 1 when it existed.
+pub(crate) static TEARDOWN_ENDPOINT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local found = {0, 0, 0, 0}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  found[1] = 1
+  if redis.call('TYPE', KEYS[1]).ok == 'stream' then
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+      for i = 1, #g, 2 do
+        if g[i] == 'name' and g[i + 1] == ARGV[1] then found[2] = 1 end
+      end
+    end
+  end
+end
+found[3] = redis.call('EXISTS', KEYS[2])
+found[4] = redis.call('EXISTS', KEYS[3])
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+end
+return found
+"#,
+    )
+});
+
+/// Remove endpoints from registry sets (the endpoint registry, subscriber sets), or, as a dry
+/// run, only say which are members. Redis deletes a set once its last member is removed.
+///
+/// `KEYS` the sets; `ARGV[1]` `1` to remove, then the endpoint names. Returns, per set,
+/// `{members left afterwards, {the names that were members}}`.
+pub(crate) static TEARDOWN_MEMBERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local out = {}
+for k = 1, #KEYS do
+  local members = {}
+  for i = 2, #ARGV do
+    if redis.call('SISMEMBER', KEYS[k], ARGV[i]) == 1 then
+      members[#members + 1] = ARGV[i]
+    end
+  end
+  local left = redis.call('SCARD', KEYS[k]) - #members
+  if ARGV[1] == '1' and #members > 0 then
+    redis.call('SREM', KEYS[k], unpack(members))
+  end
+  out[k] = {left, members}
+end
+return out
+"#,
+    )
+});

@@ -89,7 +89,7 @@ impl Shared {
                     tracing::debug!(endpoint = %self.endpoint, %error, operation, "settling failed on the connection; trying again");
                     tokio::time::sleep(SETTLE_RETRY_PAUSE).await;
                 }
-                Err(e) => return Err(e.into_transport()),
+                Err(e) => return Err(e.into_transport(operation, Some(&self.endpoint))),
             }
         }
     }

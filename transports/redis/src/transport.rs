@@ -5,13 +5,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bus_core::probe::{self, Protocol};
 use bus_core::{
-    async_trait, Destination, EndpointTopology, Outgoing, SubscribeOptions, Subscription, Topology,
-    Transport, TransportError,
+    async_trait, Declared, Destination, EndpointTopology, Envelope, Outgoing, QueueKind,
+    SubscribeOptions, Subscription, Topology, Transport, TransportError,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, ErrorKind, RedisResult, ServerErrorKind};
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 use crate::config::RedisConfig;
 use crate::error::RedisError;
@@ -50,8 +51,8 @@ pub(crate) struct Inner {
     instance: String,
     next_consumer: AtomicU64,
     /// Everything declared through this transport, declared again if Redis lost it (a
-    /// restart without persistence).
-    declared: Mutex<Vec<EndpointTopology>>,
+    /// restart without persistence); teardown removes what it deletes.
+    pub(crate) declared: Mutex<Vec<EndpointTopology>>,
 }
 
 impl std::fmt::Debug for RedisTransport {
@@ -65,7 +66,11 @@ impl std::fmt::Debug for RedisTransport {
 
 impl RedisTransport {
     /// Connect and return the transport. Wrong credentials fail at once with
-    /// [`RedisError::Authentication`]; an unreachable server within the connect timeout.
+    /// [`RedisError::Authentication`]; an unreachable server within the connect timeout. A
+    /// server that answers but does not speak Redis (the port of another broker) fails with
+    /// [`RedisError::WrongProtocol`], which names the protocol that answered when it is one
+    /// [`bus_core::probe::identify`] knows; finding out takes at most two more seconds, within
+    /// the connect timeout.
     pub async fn connect(config: RedisConfig) -> Result<Self, RedisError> {
         let url = config.checked_url()?;
         let client = match (&config.tls_ca_file, config.is_tls()) {
@@ -91,12 +96,13 @@ impl RedisTransport {
         .map_err(|e| RedisError::Config(config.scrub(&e.to_string())))?;
         // One plain connection first, without retries, so a bad password or an unreachable
         // server is reported at once.
-        let probe = AsyncConnectionConfig::new()
+        let first = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.operation_timeout));
+        let deadline = Instant::now() + config.connect_timeout;
         match timeout(
             config.connect_timeout,
-            client.get_multiplexed_async_connection_with_config(&probe),
+            client.get_multiplexed_async_connection_with_config(&first),
         )
         .await
         {
@@ -106,12 +112,12 @@ impl RedisTransport {
                     after: config.connect_timeout,
                 })
             }
-            Ok(Err(e)) => return Err(connect_error(&config, &e)),
+            Ok(Err(e)) => return Err(connect_failure(&config, e, deadline).await),
             Ok(Ok(_)) => {}
         }
         let conn = manager(&client, &config, config.operation_timeout).await?;
         let id = uuid::Uuid::now_v7().simple().to_string();
-        tracing::info!(url = %config.redacted_url(), prefix = %config.keys.prefix, "connected to Redis");
+        tracing::info!(url = %config.redacted_url(), keys = %config.keys.root(), "connected to Redis");
         Ok(RedisTransport {
             inner: Arc::new(Inner {
                 instance: format!("{}-{}", std::process::id(), &id[id.len() - 8..]),
@@ -162,7 +168,7 @@ impl RedisTransport {
     ) -> Result<T, TransportError> {
         self.run_within(operation, self.inner.config.operation_timeout, call)
             .await
-            .map_err(|e| e.into_transport())
+            .map_err(|e| e.into_transport(operation, None))
     }
 
     /// Like [`RedisTransport::run`] with another limit, keeping the client's error.
@@ -303,6 +309,7 @@ impl RedisTransport {
                     .run("sending a command", call.invoke_async(&mut conn))
                     .await?;
                 if routed == 0 {
+                    // Reads "... for endpoint `billing`; ..." in the error's message.
                     return Err(TransportError::Unroutable(out.destination.to_string()));
                 }
                 Ok(())
@@ -347,12 +354,24 @@ pub(crate) enum CallError {
 }
 
 impl CallError {
-    pub(crate) fn into_transport(self) -> TransportError {
-        match self {
-            CallError::NoGroup => TransportError::Unroutable(
-                "the consumer group does not exist; declare the endpoint".into(),
-            ),
-            CallError::Transport(e) => e,
+    /// The error for the bus. A missing group of a known `endpoint` means its queue is gone
+    /// (Redis lost its data, or the endpoint was torn down): unroutable, like a send to it.
+    pub(crate) fn into_transport(
+        self,
+        operation: &'static str,
+        endpoint: Option<&str>,
+    ) -> TransportError {
+        match (self, endpoint) {
+            (CallError::NoGroup, Some(endpoint)) => {
+                TransportError::Unroutable(Destination::Endpoint(endpoint.into()).to_string())
+            }
+            (CallError::NoGroup, None) => TransportError::Refused {
+                context: format!(
+                    "{operation}: the consumer group does not exist; declare the endpoint"
+                ),
+                source: None,
+            },
+            (CallError::Transport(e), _) => e,
         }
     }
 }
@@ -406,6 +425,51 @@ fn is_unavailable(e: &redis::RedisError) -> bool {
             .clone()
             .into_server_errors()
             .is_some_and(|errors| errors.iter().any(|(_, s)| transient(s.kind()))),
+    }
+}
+
+/// The longest look at what answered when connecting failed (see [`probe::identify`]).
+const PROBE_TIME: Duration = Duration::from_secs(2);
+
+/// The error for a first connection that failed with `e`. When the server answered something
+/// that is not Redis (the client could not parse it, or it closed the connection on the
+/// client's first command), ask it what it speaks, within what is left before `deadline`.
+async fn connect_failure(
+    config: &RedisConfig,
+    e: redis::RedisError,
+    deadline: Instant,
+) -> RedisError {
+    let plain = connect_error(config, &e);
+    // Nothing listens, or nothing answers: nobody to ask. Refused credentials: it is Redis.
+    if matches!(plain, RedisError::Authentication { .. })
+        || e.is_connection_refusal()
+        || e.is_timeout()
+    {
+        return plain;
+    }
+    let Some(address) = config.address() else {
+        return plain;
+    };
+    let within = deadline
+        .saturating_duration_since(Instant::now())
+        .min(PROBE_TIME);
+    if within < Duration::from_millis(100) {
+        return plain;
+    }
+    match probe::identify(&address, within).await {
+        Some(Protocol::Redis) => plain,
+        Some(found) => RedisError::WrongProtocol {
+            address,
+            found: Some(found),
+            source: e,
+        },
+        // Not recognized, but what came back was not Redis either.
+        None if e.kind() == ErrorKind::Parse => RedisError::WrongProtocol {
+            address,
+            found: None,
+            source: e,
+        },
+        None => plain,
     }
 }
 
@@ -513,14 +577,39 @@ impl Transport for RedisTransport {
             )
             .await?;
         if !declared {
-            return Err(TransportError::Unroutable(format!(
-                "endpoint `{endpoint}` (not declared on this Redis)"
-            )));
+            return Err(TransportError::Unroutable(
+                Destination::Endpoint(endpoint.into()).to_string(),
+            ));
         }
         // Bounded so the reader's channel and slots stay sane whatever is asked.
         let prefetch = options.prefetch.clamp(1, 65_536);
         let sub = RedisSubscription::start(self.clone(), endpoint, prefetch).await?;
         Ok(Box::new(sub))
+    }
+
+    /// Up to `limit` entries of the endpoint's input or error stream, oldest first, left in
+    /// place (`XRANGE`) and decoded as a delivery would be. For the input stream: what is
+    /// still to be handled (handed out and not acked, then not handed out yet); delayed
+    /// messages not yet due are in the delay set, not listed. See the crate docs.
+    async fn browse(
+        &self,
+        endpoint: &str,
+        queue: QueueKind,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, TransportError> {
+        self.browse_stream(endpoint, queue, limit).await
+    }
+
+    /// Delete the endpoints' streams (consumer groups included), error streams and delay sets,
+    /// take them out of the endpoint registry and every subscriber set, and delete the sets
+    /// that leaves empty; each reported as a `stream`, `consumer group`, `sorted set`, `set`
+    /// or `set member` (see the crate docs). Messages in them are lost.
+    async fn teardown(
+        &self,
+        topology: &Topology,
+        dry_run: bool,
+    ) -> Result<Vec<Declared>, TransportError> {
+        self.teardown_endpoints(topology, dry_run).await
     }
 }
 

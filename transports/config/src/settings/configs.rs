@@ -77,6 +77,9 @@ impl TransportSettings {
         if let (Some(user), Some(password)) = (&self.amqp_user, &self.amqp_password) {
             config = config.credentials(user, password);
         }
+        if let Some(prefix) = &self.prefix {
+            config = config.namespace(prefix);
+        }
         if let Some(path) = self.readable_ca_file()? {
             let pem = std::fs::read_to_string(path).map_err(|e| unreadable_ca_file(path, &e))?;
             config = config.tls_ca_pem(pem);
@@ -131,6 +134,9 @@ impl TransportSettings {
         if let Some(confirm) = self.confirm_acks {
             config = config.confirm_acks(confirm);
         }
+        if let Some(prefix) = &self.prefix {
+            config = config.namespace(prefix);
+        }
         if let Some(path) = self.readable_ca_file()? {
             config = config.tls_ca_file(path);
         }
@@ -178,6 +184,9 @@ impl TransportSettings {
         );
         if let Some(timeout) = self.publish_timeout {
             config = config.operation_timeout(timeout);
+        }
+        if let Some(prefix) = &self.prefix {
+            config = config.namespace(prefix);
         }
         if let Some(timeout) = self.connect_timeout {
             config = config.connect_timeout(timeout);

@@ -1,0 +1,195 @@
+//! The shop's flows through the test harness, with the three services in one bus set up as
+//! the binaries set them up (`shop_bus`): an order leads to its invoice and its shipment, a
+//! flaky inventory lookup recovers on retry, a poison order ends in the `sales` error queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus_core::{FailureReason, SendOptions};
+use bus_examples::messages::{InvoiceCreated, OrderPlaced, OrderShipped, PlaceOrder};
+use bus_examples::sales::FLAKY_SKU;
+use bus_examples::service::shop_bus;
+use bus_examples::trace::ShopStats;
+use bus_testing::TestHarness;
+use bus_transport_memory::MemoryTransport;
+
+/// The shop's bus in a harness; `stats` are the services' counters.
+async fn shop(stats: &ShopStats) -> TestHarness {
+    // `shop_bus` wants a transport; the harness replaces it with its own.
+    let builder = shop_bus(Arc::new(MemoryTransport::new()), stats);
+    TestHarness::builder()
+        .bus_builder(builder)
+        .host(["sales", "billing", "shipping"])
+        .start()
+        .await
+        .expect("the shop starts")
+}
+
+fn order(order_id: u32, sku: &str, quantity: u32, unit_price_cents: u64) -> PlaceOrder {
+    PlaceOrder {
+        order_id,
+        customer: "ada".into(),
+        sku: sku.into(),
+        quantity,
+        unit_price_cents,
+    }
+}
+
+#[tokio::test]
+async fn placing_an_order_leads_to_an_invoice_and_a_shipment() {
+    let stats = ShopStats::default();
+    let harness = shop(&stats).await;
+    harness
+        .bus()
+        .send_with(
+            order(1001, "keyboard", 2, 4_900),
+            SendOptions::new().correlation_id("order-1001"),
+        )
+        .await
+        .unwrap();
+
+    let shipped = harness.wait_for_published::<OrderShipped>().await.unwrap();
+    assert_eq!(
+        shipped,
+        OrderShipped {
+            order_id: 1001,
+            tracking: format!("TRK{:06}", 1001u64 * 7919 % 1_000_000),
+        }
+    );
+    harness.wait_until_quiet().await.unwrap();
+
+    assert_eq!(
+        harness.published::<OrderPlaced>(),
+        [OrderPlaced {
+            order_id: 1001,
+            customer: "ada".into(),
+            sku: "keyboard".into(),
+            quantity: 2,
+            total_cents: 9_800,
+        }]
+    );
+    assert_eq!(
+        harness.published::<InvoiceCreated>(),
+        [InvoiceCreated {
+            invoice_id: "INV-1001".into(),
+            order_id: 1001,
+            amount_cents: 9_800,
+        }]
+    );
+    // Billing and shipping each handle their own copy of the event.
+    let mut handlers: Vec<String> = harness
+        .attempts::<OrderPlaced>()
+        .into_iter()
+        .map(|a| a.endpoint)
+        .collect();
+    handlers.sort();
+    assert_eq!(handlers, ["billing", "shipping"]);
+    // The correlation id travels with everything the order caused.
+    for attempt in harness.attempts::<InvoiceCreated>() {
+        assert_eq!(attempt.headers.correlation_id(), Some("order-1001"));
+    }
+    assert_eq!(
+        (
+            stats.orders(),
+            stats.invoices(),
+            stats.parcels(),
+            stats.shipments()
+        ),
+        (1, 1, 1, 1)
+    );
+    assert!(harness.failed::<PlaceOrder>().is_empty());
+    harness.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_poison_order_ends_in_the_sales_error_queue_after_its_retries() {
+    let stats = ShopStats::default();
+    let harness = shop(&stats).await;
+    harness.send(order(1004, "chair", 0, 12_000)).await.unwrap();
+
+    let failed = harness.wait_for_failed::<PlaceOrder>().await.unwrap();
+    assert_eq!(failed.message.order_id, 1004);
+    assert_eq!(failed.failure.endpoint, "sales");
+    assert_eq!(
+        failed.failure.failure_reason(),
+        Some(FailureReason::HandlerError)
+    );
+    assert_eq!(failed.failure.error, "order #1004 has quantity 0");
+    // `sales` retries once at once, then once after a delay: two rounds of two attempts.
+    assert_eq!(failed.failure.attempts, 4);
+    let numbers: Vec<u32> = harness
+        .attempts::<PlaceOrder>()
+        .iter()
+        .map(|a| a.attempt)
+        .collect();
+    assert_eq!(numbers, [1, 2, 3, 4]);
+
+    let queued = harness.error_queue::<PlaceOrder>("sales").await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].message, order(1004, "chair", 0, 12_000));
+    harness.wait_until_quiet().await.unwrap();
+    assert!(harness.published::<OrderPlaced>().is_empty());
+    assert_eq!(stats.orders(), 0);
+    harness.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_flaky_inventory_lookup_recovers_on_the_immediate_retry() {
+    let stats = ShopStats::default();
+    let harness = shop(&stats).await;
+    harness
+        .send(order(1003, FLAKY_SKU, 1, 3_500))
+        .await
+        .unwrap();
+
+    harness
+        .wait_for_published_where(|s: &OrderShipped| s.order_id == 1003)
+        .await
+        .unwrap();
+    let attempts = harness.attempts::<PlaceOrder>();
+    assert_eq!(attempts.len(), 2);
+    let first = attempts[0].outcome.as_ref().unwrap_err();
+    assert_eq!(first.error, "inventory service timed out");
+    assert_eq!(attempts[1].attempt, 2);
+    assert!(attempts[1].outcome.is_ok());
+    assert!(harness.failed::<PlaceOrder>().is_empty());
+    harness.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_demo_orders_end_with_four_shipments_and_one_poison_order() {
+    let stats = ShopStats::default();
+    let harness = shop(&stats).await;
+    let orders = [
+        order(1001, "keyboard", 1, 4_900),
+        order(1002, "monitor", 2, 18_900),
+        order(1003, FLAKY_SKU, 1, 3_500),
+        order(1004, "chair", 0, 12_000),
+        order(1005, "desk", 1, 29_900),
+    ];
+    for o in orders {
+        harness.send(o).await.unwrap();
+    }
+    // The poison order's delayed retry is part of the work: quiet means it is done.
+    harness
+        .within(Duration::from_secs(20))
+        .wait_until_quiet()
+        .await
+        .unwrap();
+
+    let mut shipped: Vec<u32> = harness
+        .published::<OrderShipped>()
+        .iter()
+        .map(|s| s.order_id)
+        .collect();
+    shipped.sort();
+    assert_eq!(shipped, [1001, 1002, 1003, 1005]);
+    let failed: Vec<u32> = harness
+        .failed::<PlaceOrder>()
+        .iter()
+        .map(|f| f.message.order_id)
+        .collect();
+    assert_eq!(failed, [1004]);
+    assert_eq!(stats.shipments(), 4);
+    harness.stop().await.unwrap();
+}
