@@ -48,7 +48,9 @@
 //! - Vocabulary: [`message`](crate::Message) ([`Message`], [`Command`], [`Event`],
 //!   [`AnyMessage`]), `envelope` ([`Headers`], [`Envelope`], [`Body`], the [`header`] names),
 //!   `codec` ([`Codec`], [`JsonCodec`]), `error`, `failure` ([`Failure`], [`FailureReason`]),
-//!   `state`, `transport` (the [`Transport`] contract every transport implements).
+//!   `state`, `transport` (the [`Transport`] contract every transport implements), `failed`
+//!   ([`FailedMessage`]: an error-queue entry read back), [`probe`] (which protocol a server
+//!   speaks, for clear connection errors).
 //! - `runtime`: what a running bus shares (transport, routes, codecs, state, counters).
 //! - `outgoing`: [`SendOptions`], the headers and ids of a new message.
 //! - `context`, `extract`, `handler`: [`MessageContext`], extractors ([`State`]), handlers.
