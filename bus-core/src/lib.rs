@@ -112,8 +112,8 @@ pub use redact::{redact_url, scrub_urls};
 pub use signal::{stop_signal, StopSignal};
 pub use state::StateRequirement;
 pub use transport::{
-    Acker, Declared, Delivery, Destination, EndpointTopology, Outgoing, QueueKind, SharedAcker,
-    SubscribeOptions, Subscription, Topology, Transport, TransportLimits,
+    Acker, Declared, Delivery, Destination, EndpointInfo, EndpointTopology, Outgoing, QueueKind,
+    SharedAcker, SubscribeOptions, Subscription, Topology, Transport, TransportLimits,
 };
 
 /// Derive macros and the handler attribute.

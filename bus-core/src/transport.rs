@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, MessageId};
 use crate::error::TransportError;
 
 /// Where an outgoing message goes. The names are shared (`Arc<str>`): the bus keeps one of
@@ -104,6 +104,32 @@ impl TransportLimits {
     pub fn with_max_message_size(max: usize) -> Self {
         TransportLimits {
             max_message_size: Some(max),
+        }
+    }
+}
+
+/// An endpoint as the broker knows it, as [`Transport::endpoints`] reports it. A figure the
+/// transport cannot tell is `None`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointInfo {
+    /// The endpoint's name (without the transport's namespace).
+    pub name: String,
+    /// Messages waiting in its input queue (ready, and taken but not settled where the
+    /// broker counts those).
+    pub depth: Option<u64>,
+    /// Consumers reading its input queue.
+    pub consumers: Option<u64>,
+    /// Messages in its error queue.
+    pub error_depth: Option<u64>,
+}
+
+impl EndpointInfo {
+    /// An endpoint with nothing known about it but its name.
+    pub fn named(name: impl Into<String>) -> Self {
+        EndpointInfo {
+            name: name.into(),
+            ..EndpointInfo::default()
         }
     }
 }
@@ -196,6 +222,32 @@ pub trait Transport: Send + Sync + 'static {
         let _ = (endpoint, queue, limit);
         Err(TransportError::Unsupported {
             operation: "browsing a queue",
+            transport: self.name().to_string(),
+        })
+    }
+
+    /// Take the messages with these ids out of one of an endpoint's queues, leaving the others
+    /// where they are, in their order; the ids of those removed (an id not there is skipped).
+    /// For tools that resend a failed message and then remove it from the error queue: a
+    /// crash between the two duplicates it, never loses it.
+    async fn remove(
+        &self,
+        endpoint: &str,
+        queue: QueueKind,
+        ids: &[MessageId],
+    ) -> Result<Vec<MessageId>, TransportError> {
+        let _ = (endpoint, queue, ids);
+        Err(TransportError::Unsupported {
+            operation: "removing messages from a queue",
+            transport: self.name().to_string(),
+        })
+    }
+
+    /// The endpoints the broker knows (under this transport's namespace), with their queue
+    /// depths and consumers as far as the transport can tell, sorted by name.
+    async fn endpoints(&self) -> Result<Vec<EndpointInfo>, TransportError> {
+        Err(TransportError::Unsupported {
+            operation: "listing endpoints",
             transport: self.name().to_string(),
         })
     }
