@@ -15,6 +15,7 @@ use crate::message::{AnyMessage, Command, Event};
 use crate::outgoing::SendOptions;
 use crate::pipeline::EndpointRuntime;
 use crate::runtime::{Runtime, Signal};
+use crate::telemetry::{in_span, send_failed, Producing};
 use crate::transport::{Declared, Outgoing, QueueKind, SubscribeOptions, Topology, Transport};
 use crate::worker;
 
@@ -198,15 +199,23 @@ impl Bus {
         // Every message is encoded before the first await, so the caller's iterator (often
         // one borrowing a collection) is not held across it.
         let runtime = &self.inner.runtime;
-        let outgoing: Result<Vec<_>, BusError> = runtime.route::<C>().map(|destination| {
-            commands
+        let batch = runtime.route::<C>().map(|destination| {
+            let producing = runtime.telemetry.batch_span(&destination);
+            let outgoing: Vec<Result<Outgoing, BusError>> = commands
                 .into_iter()
                 .map(|command| {
-                    runtime.outgoing(command, destination.clone(), None, SendOptions::default())
+                    let options = SendOptions::default();
+                    let mut out = runtime.outgoing(command, destination.clone(), None, options)?;
+                    producing.stamp(&mut out);
+                    Ok(out)
                 })
-                .collect()
+                .collect();
+            (producing, outgoing)
         });
-        async move { self.dispatch_all(outgoing?.into_iter()).await }
+        async move {
+            let (producing, outgoing) = batch?;
+            self.dispatch_batch(producing, outgoing).await
+        }
     }
 
     /// Publish many events, a window at a time, as [`Bus::send_all`] sends commands.
@@ -220,11 +229,17 @@ impl Bus {
     {
         let runtime = &self.inner.runtime;
         let destination = runtime.event(E::NAME);
-        let outgoing: Vec<_> = events
+        let producing = runtime.telemetry.batch_span(&destination);
+        let outgoing: Vec<Result<Outgoing, BusError>> = events
             .into_iter()
-            .map(|event| runtime.outgoing(event, destination.clone(), None, SendOptions::default()))
+            .map(|event| {
+                let mut out =
+                    runtime.outgoing(event, destination.clone(), None, SendOptions::default())?;
+                producing.stamp(&mut out);
+                Ok(out)
+            })
             .collect();
-        async move { self.dispatch_all(outgoing.into_iter()).await }
+        async move { self.dispatch_batch(producing, outgoing).await }
     }
 
     /// Up to `limit` messages of a hosted (or any) endpoint's error queue, oldest first, left
@@ -269,6 +284,21 @@ impl Bus {
     /// Messages [`Bus::send_all`] and [`Bus::publish_all`] hand to the transport at once.
     pub const SEND_ALL_WINDOW: usize = 1_000;
 
+    /// Dispatch a batch under its producer span.
+    async fn dispatch_batch(
+        &self,
+        producing: Producing,
+        outgoing: Vec<Result<Outgoing, BusError>>,
+    ) -> Result<(), BusError> {
+        producing.count(outgoing.len());
+        let sending = std::pin::pin!(self.dispatch_all(outgoing.into_iter()));
+        let result = in_span(&producing.span, sending).await;
+        if let Err(error) = &result {
+            send_failed(&producing.span, error);
+        }
+        result
+    }
+
     async fn dispatch_all(
         &self,
         messages: std::vec::IntoIter<Result<Outgoing, BusError>>,
@@ -312,6 +342,9 @@ impl Bus {
             return Ok(());
         }
         let batch = std::mem::take(window);
+        let count = batch.len();
+        // A batch holds messages of one type, to one destination.
+        let sent = self.inner.runtime.telemetry.sending(&batch[0]);
         self.inner
             .runtime
             .transport
@@ -320,7 +353,9 @@ impl Bus {
             .map_err(|error| BusError::Batch {
                 accepted,
                 error: Box::new(error.into()),
-            })
+            })?;
+        sent.done(count);
+        Ok(())
     }
 
     /// Send or publish a message whose type is known only at run time (e.g. one decoded from
@@ -334,22 +369,38 @@ impl Bus {
         self.dispatch(out).await
     }
 
-    async fn dispatch(&self, out: Outgoing) -> Result<(), BusError> {
+    /// Send one message under its producer span, entered by hand around the call that does
+    /// not wait (all an in-process send does), so that no future wraps the common case.
+    async fn dispatch(&self, mut out: Outgoing) -> Result<(), BusError> {
         if self.inner.stop.is_fired() && self.inner.abort.is_fired() {
             return Err(BusError::ShutDown);
         }
+        let telemetry = &self.inner.runtime.telemetry;
+        let span = telemetry.send_span(&mut out);
+        let sent = telemetry.sending(&out);
         let transport = &self.inner.runtime.transport;
-        match transport.send_now(out) {
-            Ok(done) => {
-                done?;
+        let now = {
+            let _entered = span.enter();
+            transport.send_now(out)
+        };
+        let result = match now {
+            Ok(Ok(())) => {
                 // Nothing waited: count the send against the task's cooperative budget, as
                 // tokio's own channels do, so a task that sends in a loop still yields now and
                 // then (to the consumers it woke, among others) while the queue has room.
                 tokio::task::coop::consume_budget().await;
+                Ok(())
             }
-            Err(out) => transport.send(out).await?,
+            Ok(Err(error)) => Err(error.into()),
+            Err(out) => in_span(&span, std::pin::pin!(transport.send(out)))
+                .await
+                .map_err(BusError::from),
+        };
+        match &result {
+            Ok(()) => sent.done(1),
+            Err(error) => send_failed(&span, error),
         }
-        Ok(())
+        result
     }
 
     /// Start consuming every hosted endpoint. Calling it again does nothing.

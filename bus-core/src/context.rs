@@ -23,6 +23,7 @@ use crate::message::{Command, Event, Message, MessageKind};
 use crate::outgoing::SendOptions;
 use crate::runtime::{Counters, Runtime};
 use crate::state::StateMap;
+use crate::telemetry::Telemetry;
 use crate::transport::{Outgoing, SubscribeOptions, Subscription, Topology, Transport};
 
 /// Metadata of the message being handled, and the way to send messages from a handler.
@@ -241,14 +242,21 @@ impl MessageContext {
         self.stage(out)
     }
 
-    fn stage(&self, out: Outgoing) -> Result<(), BusError> {
+    /// Stage `out` under its producer span, made now, inside the handler's span: the
+    /// message's handling continues the handler's trace, though the message leaves later.
+    fn stage(&self, mut out: Outgoing) -> Result<(), BusError> {
+        let span = self.inner.runtime.telemetry.send_span(&mut out);
         let mut outbox = self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner());
         match outbox.as_mut() {
             Some(list) => {
                 list.push(out);
                 Ok(())
             }
-            None => Err(BusError::ContextClosed),
+            None => {
+                let error = BusError::ContextClosed;
+                crate::telemetry::send_failed(&span, &error);
+                Err(error)
+            }
         }
     }
 
@@ -434,6 +442,9 @@ impl TestContextBuilder {
             state: self.state,
             max_body_size: crate::BusBuilder::DEFAULT_MAX_BODY_SIZE,
             counters: Counters::default(),
+            // A handler under test sends nothing anywhere: no spans, no trace headers in what
+            // it stages, so that a test sees exactly what the handler wrote.
+            telemetry: Telemetry::off(),
         });
         MessageContext::new(
             runtime,

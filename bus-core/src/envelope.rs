@@ -67,6 +67,19 @@ pub mod header {
     pub const FAILURE_ATTEMPTS: &str = "bus-failure-attempts";
     /// When the message was moved (RFC 3339, UTC).
     pub const FAILURE_TIME: &str = "bus-failure-time";
+    /// How many times an operator sent the message back from the error queue to its endpoint
+    /// (the `bus` command's `errors retry`). Its failure headers stay as the history of its
+    /// last failure.
+    pub const OPERATOR_RETRIES: &str = "bus-operator-retries";
+    /// When an operator last sent it back (RFC 3339, UTC).
+    pub const OPERATOR_RETRY_TIME: &str = "bus-operator-retry-time";
+    /// The W3C trace context of the span that sent the message
+    /// (`00-<trace id>-<parent span id>-<flags>`), so that its handling joins the sender's
+    /// trace. Written with the `opentelemetry` feature, from any sender that has one.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// Vendor-specific trace data that goes with [`TRACEPARENT`], as W3C trace context defines
+    /// it.
+    pub const TRACESTATE: &str = "tracestate";
 }
 
 /// A message's id: text (a UUIDv7 when the bus makes it), kept inline up to 36 bytes, the

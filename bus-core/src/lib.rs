@@ -50,8 +50,10 @@
 //!   `codec` ([`Codec`], [`JsonCodec`]), `error`, `failure` ([`Failure`], [`FailureReason`]),
 //!   `state`, `transport` (the [`Transport`] contract every transport implements), `failed`
 //!   ([`FailedMessage`]: an error-queue entry read back), [`probe`] (which protocol a server
-//!   speaks, for clear connection errors).
-//! - `runtime`: what a running bus shares (transport, routes, codecs, state, counters).
+//!   speaks, for clear connection errors), [`telemetry`] (the spans, trace context and metrics
+//!   of what the bus sends and handles).
+//! - `runtime`: what a running bus shares (transport, routes, codecs, state, counters,
+//!   telemetry).
 //! - `outgoing`: [`SendOptions`], the headers and ids of a new message.
 //! - `context`, `extract`, `handler`: [`MessageContext`], extractors ([`State`]), handlers.
 //! - `layer`, `recoverability`, `inbox`, `endpoint`: [`Layer`], [`RecoverabilityPolicy`],
@@ -84,6 +86,7 @@ mod redact;
 mod runtime;
 mod signal;
 mod state;
+pub mod telemetry;
 mod transport;
 mod worker;
 

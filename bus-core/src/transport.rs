@@ -377,6 +377,7 @@ impl Delivery {
     }
 
     /// The message.
+    #[inline]
     pub fn envelope(&self) -> &Envelope {
         self.envelope
             .as_ref()

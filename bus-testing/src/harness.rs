@@ -434,8 +434,9 @@ impl std::fmt::Debug for TestHarness {
 enum Source {
     Memory(MemoryTransport),
     Given(Arc<dyn Transport>),
-    /// `None`: [`TransportSettings::load`] when the harness starts.
-    Settings(Option<TransportSettings>),
+    /// `None`: [`TransportSettings::load`] when the harness starts. Boxed: the settings are
+    /// large and the other sources small.
+    Settings(Option<Box<TransportSettings>>),
 }
 
 /// Configures a [`TestHarness`]: the transport, the endpoints, the bus's settings, the
@@ -558,7 +559,7 @@ impl HarnessBuilder {
     /// of this harness is then apart from those of other tests and runs. In memory, messages
     /// are encoded as a broker would unless the settings say otherwise.
     pub fn settings(mut self, settings: TransportSettings) -> Self {
-        self.source = Source::Settings(Some(settings));
+        self.source = Source::Settings(Some(Box::new(settings)));
         self
     }
 
@@ -607,7 +608,7 @@ impl HarnessBuilder {
             Source::Given(transport) => (transport, None, None, None),
             Source::Settings(settings) => {
                 let mut settings = match settings {
-                    Some(settings) => settings,
+                    Some(settings) => *settings,
                     None => TransportSettings::load()?,
                 };
                 let own = self.namespace.unwrap_or_else(new_namespace);

@@ -9,7 +9,7 @@ use bus_transport_config::ConfiguredTransport;
 
 use crate::messages::PlaceOrder;
 use crate::service::{
-    broker_settings, error_queue_location, init_tracing, open_transport, SERVICE_LOG,
+    broker_settings, error_queue_location, open_transport, start_telemetry, stop_telemetry,
 };
 
 /// What `place-orders` was asked to do.
@@ -155,7 +155,18 @@ pub async fn run(program: &str, args: impl IntoIterator<Item = String>) -> ExitC
             return ExitCode::from(2);
         }
     };
-    init_tracing(SERVICE_LOG);
+    // Traced too, so that a trace begins where an order is placed.
+    let telemetry = match start_telemetry(program) {
+        Ok(telemetry) => telemetry,
+        Err(code) => return code,
+    };
+    let code = connect_and_send(program, &options).await;
+    // A short-lived client: flush its spans before the process ends.
+    stop_telemetry(telemetry).await;
+    code
+}
+
+async fn connect_and_send(program: &str, options: &Options) -> ExitCode {
     let settings = match broker_settings(program) {
         Ok(settings) => settings,
         Err(code) => return code,
@@ -164,7 +175,7 @@ pub async fn run(program: &str, args: impl IntoIterator<Item = String>) -> ExitC
         Ok(transport) => transport,
         Err(code) => return code,
     };
-    let code = send_orders(program, &options, &transport).await;
+    let code = send_orders(program, options, &transport).await;
     if let Err(e) = transport.close().await {
         eprintln!("{program}: closing the connection: {e}");
     }

@@ -11,11 +11,14 @@
 //! unless configured otherwise); `order-service`, `invoice-service` and `shipping-service` run
 //! one service each as its own process, and `place-orders` sends orders to them, all over a
 //! broker chosen by configuration (`BUS_TRANSPORT`, `bus.toml`). [`service`] holds what they
-//! share, [`client`] the order client.
+//! share, [`client`] the order client, [`ops`] the HTTP endpoints a service serves for
+//! Prometheus and for probes (`/metrics`, `/healthz`, `/readyz`) when `BUS_METRICS_ADDR` is
+//! set.
 
 pub mod billing;
 pub mod client;
 pub mod messages;
+pub mod ops;
 pub mod sales;
 pub mod service;
 pub mod shipping;

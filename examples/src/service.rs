@@ -1,5 +1,8 @@
 //! What every binary of the shop shares: the bus they build, the configured transport, and the
-//! life of a service process (start, run until Ctrl-C or SIGTERM, shut down gracefully, sum up).
+//! life of a service process (start, run until Ctrl-C or SIGTERM, shut down gracefully, sum up),
+//! with its telemetry (logs, OpenTelemetry traces and metrics, from the `OTEL_*` variables) and,
+//! when `metrics_addr` (`BUS_METRICS_ADDR`) is set, its HTTP endpoints for Prometheus and
+//! probes ([`crate::ops`]).
 //!
 //! The service binaries are one line each:
 //!
@@ -14,8 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus_core::{Bus, BusBuilder, Transport};
+use bus_otel::{Telemetry, DEFAULT_TRACE_FILTER};
 use bus_transport_config::{ConfiguredTransport, TransportSettings};
+use tokio::net::TcpListener;
 
+use crate::ops::{MetricsSource, OpsServer};
 use crate::trace::ShopStats;
 
 /// How the shop's endpoints are set up, whichever process hosts them: shared counters as
@@ -62,6 +68,31 @@ pub fn init_tracing(default_filter: &str) {
 
 /// The log filter of the service binaries when `RUST_LOG` is unset.
 pub const SERVICE_LOG: &str = "warn,bus_core=info,lapin=off";
+
+/// Install the telemetry of a process named `program`: logs on stderr filtered by `RUST_LOG`
+/// (else [`SERVICE_LOG`]), and OpenTelemetry traces and metrics as the `OTEL_*` variables say
+/// (exported only when `OTEL_EXPORTER_OTLP_ENDPOINT` or its per-signal forms are set; the
+/// metrics are always there for `/metrics`). `OTEL_SERVICE_NAME` overrides `program` as the
+/// service name. On failure (an `OTEL_*` value that cannot be honoured), says why on stderr
+/// and returns the exit code to end with.
+pub fn start_telemetry(program: &str) -> Result<Telemetry, ExitCode> {
+    Telemetry::builder(program)
+        .default_log_filter(SERVICE_LOG)
+        // The AMQP client's connection span would be a trace of its own, as long as the
+        // connection lasts, in every service: only the bus's spans and the handlers' go out.
+        .trace_filter(&format!("{DEFAULT_TRACE_FILTER},lapin=off"))
+        .install()
+        .map_err(|e| {
+            eprintln!("{program}: {e}");
+            ExitCode::from(2)
+        })
+}
+
+/// Export what is left and shut the telemetry down. Blocking (up to the telemetry's shutdown
+/// deadline, when a collector does not answer), so it runs off the async worker threads.
+pub async fn stop_telemetry(telemetry: Telemetry) {
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+}
 
 /// The transport settings of a program that talks to other processes: loaded from
 /// `bus.toml` and `BUS_*`, and never the in-memory transport, which cannot reach another
@@ -138,10 +169,52 @@ pub fn error_queue_location(transport: &ConfiguredTransport, endpoint: &str) -> 
 /// ones in flight finish (what is left stays queued for the other instances), print a summary
 /// and exit. A second signal during shutdown abandons the messages in flight at once; the
 /// broker redelivers them.
+///
+/// Telemetry comes from [`start_telemetry`] and is flushed at exit. With `metrics_addr` set,
+/// `/metrics`, `/healthz` and `/readyz` are served on it from the moment the bus has started
+/// until it has shut down (`/readyz` answers 503 while it drains).
 pub async fn run(program: &str, endpoint: &str) -> ExitCode {
-    init_tracing(SERVICE_LOG);
+    let telemetry = match start_telemetry(program) {
+        Ok(telemetry) => Arc::new(telemetry),
+        Err(code) => return code,
+    };
+    let code = serve_endpoint(program, endpoint, &telemetry).await;
+    // The ops server has stopped by now, so this is the last reference, and the spans and
+    // metrics not yet exported can be flushed. Were one left, dropping it flushes too.
+    if let Ok(telemetry) = Arc::try_unwrap(telemetry) {
+        stop_telemetry(telemetry).await;
+    }
+    code
+}
+
+/// Bind the address the ops endpoints are to be served on, if one is configured, so that an
+/// address in use is reported before the service connects to its broker.
+async fn bind_ops(
+    program: &str,
+    settings: &TransportSettings,
+) -> Result<Option<TcpListener>, ExitCode> {
+    let Some(addr) = settings.metrics_addr else {
+        return Ok(None);
+    };
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) => {
+            eprintln!(
+                "{program}: cannot serve metrics on {addr} (metrics_addr, BUS_METRICS_ADDR): {e}"
+            );
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The body of [`run`], between installing the telemetry and flushing it.
+async fn serve_endpoint(program: &str, endpoint: &str, telemetry: &Arc<Telemetry>) -> ExitCode {
     let settings = match broker_settings(program) {
         Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let ops_listener = match bind_ops(program, &settings).await {
+        Ok(listener) => listener,
         Err(code) => return code,
     };
     let transport = match open_transport(program, &settings).await {
@@ -161,6 +234,27 @@ pub async fn run(program: &str, endpoint: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let ops = match ops_listener {
+        Some(listener) => {
+            let metrics: Arc<dyn MetricsSource> = telemetry.clone();
+            match OpsServer::from_listener(listener, bus.clone(), metrics) {
+                Ok(ops) => {
+                    println!(
+                        "{program}: serving /metrics, /healthz and /readyz on http://{}",
+                        ops.local_addr()
+                    );
+                    Some(ops)
+                }
+                Err(e) => {
+                    eprintln!("{program}: cannot serve metrics: {e}");
+                    bus.shutdown().await;
+                    let _ = transport.close().await;
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
+    };
     println!("{program}: hosting endpoint `{endpoint}`; Ctrl-C to stop (twice: at once)");
     let watch = tokio::spawn(watch_health(program.to_string(), bus.clone()));
 
@@ -168,6 +262,12 @@ pub async fn run(program: &str, endpoint: &str) -> ExitCode {
     // second signal abandons the ones in flight: the broker redelivers them.
     let report = bus.run_until_stop_signal().await;
     watch.abort();
+    // Served through the drain, so probes saw 503 while it lasted; stopped only now.
+    if let Some(ops) = ops {
+        if let Err(e) = ops.shutdown().await {
+            eprintln!("{program}: the metrics server failed: {e}");
+        }
+    }
     let report = match report {
         Ok(report) => report,
         Err(e) => {

@@ -36,7 +36,8 @@
 //! four transports in `factories`; the macro and [`run`] in `suite`; the tests' bookkeeping in
 //! `tally` and their steps in `kit` and `bus_kit`; the tests themselves, grouped by what they
 //! check, in `round_trip` (1), `routing` (2, 3, 12), `failures` (4, 8), `flow` (5, 9), `churn`
-//! (6, 7, 10) and `cancel` (11, 11b); browsing, teardown and batch sends in `operations`.
+//! (6, 7, 10) and `cancel` (11, 11b); browsing, removing by id, listing endpoints, teardown
+//! and batch sends in `operations`.
 
 mod bus_kit;
 mod cancel;
@@ -58,7 +59,9 @@ pub use factories::{AmqpFactory, MemoryFactory, NatsFactory, RedisFactory};
 pub use factory::{Features, TransportFactory};
 pub use failures::{continue_after_errors, redelivery};
 pub use flow::{per_key_order, prefetch};
-pub use operations::{browse_queues, send_all_batches, teardown_declared};
+pub use operations::{
+    browse_queues, endpoints_listed, remove_by_id, send_all_batches, teardown_declared,
+};
 pub use round_trip::round_trip;
 pub use routing::{competing_consumers, fan_out_groups, many_topics};
 pub use suite::run;

@@ -85,7 +85,11 @@ async fn harness_flow_on(url: String) {
         .error_queue::<Reserve>("t-harness-stock")
         .await
         .unwrap();
-    assert_eq!(queued.len(), 1, "the error queue, read through the transport");
+    assert_eq!(
+        queued.len(),
+        1,
+        "the error queue, read through the transport"
+    );
     harness.wait_until_quiet().await.unwrap();
 
     let report = harness.stop().await.unwrap();

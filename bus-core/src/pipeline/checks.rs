@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::EndpointRuntime;
+use super::{EndpointRuntime, Handlers};
 use crate::codec::Codec;
 use crate::envelope::{Body, Envelope};
 use crate::failure::{Failure, FailureReason};
@@ -14,7 +14,7 @@ use crate::handler::{Decoded, HandlerDescriptor};
 pub(super) fn route<'e>(
     ep: &'e EndpointRuntime,
     envelope: &Envelope,
-) -> Result<(&'e [HandlerDescriptor], &'e Arc<dyn Codec>), Failure> {
+) -> Result<(&'e Handlers, &'e Arc<dyn Codec>), Failure> {
     let headers = &envelope.headers;
     if headers.message_id.is_empty() {
         return Err(Failure::rejected(

@@ -13,9 +13,21 @@ pub(super) async fn release(runtime: &Runtime, staged: Vec<Outgoing>) -> Result<
     if staged.is_empty() {
         return Ok(());
     }
+    let telemetry = &runtime.telemetry;
+    // Counted once the transport took them. Most handlers send one message: its count needs
+    // no list.
+    let (one, many) = match staged.as_slice() {
+        _ if !telemetry.counts_sends() => (None, Vec::new()),
+        [only] => (Some(telemetry.sending(only)), Vec::new()),
+        all => (None, all.iter().map(|out| telemetry.sending(out)).collect()),
+    };
     runtime
         .transport
         .send_batch(staged)
         .await
-        .map_err(|e| Failure::dispatch(&e))
+        .map_err(|e| Failure::dispatch(&e))?;
+    for sent in one.into_iter().chain(many) {
+        sent.done(1);
+    }
+    Ok(())
 }

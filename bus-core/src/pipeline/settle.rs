@@ -56,15 +56,16 @@ impl Future for PendingAck {
     }
 }
 
-/// Send the message back to the endpoint's own queue after `delay`, then ack the original.
-/// `round` delayed retries were made before, and `attempts` attempts in all.
+/// Send the message back to the endpoint's own queue after `delay`, then ack the original;
+/// `false` when it could not be sent back and was returned to its queue instead. `round`
+/// delayed retries were made before, and `attempts` attempts in all.
 pub(super) async fn schedule_retry(
     ep: &EndpointRuntime,
     delivery: Delivery,
     round: u32,
     attempts: u32,
     delay: Duration,
-) {
+) -> bool {
     let envelope = delivery.envelope().clone();
     let mut headers: Headers = (*envelope.headers).clone();
     headers
@@ -88,22 +89,25 @@ pub(super) async fn schedule_retry(
             if let Err(error) = delivery.ack().await {
                 tracing::warn!(endpoint = %ep.name, %error, "ack after scheduling a retry failed; the message may be handled twice");
             }
+            true
         }
         Err(error) => {
             tracing::error!(endpoint = %ep.name, %error, "could not schedule a delayed retry; returning the message to the queue");
             requeue_later(delivery).await;
+            false
         }
     }
 }
 
 /// Move the message to the error queue with failure headers, body unchanged, then ack it.
-/// If the error queue refuses it, the original is returned to its queue instead: never lost.
+/// If the error queue refuses it, the original is returned to its queue instead (never lost),
+/// and this returns `false`.
 pub(super) async fn dead_letter(
     ep: &EndpointRuntime,
     delivery: Delivery,
     failure: Failure,
     attempts: u32,
-) {
+) -> bool {
     let envelope = delivery.envelope().clone();
     let mut headers: Headers = (*envelope.headers).clone();
     let body = match &envelope.body {
@@ -165,10 +169,12 @@ pub(super) async fn dead_letter(
             if let Err(error) = delivery.ack().await {
                 tracing::warn!(endpoint = %ep.name, %error, "ack after moving to the error queue failed; it may be there twice");
             }
+            true
         }
         Err(error) => {
             tracing::error!(endpoint = %ep.name, %error, "the error queue refused the message; returning it to its queue");
             requeue_later(delivery).await;
+            false
         }
     }
 }

@@ -1,15 +1,24 @@
 //! The operations every transport offers beside moving messages: looking into a queue
-//! ([`Transport::browse`](bus_core::Transport::browse)), removing what a bus declared
+//! ([`Transport::browse`](bus_core::Transport::browse)), taking chosen messages out of it
+//! ([`Transport::remove`](bus_core::Transport::remove)), listing the endpoints
+//! ([`Transport::endpoints`](bus_core::Transport::endpoints)), removing what a bus declared
 //! ([`Transport::teardown`](bus_core::Transport::teardown)), and sending many messages with
 //! few round trips ([`Bus::send_all`](bus_core::Bus::send_all)).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus_core::{header, Bus, HandlerError, QueueKind, Transport};
+use bus_core::{
+    header, Bus, EndpointInfo, Envelope, HandlerError, MessageId, QueueKind, Transport,
+    TransportError,
+};
 
 use super::bus_kit::{send_work, sender, work_instance, Flaky, Work};
 use super::factory::TransportFactory;
-use super::kit::{declare, id_of, send_raw, subscribe, topology, wait_for, within};
+use super::kit::{
+    declare, expect_quiet, id_of, next_within, raw, send_raw, skip, subscribe, to_endpoint,
+    topology, wait_for, within,
+};
 use super::tally::{assert_clean, report, Tally};
 
 /// Browsing: messages that failed for good are listed from the error queue, oldest first, with
@@ -27,34 +36,7 @@ async fn browse_body(f: &dyn TransportFactory) {
     // The error queue: three commands whose handler always fails, without retries.
     let endpoint = "conf-browse-errors";
     let t = f.transport("browse-errors").await;
-    let bus = Bus::builder()
-        .transport_arc(t.clone())
-        .without_discovery()
-        .handler(endpoint.to_string(), |cmd: Flaky| async move {
-            Err::<(), _>(HandlerError::new(format!("refusing {}", cmd.id)))
-        })
-        .route::<Flaky>(endpoint)
-        .endpoint(endpoint, |e| {
-            e.immediate_retries(0)
-                .delayed_retries(0, Duration::ZERO)
-                .concurrency(1)
-        })
-        .start()
-        .await
-        .expect("the failing endpoint starts");
-    for n in 0..3 {
-        bus.send(Flaky {
-            id: format!("bad-{n}"),
-            fail_times: u32::MAX,
-        })
-        .await
-        .expect("sending a failing command");
-    }
-    wait_for(Duration::from_secs(30), "three failures", || {
-        bus.stats().dead_lettered == 3
-    })
-    .await;
-    bus.shutdown().await;
+    let bus = failing_endpoint(t.clone(), endpoint, &["bad-0", "bad-1", "bad-2"]).await;
     let first = browse(&*t, endpoint, QueueKind::Errors).await;
     let errors: Vec<String> = first
         .iter()
@@ -126,10 +108,255 @@ async fn browse_body(f: &dyn TransportFactory) {
     assert_clean(TEST, f, &fig, 0);
 }
 
-async fn browse(t: &dyn Transport, endpoint: &str, queue: QueueKind) -> Vec<bus_core::Envelope> {
+async fn browse(t: &dyn Transport, endpoint: &str, queue: QueueKind) -> Vec<Envelope> {
     t.browse(endpoint, queue, 100)
         .await
         .unwrap_or_else(|e| panic!("browsing the {queue} of {endpoint} failed: {e}"))
+}
+
+/// A bus hosting `endpoint` with a handler that always fails, without retries, that has sent
+/// it a command for each of `ids` (in that order) and stopped once all of them were in the
+/// error queue.
+async fn failing_endpoint(t: Arc<dyn Transport>, endpoint: &str, ids: &[&str]) -> Bus {
+    let bus = Bus::builder()
+        .transport_arc(t)
+        .without_discovery()
+        .handler(endpoint.to_string(), |cmd: Flaky| async move {
+            Err::<(), _>(HandlerError::new(format!("refusing {}", cmd.id)))
+        })
+        .route::<Flaky>(endpoint)
+        .endpoint(endpoint, |e| {
+            e.immediate_retries(0)
+                .delayed_retries(0, Duration::ZERO)
+                .concurrency(1)
+        })
+        .start()
+        .await
+        .expect("the failing endpoint starts");
+    for id in ids {
+        bus.send(Flaky {
+            id: id.to_string(),
+            fail_times: u32::MAX,
+        })
+        .await
+        .expect("sending a failing command");
+    }
+    let failed = ids.len() as u64;
+    wait_for(Duration::from_secs(30), "every command failed", || {
+        bus.stats().dead_lettered == failed
+    })
+    .await;
+    bus.shutdown().await;
+    bus
+}
+
+/// The message ids of envelopes.
+fn ids_of(envelopes: &[Envelope]) -> Vec<MessageId> {
+    envelopes
+        .iter()
+        .map(|e| e.headers.message_id.clone())
+        .collect()
+}
+
+/// Removing by id: of three failed messages in an error queue (made by a real failing
+/// handler), the middle one is removed; browsing then shows the other two, in order, and
+/// removing it again (with an id that was never there) removes nothing. The same in an input
+/// queue nobody consumes, whose other messages are then still delivered, in order; skipped
+/// where the transport refuses to remove from an input queue (AMQP quorum queues).
+pub async fn remove_by_id(f: &dyn TransportFactory) {
+    within("remove_by_id", f, Duration::from_secs(60), remove_body(f)).await
+}
+
+async fn remove_body(f: &dyn TransportFactory) {
+    const TEST: &str = "remove_by_id";
+    let started = Instant::now();
+    let endpoint = "conf-remove-errors";
+    let t = f.transport("remove-errors").await;
+    failing_endpoint(t.clone(), endpoint, &["rm-0", "rm-1", "rm-2"]).await;
+    let failed = ids_of(&browse(&*t, endpoint, QueueKind::Errors).await);
+    assert_eq!(failed.len(), 3, "[{}] three failed messages", f.name());
+    let middle = failed[1].clone();
+    let removed = t
+        .remove(endpoint, QueueKind::Errors, std::slice::from_ref(&middle))
+        .await
+        .unwrap_or_else(|e| panic!("[{}] removing from the error queue failed: {e}", f.name()));
+    assert_eq!(
+        removed,
+        std::slice::from_ref(&middle),
+        "[{}] the middle one",
+        f.name()
+    );
+    let left = browse(&*t, endpoint, QueueKind::Errors).await;
+    assert_eq!(
+        ids_of(&left),
+        [failed[0].clone(), failed[2].clone()],
+        "[{}] the other two stay, in order",
+        f.name()
+    );
+    let errors: Vec<&str> = left
+        .iter()
+        .map(|e| e.headers.get(header::FAILURE_ERROR).unwrap_or(""))
+        .collect();
+    assert_eq!(errors, ["refusing rm-0", "refusing rm-2"], "[{}]", f.name());
+    let again = t
+        .remove(
+            endpoint,
+            QueueKind::Errors,
+            &[middle, MessageId::from("conf-remove-never-sent")],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("[{}] removing again failed: {e}", f.name()));
+    assert!(
+        again.is_empty(),
+        "[{}] removing again removes nothing: {again:?}",
+        f.name()
+    );
+    assert_eq!(
+        browse(&*t, endpoint, QueueKind::Errors).await.len(),
+        2,
+        "[{}] and leaves the others",
+        f.name()
+    );
+
+    // An input queue nobody consumes yet.
+    let input = "conf-remove-input";
+    declare(&*t, &[(input, &[])]).await;
+    for id in ["in-0", "in-1", "in-2"] {
+        t.send(to_endpoint(input, raw(id)))
+            .await
+            .unwrap_or_else(|e| panic!("sending {id} failed: {e}"));
+    }
+    let removed = match t
+        .remove(input, QueueKind::Input, &[MessageId::from("in-1")])
+        .await
+    {
+        Err(TransportError::Unsupported { operation, .. }) => {
+            skip(TEST, f, &format!("the input queue part: {operation}"));
+            return;
+        }
+        other => other
+            .unwrap_or_else(|e| panic!("[{}] removing from the input queue failed: {e}", f.name())),
+    };
+    assert_eq!(removed, ["in-1"], "[{}] from the input queue", f.name());
+    let waiting = ids_of(&browse(&*t, input, QueueKind::Input).await);
+    assert_eq!(waiting, ["in-0", "in-2"], "[{}] the input queue", f.name());
+    let mut sub = subscribe(&*t, input, 10).await;
+    let mut delivered = Vec::new();
+    for _ in 0..2 {
+        let d = next_within(&mut sub, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("[{}] a message left in the queue is delivered", f.name()));
+        delivered.push(id_of(&d));
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(delivered, ["in-0", "in-2"], "[{}] in order", f.name());
+    expect_quiet(f, &mut sub, "the removed message is not delivered").await;
+    sub.cancel().await;
+    println!(
+        "conformance {TEST:<27} [{}] removed 1 of 3 failed and 1 of 3 waiting in {}ms",
+        f.name(),
+        started.elapsed().as_millis()
+    );
+}
+
+/// Listing endpoints: a bus with two endpoints, one with messages waiting and the other with a
+/// failed message in its error queue. Both are listed, in name order, with the depths the
+/// transport can tell; a subscription counts as a consumer where the transport counts them.
+/// The suite's endpoints share a broker with other tests, so only these two are looked at.
+pub async fn endpoints_listed(f: &dyn TransportFactory) {
+    within(
+        "endpoints_listed",
+        f,
+        Duration::from_secs(60),
+        endpoints_body(f),
+    )
+    .await
+}
+
+async fn endpoints_body(f: &dyn TransportFactory) {
+    const TEST: &str = "endpoints_listed";
+    let t = f.transport("endpoints").await;
+    let waiting = "conf-endpoints-waiting";
+    let failing = "conf-endpoints-failing";
+    failing_endpoint(t.clone(), failing, &["ep-bad-0"]).await;
+    declare(&*t, &[(waiting, &[])]).await;
+    for id in ["ep-0", "ep-1"] {
+        t.send(to_endpoint(waiting, raw(id)))
+            .await
+            .unwrap_or_else(|e| panic!("sending {id} failed: {e}"));
+    }
+    let listed = match t.endpoints().await {
+        Err(TransportError::Unsupported { operation, .. }) => {
+            skip(TEST, f, operation);
+            return;
+        }
+        // What lists them is not there (RabbitMQ without its management plugin): skipped
+        // like an unreachable broker, unless brokers are required.
+        Err(e @ TransportError::Connection { .. }) if !crate::broker::brokers_required() => {
+            skip(TEST, f, &e.to_string());
+            return;
+        }
+        other => other.unwrap_or_else(|e| panic!("[{}] listing endpoints failed: {e}", f.name())),
+    };
+    let names: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "[{}] sorted by name", f.name());
+    let find = |listed: &[EndpointInfo], name: &str| {
+        listed
+            .iter()
+            .find(|e| e.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("[{}] {name} is listed: {listed:?}", f.name()))
+    };
+    let w = find(&listed, waiting);
+    let x = find(&listed, failing);
+    let told = |figure: Option<u64>, want: u64| figure.is_none_or(|n| n == want);
+    assert!(
+        told(w.depth, 2) && told(w.error_depth, 0),
+        "[{}] two waiting, none failed: {w:?}",
+        f.name()
+    );
+    assert!(
+        told(x.depth, 0) && told(x.error_depth, 1),
+        "[{}] none waiting, one failed: {x:?}",
+        f.name()
+    );
+    assert!(
+        told(w.consumers, 0),
+        "[{}] nobody consumes {waiting}: {w:?}",
+        f.name()
+    );
+
+    // A consumer of the failing endpoint's (empty) queue, counted where consumers are.
+    let mut sub = subscribe(&*t, failing, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let consumers = loop {
+        let listed = t.endpoints().await.expect("listing endpoints again");
+        let consumers = find(&listed, failing).consumers;
+        if consumers.is_none_or(|n| n >= 1) || Instant::now() > deadline {
+            break consumers;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    sub.cancel().await;
+    // At least: a consumer of the stopped bus may still be on its way out.
+    assert!(
+        consumers.is_none_or(|n| n >= 1),
+        "[{}] a subscription is a consumer: {consumers:?}",
+        f.name()
+    );
+    let shown = |n: Option<u64>| n.map_or("?".to_string(), |n| n.to_string());
+    println!(
+        "conformance {TEST:<27} [{}] {} endpoints listed; {waiting}: depth {} errors {}; {failing}: depth {} errors {} consumers {}",
+        f.name(),
+        listed.len(),
+        shown(w.depth),
+        shown(w.error_depth),
+        shown(x.depth),
+        shown(x.error_depth),
+        shown(consumers),
+    );
 }
 
 /// Teardown: a dry run lists what a bus declared and removes nothing; the real one removes

@@ -79,6 +79,8 @@ macro_rules! conformance_suite {
             cancel_stops_deliveries,
             fan_out_groups,
             browse_queues,
+            remove_by_id,
+            endpoints_listed,
             teardown_declared,
             send_all_batches,
         );

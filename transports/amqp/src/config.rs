@@ -178,6 +178,48 @@ pub struct AmqpConfig {
     pub naming: Naming,
     /// A CA certificate (PEM) to trust for `amqps://`, in addition to the public roots.
     pub tls_ca_pem: Option<String>,
+    /// Where the management HTTP API is, for listing endpoints.
+    management: Management,
+}
+
+/// Where the RabbitMQ management HTTP API is (see [`AmqpConfig::management_url`]).
+#[derive(Clone, PartialEq, Eq)]
+enum Management {
+    /// On the broker's host, port 15672, with the AMQP credentials (`amqp://` URLs only).
+    FromAmqpUrl,
+    /// At this URL.
+    At(String),
+    /// Not used: listing endpoints is unsupported.
+    Off,
+}
+
+/// The management API as resolved from the settings: where to ask, as whom, for which
+/// virtual host.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct ManagementApi {
+    /// `http://host[:port]` and any path prefix, without credentials or a trailing `/`: how
+    /// errors name the API.
+    pub(crate) base: String,
+    /// The path the API's paths go under (empty, or `/prefix`).
+    pub(crate) prefix: String,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) user: String,
+    pub(crate) password: String,
+    /// The virtual host of the AMQP URL, decoded (`/` by default).
+    pub(crate) vhost: String,
+}
+
+/// Why there is no management API to ask.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum NoManagement {
+    /// Turned off with [`AmqpConfig::without_management`].
+    Off,
+    /// An `amqps://` broker and no management URL given: the default would send the
+    /// password over plain HTTP.
+    TlsWithoutUrl,
+    /// The URL cannot be used; why.
+    Invalid(String),
 }
 
 impl AmqpConfig {
@@ -193,6 +235,7 @@ impl AmqpConfig {
             queue_type: QueueType::Classic,
             naming: Naming::default(),
             tls_ca_pem: None,
+            management: Management::FromAmqpUrl,
         }
     }
 
@@ -280,6 +323,114 @@ impl AmqpConfig {
         self
     }
 
+    /// Where the RabbitMQ management HTTP API is, for
+    /// [`Transport::endpoints`](bus_core::Transport::endpoints): AMQP 0-9-1 cannot list queues,
+    /// the management API can (the `rabbitmq_management` plugin). Credentials in the URL
+    /// (`http://user:password@host:15672`) are used for it; without them, those of the AMQP
+    /// connection. A path after the host is kept as a prefix of the API's paths (a proxy that
+    /// serves it under `/rabbitmq`). Only `http://` is supported.
+    ///
+    /// By default, for an `amqp://` URL, the API is looked for on the broker's host at port
+    /// 15672 with the AMQP credentials; for `amqps://` there is no default (it would send the
+    /// password over plain HTTP). The password never shows in `Debug` output or errors.
+    ///
+    /// ```
+    /// use bus_transport_amqp::AmqpConfig;
+    ///
+    /// let config = AmqpConfig::new("amqp://app:s3cret@rabbit.internal:5672/%2f")
+    ///     .management_url("http://monitor:pw@rabbit-admin.internal:15672");
+    /// assert!(!format!("{config:?}").contains("pw@"));
+    /// ```
+    pub fn management_url(mut self, url: impl Into<String>) -> Self {
+        self.management = Management::At(url.into());
+        self
+    }
+
+    /// Do not use the management API: [`Transport::endpoints`](bus_core::Transport::endpoints)
+    /// is then [`TransportError::Unsupported`](bus_core::TransportError::Unsupported).
+    pub fn without_management(mut self) -> Self {
+        self.management = Management::Off;
+        self
+    }
+
+    /// The management API to ask, resolved from the settings (see
+    /// [`AmqpConfig::management_url`]).
+    pub(crate) fn management_api(&self) -> Result<ManagementApi, NoManagement> {
+        let amqp = url::Url::parse(&self.url)
+            .map_err(|e| NoManagement::Invalid(format!("invalid AMQP URL: {e}")))?;
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        // The AMQP credentials: given ones, else the URL's, else the broker's default login,
+        // as the AMQP connection itself uses.
+        let (amqp_user, amqp_password) = match (&self.user, &self.password) {
+            (Some(user), password) => (user.clone(), password.clone().unwrap_or_default()),
+            (None, _) if !amqp.username().is_empty() => (
+                decode(amqp.username()),
+                amqp.password().map(decode).unwrap_or_default(),
+            ),
+            (None, _) => ("guest".to_string(), "guest".to_string()),
+        };
+        let vhost = match amqp.path().strip_prefix('/').unwrap_or("") {
+            "" => "/".to_string(),
+            path => decode(path),
+        };
+        let url = match &self.management {
+            Management::Off => return Err(NoManagement::Off),
+            Management::FromAmqpUrl if amqp.scheme() == "amqps" => {
+                return Err(NoManagement::TlsWithoutUrl)
+            }
+            Management::FromAmqpUrl => {
+                let host = amqp
+                    .host_str()
+                    .ok_or_else(|| NoManagement::Invalid("the AMQP URL has no host".into()))?;
+                url::Url::parse(&format!("http://{host}:15672"))
+                    .map_err(|e| NoManagement::Invalid(format!("management URL: {e}")))?
+            }
+            Management::At(given) => url::Url::parse(given).map_err(|e| {
+                NoManagement::Invalid(format!(
+                    "invalid management URL `{}`: {e}",
+                    bus_core::redact_url(given)
+                ))
+            })?,
+        };
+        if url.scheme() != "http" {
+            return Err(NoManagement::Invalid(format!(
+                "management URL `{}`: only http:// is supported",
+                bus_core::redact_url(url.as_str())
+            )));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| NoManagement::Invalid("the management URL has no host".into()))?
+            .to_string();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let (user, password) = if url.username().is_empty() {
+            (amqp_user, amqp_password)
+        } else {
+            (
+                decode(url.username()),
+                url.password().map(decode).unwrap_or_default(),
+            )
+        };
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.clone(),
+        };
+        let prefix = url.path().trim_end_matches('/').to_string();
+        Ok(ManagementApi {
+            base: format!("http://{authority}{prefix}"),
+            prefix,
+            host,
+            port,
+            user,
+            password,
+            vhost,
+        })
+    }
+
     /// Trust this CA (PEM) for `amqps://`.
     pub fn tls_ca_pem(mut self, pem: impl Into<String>) -> Self {
         self.tls_ca_pem = Some(pem.into());
@@ -319,6 +470,18 @@ impl AmqpConfig {
         )
     }
 
+    /// The password of the management API when it differs from the AMQP one.
+    fn management_secret(&self) -> Option<String> {
+        match &self.management {
+            Management::At(url) => url::Url::parse(url).ok()?.password().map(|p| {
+                percent_encoding::percent_decode_str(p)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            }),
+            _ => None,
+        }
+    }
+
     /// The URL with its password replaced by `***`.
     pub fn redacted_url(&self) -> String {
         bus_core::redact_url(&self.url)
@@ -326,11 +489,15 @@ impl AmqpConfig {
 
     /// Remove the password from a text (error messages of the client library).
     pub(crate) fn scrub(&self, text: &str) -> String {
-        let text = bus_core::scrub_urls(text);
-        match self.secret().filter(|s| !s.is_empty()) {
-            Some(secret) => text.replace(&secret, "***"),
-            None => text,
+        let mut text = bus_core::scrub_urls(text);
+        for secret in [self.secret(), self.management_secret()]
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.is_empty())
+        {
+            text = text.replace(&secret, "***");
         }
+        text
     }
 }
 
@@ -346,6 +513,14 @@ impl fmt::Debug for AmqpConfig {
             .field("queue_type", &self.queue_type)
             .field("naming", &self.naming)
             .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|_| "<pem>"))
+            .field(
+                "management",
+                &match &self.management {
+                    Management::FromAmqpUrl => "from the AMQP URL".to_string(),
+                    Management::At(url) => bus_core::redact_url(url),
+                    Management::Off => "off".to_string(),
+                },
+            )
             .finish()
     }
 }
@@ -415,6 +590,60 @@ mod tests {
             !naming.is_delay_queue_of("a.delay.1000", "a"),
             "not in the namespace"
         );
+    }
+
+    #[test]
+    fn the_management_api_is_found_from_the_amqp_url_or_given() {
+        let api = AmqpConfig::new("amqp://app:p%40ss@rabbit.internal:5672/%2f")
+            .management_api()
+            .unwrap();
+        assert_eq!(api.base, "http://rabbit.internal:15672");
+        assert_eq!((api.host.as_str(), api.port), ("rabbit.internal", 15672));
+        assert_eq!((api.user.as_str(), api.password.as_str()), ("app", "p@ss"));
+        assert_eq!(api.vhost, "/");
+        let api = AmqpConfig::new("amqp://h/tenant-a")
+            .credentials("u", "pw")
+            .management_api()
+            .unwrap();
+        assert_eq!((api.user.as_str(), api.password.as_str()), ("u", "pw"));
+        assert_eq!(api.vhost, "tenant-a");
+        let api = AmqpConfig::new("amqp://h").management_api().unwrap();
+        assert_eq!((api.user.as_str(), api.vhost.as_str()), ("guest", "/"));
+
+        let given = AmqpConfig::new("amqp://app:pw@h:5672/%2f")
+            .management_url("http://monitor:m0n@admin.internal/rabbitmq/");
+        let api = given.management_api().unwrap();
+        assert_eq!(api.base, "http://admin.internal/rabbitmq");
+        assert_eq!((api.prefix.as_str(), api.port), ("/rabbitmq", 80));
+        assert_eq!(
+            (api.user.as_str(), api.password.as_str()),
+            ("monitor", "m0n")
+        );
+        assert!(!format!("{given:?}").contains("m0n"));
+        assert_eq!(given.scrub("said m0n and pw"), "said *** and ***");
+    }
+
+    #[test]
+    fn the_management_api_is_not_guessed_for_tls_and_can_be_turned_off() {
+        let tls = AmqpConfig::new("amqps://app:pw@h:5671/%2f");
+        assert_eq!(
+            tls.management_api().err(),
+            Some(NoManagement::TlsWithoutUrl)
+        );
+        assert!(tls
+            .management_url("http://h:15672")
+            .management_api()
+            .is_ok());
+        let off = AmqpConfig::new("amqp://h").without_management();
+        assert_eq!(off.management_api().err(), Some(NoManagement::Off));
+        let https = AmqpConfig::new("amqp://h").management_url("https://u:secret@h:15671");
+        match https.management_api() {
+            Err(NoManagement::Invalid(why)) => {
+                assert!(why.contains("only http://"), "{why}");
+                assert!(!why.contains("secret"), "{why}");
+            }
+            other => panic!("https: {:?}", other.map(|a| a.base)),
+        }
     }
 
     #[test]

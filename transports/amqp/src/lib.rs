@@ -8,7 +8,9 @@
 //!
 //! Buses that share a broker stay apart under a namespace ([`AmqpConfig::namespace`]). Through
 //! the `Transport` contract a tool or test can browse an endpoint's input or error queue
-//! without taking its messages, and tear down what a bus declared.
+//! without taking its messages, remove chosen messages from it by id, list the endpoints with
+//! their depths (through the RabbitMQ management API: [`AmqpConfig::management_url`]), and tear
+//! down what a bus declared.
 //!
 //! ## Where things live
 //! - `config`: [`AmqpConfig`] (URL, credentials, timeouts, queue type, namespace) and
@@ -22,6 +24,9 @@
 //! - `subscription`: the consumer of an endpoint's queue, and the ackers of its deliveries.
 //! - `ack_batch`: consumer acks held back and sent as one `multiple` ack.
 //! - `browse`: the messages waiting in a queue, lent and given back.
+//! - `remove`: taking chosen messages out of a queue: lent, the chosen ones acked, the others
+//!   given back.
+//! - `management`: listing the endpoints, through the management HTTP API.
 //! - `teardown`: deleting what `declare` created, after checking what exists.
 //! - `error`: [`AmqpError`], and what the broker's reply codes mean for the bus.
 //! - `wire`: envelope to AMQP properties and back.
@@ -31,7 +36,9 @@ mod browse;
 mod config;
 mod connection;
 mod error;
+mod management;
 mod publish;
+mod remove;
 mod subscription;
 mod teardown;
 mod topology;

@@ -16,12 +16,29 @@ use crate::error::{broker_error, is_not_found, is_precondition_failed};
 use crate::transport::AmqpTransport;
 
 /// A channel for passive declares, replaced after the broker closed it over a miss.
-struct Checker<'t> {
+pub(crate) struct Checker<'t> {
     transport: &'t AmqpTransport,
     channel: Option<Channel>,
 }
 
-impl Checker<'_> {
+/// What a passive declare tells of a queue, at the moment it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct QueueFigures {
+    /// Messages ready to be delivered (not those delivered and not settled).
+    pub(crate) ready: u32,
+    /// Consumers of the queue.
+    pub(crate) consumers: u32,
+}
+
+impl<'t> Checker<'t> {
+    /// Passive declares on a channel of `transport`'s connection, opened when first needed.
+    pub(crate) fn new(transport: &'t AmqpTransport) -> Self {
+        Checker {
+            transport,
+            channel: None,
+        }
+    }
+
     /// The channel, opened if there is none.
     async fn channel(&mut self) -> Result<Channel, TransportError> {
         if let Some(ch) = self.channel.as_ref().filter(|c| c.status().connected()) {
@@ -34,6 +51,14 @@ impl Checker<'_> {
 
     /// Whether the queue `name` exists.
     async fn queue_exists(&mut self, name: &str) -> Result<bool, TransportError> {
+        Ok(self.queue_figures(name).await?.is_some())
+    }
+
+    /// The figures of the queue `name`; `None` when it does not exist.
+    pub(crate) async fn queue_figures(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<QueueFigures>, TransportError> {
         let ch = self.channel().await?;
         let passive = QueueDeclareOptions {
             passive: true,
@@ -43,10 +68,13 @@ impl Checker<'_> {
             .queue_declare(name.into(), passive, FieldTable::default())
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(q) => Ok(Some(QueueFigures {
+                ready: q.message_count(),
+                consumers: q.consumer_count(),
+            })),
             Err(e) if is_not_found(&e) => {
                 self.channel = None;
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(broker_error(format!("looking up queue `{name}`"), e)),
         }
@@ -86,7 +114,8 @@ impl Checker<'_> {
             .map_err(|e| broker_error(format!("deleting queue `{name}`"), e))
     }
 
-    async fn close(self) {
+    /// Close the channel, if one is open.
+    pub(crate) async fn close(self) {
         if let Some(ch) = self.channel {
             let _ = ch.close(200, "checked".into()).await;
         }
@@ -101,10 +130,7 @@ impl AmqpTransport {
         dry_run: bool,
     ) -> Result<Vec<Declared>, TransportError> {
         let naming = &self.inner.config.naming;
-        let mut checker = Checker {
-            transport: self,
-            channel: None,
-        };
+        let mut checker = Checker::new(self);
         let work = async {
             let mut found = Vec::new();
             for ep in &topology.endpoints {
@@ -171,10 +197,7 @@ impl AmqpTransport {
         dry_run: bool,
     ) -> Result<Option<Declared>, TransportError> {
         let name = self.inner.config.naming.events_exchange_name();
-        let mut checker = Checker {
-            transport: self,
-            channel: None,
-        };
+        let mut checker = Checker::new(self);
         let work = async {
             if !checker.exchange_exists(&name).await? {
                 return Ok(None);

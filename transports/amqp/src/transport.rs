@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bus_core::{
-    async_trait, Declared, Envelope, Outgoing, QueueKind, SubscribeOptions, Subscription, Topology,
-    Transport, TransportError,
+    async_trait, Declared, EndpointInfo, Envelope, MessageId, Outgoing, QueueKind,
+    SubscribeOptions, Subscription, Topology, Transport, TransportError,
 };
 use lapin::{Channel, Connection};
 use tokio::time::Instant;
@@ -194,6 +194,40 @@ impl Transport for AmqpTransport {
         limit: usize,
     ) -> Result<Vec<Envelope>, TransportError> {
         self.browse_queue(endpoint, queue, limit).await
+    }
+
+    /// For each id, the oldest message with that id in the queue, taken out; the others stay
+    /// in their order. AMQP 0-9-1 cannot delete one message: the messages are lent one by one
+    /// (at most as many as the queue held when the call started) until every id is found,
+    /// the ones to remove are acked, and the others go back to their places as a browse's do,
+    /// marked redelivered. Messages a consumer holds unsettled are not found.
+    ///
+    /// A queue that does not exist is [`TransportError::Unroutable`]. With quorum queues the
+    /// input queue is refused ([`TransportError::Unsupported`]), as for browsing: each message
+    /// lent counts toward its delivery limit. Each wait on the broker has the connect timeout.
+    async fn remove(
+        &self,
+        endpoint: &str,
+        queue: QueueKind,
+        ids: &[MessageId],
+    ) -> Result<Vec<MessageId>, TransportError> {
+        self.remove_messages(endpoint, queue, ids).await
+    }
+
+    /// The endpoints under this transport's naming (namespace and queue prefix): the input
+    /// queues that have an error queue beside them, named by the RabbitMQ management HTTP API
+    /// (AMQP 0-9-1 cannot list queues; see [`AmqpConfig::management_url`]). The figures are
+    /// those of the moment, asked of each queue over AMQP (the API's lag by a few seconds):
+    /// the depth is the messages ready, without those delivered and not settled yet, which
+    /// AMQP does not tell; the consumers of the input queue; the messages of the error queue.
+    ///
+    /// Without a management API ([`AmqpConfig::without_management`], or an `amqps://` broker
+    /// without a management URL) it is [`TransportError::Unsupported`]; when the API cannot be
+    /// reached, a [`TransportError::Connection`] that says to enable `rabbitmq_management`.
+    /// Without a namespace or prefix, any queue of the virtual host with an `.error` queue
+    /// beside it is listed, other applications' included.
+    async fn endpoints(&self) -> Result<Vec<EndpointInfo>, TransportError> {
+        self.list_endpoints().await
     }
 
     /// Deletes each endpoint's delay queues, input queue and error queue, with their messages,

@@ -23,6 +23,7 @@ pub(crate) const VARIABLES: &[(&str, &str)] = &[
     ("BUS_AMQP_PASSWORD", "amqp_password"),
     ("BUS_PREFIX", "prefix"),
     ("BUS_MEMORY_SERIALIZE", "memory_serialize"),
+    ("BUS_METRICS_ADDR", "metrics_addr"),
 ];
 
 /// The table every setting lives in, in `bus.toml` and in the merged configuration.

@@ -8,6 +8,7 @@
 //! - `open`: opening the transport ([`TransportSettings::open`], [`transport_from_env`]).
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -65,6 +66,7 @@ pub enum QueueKind {
 /// | `tls_ca_file` | `BUS_TLS_CA_FILE` | a CA certificate file (PEM) to trust for `amqps://`, `tls://` and `rediss://` (a private CA): on AMQP besides the public roots, on NATS and Redis instead of the system's; plain URLs ignore it | |
 /// | `amqp_user` | `BUS_AMQP_USER` | AMQP user, instead of the URL's (set with `amqp_password`) | |
 /// | `amqp_password` | `BUS_AMQP_PASSWORD` | AMQP password, instead of the URL's | |
+/// | `metrics_addr` | `BUS_METRICS_ADDR` | where a service serves `/metrics`, `/healthz` and `/readyz` over HTTP (`127.0.0.1:9464`, `0.0.0.0:9464`, `[::1]:9464`) | nothing served |
 ///
 /// The schemes of `url`:
 ///
@@ -149,6 +151,12 @@ pub struct TransportSettings {
     /// handed over as they are, which is faster).
     #[serde(deserialize_with = "de::flag")]
     pub memory_serialize: Option<bool>,
+    /// The address (IP and port, e.g. `127.0.0.1:9464`) on which a service serves its
+    /// operational HTTP endpoints: Prometheus metrics, liveness and readiness. Nothing is
+    /// served when unset. The transport itself ignores it; it lives here so that one file and
+    /// one set of `BUS_*` variables configure a service.
+    #[serde(deserialize_with = "de::socket_addr")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for TransportSettings {
@@ -168,6 +176,7 @@ impl Default for TransportSettings {
             amqp_password: None,
             prefix: None,
             memory_serialize: None,
+            metrics_addr: None,
         }
     }
 }
@@ -189,6 +198,7 @@ impl fmt::Debug for TransportSettings {
             .field("amqp_password", &self.amqp_password.as_ref().map(|_| "***"))
             .field("prefix", &self.prefix)
             .field("memory_serialize", &self.memory_serialize)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }

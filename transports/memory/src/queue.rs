@@ -20,10 +20,11 @@
 //! give them back when dropped.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use bus_core::Envelope;
+use bus_core::{Envelope, MessageId};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -80,6 +81,9 @@ pub(crate) struct Queue {
     /// How many free slots a producer blocked on a full queue waits for before it goes on.
     refill: usize,
     state: Mutex<QueueState>,
+    /// Subscriptions reading the queue and not cancelled. Kept apart from the state: only
+    /// listing endpoints reads it, and subscribing must not wait on the queue's lock for it.
+    consumers: AtomicUsize,
 }
 
 /// How long a producer blocked on a full queue waits for `refill` slots before it settles for one.
@@ -99,6 +103,26 @@ impl Queue {
             // An unbounded queue always has room: nobody ever waits for a refill there.
             refill: capacity.map_or(1, refill_for),
             state: Mutex::new(QueueState::default()),
+            consumers: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether the queue is bounded: an endpoint's input queue, not an error queue.
+    pub(crate) fn bounded(&self) -> bool {
+        self.capacity.is_some()
+    }
+
+    /// Subscriptions reading the queue now.
+    pub(crate) fn consumers(&self) -> usize {
+        self.consumers.load(Ordering::Relaxed)
+    }
+
+    /// A subscription started (`true`) or stopped reading the queue.
+    pub(crate) fn count_consumer(&self, started: bool) {
+        if started {
+            self.consumers.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.consumers.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -128,6 +152,35 @@ impl Queue {
         let drained = state.ready.drain(..).map(|m| m.envelope).collect();
         self.grant(&mut state);
         drained
+    }
+
+    /// Take ready messages out by id, the oldest first: one message for each time an id is
+    /// listed in `ids`. The others keep their order; messages taken by a consumer are not
+    /// looked at. Returns the ids of those removed, in queue order; their room goes to
+    /// blocked producers.
+    pub(crate) fn remove(&self, ids: &[MessageId]) -> Vec<MessageId> {
+        // How many messages to remove for each id.
+        let mut wanted: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for id in ids {
+            *wanted.entry(id.as_str()).or_default() += 1;
+        }
+        let mut removed = Vec::new();
+        let mut state = self.lock();
+        state.ready.retain(|m| {
+            let id = &m.envelope.headers.message_id;
+            match wanted.get_mut(id.as_str()) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    removed.push(id.clone());
+                    false
+                }
+                _ => true,
+            }
+        });
+        if !removed.is_empty() {
+            self.grant(&mut state);
+        }
+        removed
     }
 
     /// Free slots (unbounded: always some).
@@ -552,6 +605,32 @@ mod tests {
             "ahead of newer messages"
         );
         assert_eq!(q.depth(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removing_by_id_takes_the_oldest_ready_match_and_frees_its_room() {
+        let q = full(4);
+        let mut taken = VecDeque::new();
+        q.take_ready(&mut taken, 1); // m-0, held by a consumer
+        assert!(q.try_push(stored(1)).is_err(), "full");
+        let blocked = producer(&q, 9, LONG);
+        until_in_line(&q, 1).await;
+        let of = |v: &[&str]| v.iter().map(|s| MessageId::from(*s)).collect::<Vec<_>>();
+        let removed = q.remove(&of(&["m-2", "m-0", "nope", "m-2"]));
+        assert_eq!(removed, of(&["m-2"]), "only ready messages, each once");
+        assert_eq!(ids(&q), ["m-1", "m-3"], "the others in their order");
+        assert!(
+            blocked.await.expect("producer"),
+            "the freed room went to it"
+        );
+        q.settle(1, std::iter::empty()); // m-0 acked
+        assert!(q.try_push(stored(1)).is_ok(), "a second copy of m-1");
+        assert_eq!(q.remove(&of(&["m-1"])), of(&["m-1"]));
+        assert_eq!(ids(&q), ["m-3", "m-9", "m-1"], "the oldest copy went");
+        assert!(
+            q.remove(&of(&["m-2"])).is_empty(),
+            "removing again removes nothing"
+        );
     }
 
     #[tokio::test]

@@ -56,6 +56,7 @@ pub(crate) struct MemorySubscription {
 impl MemorySubscription {
     /// A consumer of `queue` with at most `prefetch` deliveries unsettled (at least 1).
     pub(crate) fn new(queue: Arc<Queue>, prefetch: usize) -> Self {
+        queue.count_consumer(true);
         MemorySubscription {
             consumer: Arc::new(Consumer {
                 queue,
@@ -68,8 +69,13 @@ impl MemorySubscription {
         }
     }
 
-    /// Return what was taken ahead to the head of the queue, in order.
-    fn give_back(&mut self) {
+    /// Stop reading: no longer counted as a consumer of the queue, and what was taken ahead
+    /// goes back to its head, in order.
+    fn stop(&mut self) {
+        if !self.cancelled {
+            self.cancelled = true;
+            self.consumer.queue.count_consumer(false);
+        }
         let n = self.buffer.len();
         if n > 0 {
             self.consumer.queue.settle(0, self.buffer.drain(..));
@@ -92,7 +98,7 @@ impl MemorySubscription {
 
 impl Drop for MemorySubscription {
     fn drop(&mut self) {
-        self.give_back();
+        self.stop();
     }
 }
 
@@ -102,8 +108,7 @@ impl Subscription for MemorySubscription {
         // No more deliveries: `next` returns `None` from now on, and what was taken ahead goes
         // back to the queue for other consumers. Deliveries already handed out are settled as
         // usual.
-        self.cancelled = true;
-        self.give_back();
+        self.stop();
     }
 
     fn next_now(&mut self) -> Option<Delivery> {

@@ -13,7 +13,7 @@
 //!
 //! Each message is read into an envelope exactly as a delivery is (the `wire` module).
 
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use bus_core::{Destination, Envelope, QueueKind, TransportError};
 
 use crate::config::check_subject_part;
@@ -32,58 +32,111 @@ pub(crate) async fn browse(
     queue: QueueKind,
     limit: usize,
 ) -> Result<Vec<Envelope>, TransportError> {
-    check_subject_part("endpoint name", endpoint)?;
-    let inner = &transport.inner;
-    let config = &inner.config;
-    let (name, destination) = match queue {
-        QueueKind::Input => (
-            config.naming.endpoint_stream(endpoint),
-            Destination::Endpoint(endpoint.into()),
-        ),
-        QueueKind::Errors => (
-            config.naming.error_stream(endpoint),
-            Destination::ErrorQueue(endpoint.into()),
-        ),
-    };
-    let Some(info) = get_stream(&inner.js, config, &name).await? else {
-        return Err(TransportError::Unroutable(format!(
-            "{destination} (no stream `{name}`)"
-        )));
-    };
-    let mut found = Vec::with_capacity(limit.min(info.state.messages as usize));
-    if limit == 0 || info.state.messages == 0 {
+    let mut found = Vec::new();
+    if limit == 0 {
+        // The stream must still exist.
+        Reader::open(transport, endpoint, queue).await?;
         return Ok(found);
     }
-    let stream = inner
-        .js
-        .get_stream_no_info(&name)
-        .await
-        .map_err(|e| api_error(format!("reading stream `{name}`"), e))?;
-    // Messages stored after the browse started are not waited for: the last sequence bounds
-    // the walk. Acks (and deletions) leave gaps, which the "next message from" request skips.
-    let last = info.state.last_sequence;
-    let mut next = info.state.first_sequence.max(1);
-    while found.len() < limit && next <= last {
-        let reading = stream.get_first_raw_message_by_subject(ANY_SUBJECT, next);
+    let Some(mut reader) = Reader::open(transport, endpoint, queue).await? else {
+        return Ok(found);
+    };
+    while found.len() < limit {
+        let Some((_, envelope)) = reader.next().await? else {
+            break;
+        };
+        found.push(envelope);
+    }
+    Ok(found)
+}
+
+/// The messages of an endpoint's stream, read one by one by sequence, oldest first, up to
+/// the last one stored when the reader opened: messages stored later are not waited for.
+pub(crate) struct Reader {
+    /// The stream's name, for errors.
+    pub(crate) name: String,
+    pub(crate) stream: Stream<()>,
+    next: u64,
+    last: u64,
+    request_timeout: std::time::Duration,
+}
+
+impl Reader {
+    /// A reader of `endpoint`'s `queue`; `None` when its stream holds nothing.
+    /// [`TransportError::Unroutable`] when the stream does not exist.
+    pub(crate) async fn open(
+        transport: &NatsTransport,
+        endpoint: &str,
+        queue: QueueKind,
+    ) -> Result<Option<Reader>, TransportError> {
+        check_subject_part("endpoint name", endpoint)?;
+        let inner = &transport.inner;
+        let config = &inner.config;
+        let (name, destination) = match queue {
+            QueueKind::Input => (
+                config.naming.endpoint_stream(endpoint),
+                Destination::Endpoint(endpoint.into()),
+            ),
+            QueueKind::Errors => (
+                config.naming.error_stream(endpoint),
+                Destination::ErrorQueue(endpoint.into()),
+            ),
+        };
+        let Some(info) = get_stream(&inner.js, config, &name).await? else {
+            return Err(TransportError::Unroutable(format!(
+                "{destination} (no stream `{name}`)"
+            )));
+        };
+        if info.state.messages == 0 {
+            return Ok(None);
+        }
+        let stream = inner
+            .js
+            .get_stream_no_info(&name)
+            .await
+            .map_err(|e| api_error(format!("reading stream `{name}`"), e))?;
+        Ok(Some(Reader {
+            name,
+            stream,
+            next: info.state.first_sequence.max(1),
+            last: info.state.last_sequence,
+            request_timeout: config.request_timeout,
+        }))
+    }
+
+    /// The next message, with its sequence; `None` past the last one. Acks and deletions
+    /// leave gaps, which the "next message from" request skips. Each read waits at most the
+    /// request timeout.
+    pub(crate) async fn next(&mut self) -> Result<Option<(u64, Envelope)>, TransportError> {
+        if self.next > self.last {
+            return Ok(None);
+        }
+        let reading = self
+            .stream
+            .get_first_raw_message_by_subject(ANY_SUBJECT, self.next);
         let message = match TransportError::within(
             "reading a message of a stream",
-            config.request_timeout,
+            self.request_timeout,
             reading,
         )
         .await?
         {
             Ok(m) => m,
             // Nothing from `next` on: the rest was acked or removed meanwhile.
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => break,
-            Err(e) => return Err(api_error(format!("reading stream `{name}`"), e)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                self.next = self.last + 1;
+                return Ok(None);
+            }
+            Err(e) => return Err(api_error(format!("reading stream `{}`", self.name), e)),
         };
-        if message.sequence > last {
-            break;
+        if message.sequence > self.last {
+            self.next = self.last + 1;
+            return Ok(None);
         }
-        next = message.sequence + 1;
-        found.push(wire::envelope(Some(&message.headers), message.payload));
+        self.next = message.sequence + 1;
+        let envelope = wire::envelope(Some(&message.headers), message.payload);
+        Ok(Some((message.sequence, envelope)))
     }
-    Ok(found)
 }
 
 impl JetStreamError for async_nats::jetstream::stream::RawMessageError {

@@ -46,7 +46,10 @@
 //!   larger message is refused before it is sent ([`bus_core::TransportError::Refused`],
 //!   naming its size, the limit and how to raise it).
 //! - `browse` reads an endpoint's input or error stream by sequence, oldest first, leaving the
-//!   messages where they are (see [`NatsTransport`]'s `Transport` implementation).
+//!   messages where they are (see [`NatsTransport`]'s `Transport` implementation); `remove`
+//!   deletes chosen messages from it by sequence, found by message id the same way.
+//! - `endpoints` lists the input streams under the naming, with their messages and those of
+//!   their error streams (consumers are not counted: instances share one pull consumer).
 //! - `teardown` deletes what declaring endpoints created: their input, delay and error streams,
 //!   their consumers, and the streams of the events they subscribe to that no other endpoint
 //!   takes; a dry run lists them.
@@ -97,16 +100,19 @@
 //!   progress on, acks waiting for their confirmation.
 //! - `acks`: acks and their confirmations, naks, progress signals.
 //! - `delay`: moving due delayed retries; `limit`: messages past the delivery limit.
-//! - `browse`: reading a queue's messages without consuming them.
+//! - `browse`: reading a queue's messages without consuming them; `remove`: deleting chosen
+//!   ones; `endpoints`: listing the endpoints with their depths.
 //! - `wire`: envelope to NATS headers and back.
 
 mod acks;
 mod browse;
 mod config;
 mod delay;
+mod endpoints;
 mod error;
 mod flight;
 mod limit;
+mod remove;
 mod subscription;
 mod topology;
 mod transport;

@@ -12,18 +12,17 @@ use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::{ConnectErrorKind, ConnectOptions, HeaderMap, ServerAddr};
 use bus_core::probe::{self, Protocol};
 use bus_core::{
-    async_trait, Bytes, Declared, Destination, Envelope, Outgoing, QueueKind, SubscribeOptions,
-    Subscription, Topology, Transport, TransportError, TransportLimits,
+    async_trait, Bytes, Declared, Destination, EndpointInfo, Envelope, MessageId, Outgoing,
+    QueueKind, SubscribeOptions, Subscription, Topology, Transport, TransportError,
+    TransportLimits,
 };
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::browse;
 use crate::config::{check_subject_part, Auth, NatsConfig};
 use crate::error::NatsError;
 use crate::subscription::NatsSubscription;
-use crate::topology;
-use crate::wire;
+use crate::{browse, endpoints, remove, topology, wire};
 
 /// The NATS JetStream transport, on async-nats.
 ///
@@ -648,6 +647,28 @@ impl Transport for NatsTransport {
         limit: usize,
     ) -> Result<Vec<Envelope>, TransportError> {
         browse::browse(self, endpoint, queue, limit).await
+    }
+
+    /// For each id, the oldest message with that id in the endpoint's stream (input) or error
+    /// stream, deleted by its sequence; the others stay in place and in order. Nothing is
+    /// delivered or counted to find them. A message of the input stream being handled right
+    /// now is removed too (its handler still finishes). A queue whose stream does not exist
+    /// is [`TransportError::Unroutable`]. Each request waits at most the request timeout.
+    async fn remove(
+        &self,
+        endpoint: &str,
+        queue: QueueKind,
+        ids: &[MessageId],
+    ) -> Result<Vec<MessageId>, TransportError> {
+        remove::remove(self, endpoint, queue, ids).await
+    }
+
+    /// The endpoints whose input streams exist under this transport's naming (namespace and
+    /// stream prefix), with the messages of their input and error streams. Consumers are
+    /// `None`: the instances of an endpoint share one durable pull consumer, and the server
+    /// does not count the clients pulling from it.
+    async fn endpoints(&self) -> Result<Vec<EndpointInfo>, TransportError> {
+        endpoints::endpoints(self).await
     }
 
     /// Deletes, for each endpoint, its input stream and the consumer on it, its delay stream

@@ -57,9 +57,10 @@ const ENCODED_SUFFIX: &str = "?=";
 /// The JetStream deduplication key of a message.
 ///
 /// The message id alone would make JetStream drop the runtime's delayed-retry copy (same id,
-/// same stream, within the window), so a retry carries its round, and an error-queue entry its
-/// failure time (an entry replayed and failed again is a new entry). A repeated publish of the
-/// same send (after a timeout or reconnect) has the same key, so it is stored once.
+/// same stream, within the window), so a retry carries its round, a message an operator sent
+/// back from the error queue its count of such resends, and an error-queue entry its failure
+/// time (an entry replayed and failed again is a new entry). A repeated publish of the same
+/// send (after a timeout or reconnect) has the same key, so it is stored once.
 pub(crate) fn dedup_id<'a>(
     destination: &Destination,
     headers: &'a Headers,
@@ -69,10 +70,14 @@ pub(crate) fn dedup_id<'a>(
     }
     let id = &headers.message_id;
     match destination {
-        Destination::Endpoint(_) => match headers.delayed_retries() {
-            0 => Some(Cow::Borrowed(id.as_str())),
-            n => Some(Cow::Owned(format!("{id}/retry-{n}"))),
-        },
+        Destination::Endpoint(_) => {
+            let resent = headers.get(bus_core::header::OPERATOR_RETRIES);
+            match (headers.delayed_retries(), resent) {
+                (0, None) => Some(Cow::Borrowed(id.as_str())),
+                (n, None) => Some(Cow::Owned(format!("{id}/retry-{n}"))),
+                (n, Some(r)) => Some(Cow::Owned(format!("{id}/resent-{r}/retry-{n}"))),
+            }
+        }
         Destination::Event(_) => Some(Cow::Borrowed(id.as_str())),
         Destination::ErrorQueue(_) => headers
             .get(bus_core::header::FAILURE_TIME)
@@ -424,6 +429,14 @@ mod tests {
         h.custom
             .insert(bus_core::header::FAILURE_TIME.into(), "T1".into());
         assert_eq!(dedup_id(&err, &h).as_deref(), Some("0190-abc/error/T1"));
+        // Sent back by an operator: a new key for each resend, then for its retries.
+        h.custom.remove(bus_core::header::DELAYED_RETRIES);
+        h.custom
+            .insert(bus_core::header::OPERATOR_RETRIES.into(), "1".into());
+        assert_eq!(
+            dedup_id(&ep, &h).as_deref(),
+            Some("0190-abc/resent-1/retry-0")
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! Looking at an endpoint's streams, and removing what `declare` created: the Redis side of
-//! [`bus_core::Transport::browse`] and [`bus_core::Transport::teardown`]. What they show and
-//! report is described in the crate docs ("Looking and cleaning up").
+//! Looking at an endpoint's streams, taking chosen messages out of them, listing the endpoints,
+//! and removing what `declare` created: the Redis side of [`bus_core::Transport::browse`],
+//! [`bus_core::Transport::remove`], [`bus_core::Transport::endpoints`] and
+//! [`bus_core::Transport::teardown`]. What they show and report is described in the crate docs
+//! ("Looking and cleaning up").
 
 use std::collections::BTreeSet;
 
-use bus_core::{Declared, Envelope, QueueKind, Topology, TransportError};
+use bus_core::{Declared, EndpointInfo, Envelope, MessageId, QueueKind, Topology, TransportError};
 use redis::Value;
 
 use crate::transport::RedisTransport;
@@ -29,6 +31,10 @@ const SCAN_COUNT: usize = 1000;
 
 /// Registry sets handled per script call.
 const SETS_PER_CALL: usize = 256;
+
+/// Stream entries looked at per call of the removal script: a call blocks the server while
+/// it runs, so a long stream is walked a range at a time.
+const ENTRIES_PER_CALL: usize = 1000;
 
 impl RedisTransport {
     /// See the module docs.
@@ -73,6 +79,106 @@ impl RedisTransport {
             .filter_map(|e| e.fields.map(wire::envelope))
             .take(limit)
             .collect())
+    }
+
+    /// See the module docs. The stream is walked oldest first, a range per script call, up
+    /// to its last entry when the call started; each call matches and deletes at once.
+    pub(crate) async fn remove_entries(
+        &self,
+        endpoint: &str,
+        queue: QueueKind,
+        ids: &[MessageId],
+    ) -> Result<Vec<MessageId>, TransportError> {
+        let keys = &self.config().keys;
+        let (stream, group) = match queue {
+            QueueKind::Input => (keys.stream(endpoint), keys.group(endpoint)),
+            QueueKind::Errors => (keys.error_stream(endpoint), String::new()),
+        };
+        let mut removed = Vec::new();
+        if ids.is_empty() {
+            return Ok(removed);
+        }
+        let mut conn = self.conn();
+        let last: Value = self
+            .run(
+                "finding the end of a stream",
+                redis::cmd("XREVRANGE")
+                    .arg(&stream)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let unexpected = |e: String| TransportError::Other {
+            context: format!("removing messages from the {queue} of `{endpoint}`: {e}"),
+            source: None,
+        };
+        let Some(end) = wire::entries(last).map_err(unexpected)?.pop().map(|e| e.id) else {
+            // No stream, or an empty one: nothing to remove.
+            return Ok(removed);
+        };
+        let mut wanted: Vec<MessageId> = ids.to_vec();
+        let mut from = "-".to_string();
+        while !wanted.is_empty() {
+            let mut call = scripts::REMOVE_BY_ID.key(&stream);
+            call.arg(&group)
+                .arg(&from)
+                .arg(&end)
+                .arg(ENTRIES_PER_CALL)
+                .arg(wire::MESSAGE_ID_FIELDS[0])
+                .arg(wire::MESSAGE_ID_FIELDS[1]);
+            for id in &wanted {
+                call.arg(id.as_str());
+            }
+            let reply: Value = self
+                .run("removing messages by id", call.invoke_async(&mut conn))
+                .await?;
+            let (last_seen, looked_at, gone) = removal_reply(reply).map_err(unexpected)?;
+            for id in gone {
+                if let Some(i) = wanted.iter().position(|w| w.as_str() == id) {
+                    removed.push(wanted.swap_remove(i));
+                }
+            }
+            if looked_at < ENTRIES_PER_CALL || last_seen.is_empty() || last_seen == end {
+                break;
+            }
+            from = format!("({last_seen}");
+        }
+        Ok(removed)
+    }
+
+    /// See the module docs: the members of the endpoint registry, with the figures of each.
+    pub(crate) async fn list_endpoints(&self) -> Result<Vec<EndpointInfo>, TransportError> {
+        let keys = &self.config().keys;
+        let mut conn = self.conn();
+        let mut names: Vec<String> = self
+            .run(
+                "reading the endpoint registry",
+                redis::cmd("SMEMBERS")
+                    .arg(keys.endpoints())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let mut call = scripts::ENDPOINT_FIGURES.key(keys.stream(&name));
+            call.key(keys.error_stream(&name)).arg(keys.group(&name));
+            let (depth, consumers, errors): (i64, i64, i64) = self
+                .run(
+                    "reading an endpoint's figures",
+                    call.invoke_async(&mut conn),
+                )
+                .await?;
+            let mut info = EndpointInfo::named(name);
+            info.depth = u64::try_from(depth).ok();
+            info.consumers = u64::try_from(consumers).ok();
+            info.error_depth = u64::try_from(errors).ok();
+            out.push(info);
+        }
+        Ok(out)
     }
 
     /// See the module docs.
@@ -234,6 +340,24 @@ pub(crate) fn reported_set(key: &str, left: i64, members: Vec<String>) -> Vec<De
     }
 }
 
+/// The reply of the removal script: the last entry id looked at (empty when none), how many
+/// entries were looked at, and the message ids removed.
+pub(crate) fn removal_reply(v: Value) -> Result<(String, usize, Vec<String>), String> {
+    let Value::Array(parts) = v else {
+        return Err(format!("unexpected reply: {v:?}"));
+    };
+    let mut it = parts.into_iter();
+    let last = it.next().and_then(wire::text).ok_or("no last id")?;
+    let looked_at = it.next().and_then(wire::int).ok_or("no count")?;
+    let removed = match it.next() {
+        Some(Value::Array(ids)) => ids.into_iter().filter_map(wire::text).collect(),
+        // An empty Lua table comes back as an empty array or as nil.
+        Some(Value::Nil) | None => Vec::new(),
+        Some(other) => return Err(format!("unexpected removed ids: {other:?}")),
+    };
+    Ok((last, usize::try_from(looked_at).unwrap_or(0), removed))
+}
+
 /// The reply of the members script: per set, the members left and those removed.
 pub(crate) fn membership_reply(v: Value) -> Result<Vec<(i64, Vec<String>)>, String> {
     let Value::Array(sets) = v else {
@@ -289,6 +413,23 @@ mod tests {
         );
         assert!(reported_set("bus:subs:X", 0, vec![]).is_empty());
         assert!(reported_set("bus:subs:X", 3, vec![]).is_empty());
+    }
+
+    #[test]
+    fn the_removal_reply_is_read() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            bulk("5-0"),
+            Value::Int(3),
+            Value::Array(vec![bulk("m-1")]),
+        ]);
+        assert_eq!(
+            removal_reply(reply).unwrap(),
+            ("5-0".to_string(), 3, vec!["m-1".to_string()])
+        );
+        let none = Value::Array(vec![bulk(""), Value::Int(0), Value::Nil]);
+        assert_eq!(removal_reply(none).unwrap(), (String::new(), 0, vec![]));
+        assert!(removal_reply(Value::Int(1)).is_err());
     }
 
     #[test]

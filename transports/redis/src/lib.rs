@@ -61,6 +61,18 @@
 //!
 //! An endpoint never declared has nothing to list.
 //!
+//! [`bus_core::Transport::remove`] takes chosen messages out of the same streams by message
+//! id: for each id, the oldest entry with it is deleted (`XDEL`), and in the input stream also
+//! acked in the group (`XACK`), so no consumer takes over an entry that is gone. A script
+//! matches and deletes a range of entries at a time, in one step. An entry being handled right
+//! now is removed too; its handler still finishes.
+//!
+//! [`bus_core::Transport::endpoints`] lists the members of the endpoint registry, sorted, with
+//! the entries of each input stream (still to handle: acked entries are deleted), the
+//! consumers of its group (`XINFO GROUPS`: a subscription joins the group when it starts and
+//! leaves it when it stops; one that stopped without leaving counts until it is pruned) and
+//! the entries of its error stream.
+//!
 //! [`bus_core::Transport::teardown`] deletes what declaring the endpoints created, messages
 //! included, and reports each thing that existed as a [`bus_core::Declared`], in this order
 //! (`<root>` is `bus`, or `<namespace>:bus`; see [`Keys`]):
@@ -110,7 +122,7 @@
 //! ## Where things live
 //! - `config`: [`RedisConfig`] (URL, timeouts, reclaim settings) and [`Keys`].
 //! - `transport`: [`RedisTransport`]: connect, declare, send.
-//! - `admin`: browse and teardown.
+//! - `admin`: browse, remove, the endpoint list and teardown.
 //! - `subscription`: the reader task of a subscription, and its ackers.
 //! - `scripts`: the Lua scripts for the steps that must be atomic.
 //! - `wire`: envelope to stream entry and back; reading stream replies.

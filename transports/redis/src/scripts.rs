@@ -253,3 +253,77 @@ return out
 "#,
     )
 });
+
+/// Remove entries by message id from a stream, one range of it per call: for each id in
+/// `ARGV[7..]` (one per message to remove), the first entry in the range whose message id
+/// field is that id is acked in the group (when one is named: so no consumer takes over a
+/// removed entry) and deleted. Matching and deleting in one step means a consumer never sees
+/// half of it.
+///
+/// `KEYS[1]` the stream; `ARGV[1]` the group or empty, `ARGV[2]` where the range starts (`-`,
+/// or `(` and the last id looked at), `ARGV[3]` where it ends, `ARGV[4]` the most entries to
+/// look at, `ARGV[5]` the message id field, `ARGV[6]` its name in older entries. Returns
+/// `{last id looked at or '', entries looked at, {message ids removed}}`.
+pub(crate) static REMOVE_BY_ID: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local wanted = {}
+for i = 7, #ARGV do
+  wanted[ARGV[i]] = (wanted[ARGV[i]] or 0) + 1
+end
+local entries = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[3], 'COUNT', tonumber(ARGV[4]))
+local removed = {}
+for _, e in ipairs(entries) do
+  local fields = e[2]
+  local id, old
+  for i = 1, #fields, 2 do
+    if fields[i] == ARGV[5] then id = fields[i + 1]
+    elseif fields[i] == ARGV[6] then old = fields[i + 1] end
+  end
+  id = id or old
+  if id and wanted[id] and wanted[id] > 0 then
+    wanted[id] = wanted[id] - 1
+    if ARGV[1] ~= '' then
+      pcall(redis.call, 'XACK', KEYS[1], ARGV[1], e[1])
+    end
+    redis.call('XDEL', KEYS[1], e[1])
+    removed[#removed + 1] = id
+  end
+end
+local last = ''
+if #entries > 0 then
+  last = entries[#entries][1]
+end
+return {last, #entries, removed}
+"#,
+    )
+});
+
+/// The figures of one endpoint: the entries of its input stream (acked ones are deleted, so
+/// those still to handle), the consumers of its group, and the entries of its error stream.
+///
+/// `KEYS[1]` the input stream, `KEYS[2]` the error stream; `ARGV[1]` the group. Returns
+/// `{depth, consumers or -1 without the group, error depth}`.
+pub(crate) static ENDPOINT_FIGURES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local depth, consumers = 0, -1
+if redis.call('TYPE', KEYS[1]).ok == 'stream' then
+  depth = redis.call('XLEN', KEYS[1])
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local name, n
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1]
+      elseif g[i] == 'consumers' then n = g[i + 1] end
+    end
+    if name == ARGV[1] then consumers = n end
+  end
+end
+local errors = 0
+if redis.call('TYPE', KEYS[2]).ok == 'stream' then
+  errors = redis.call('XLEN', KEYS[2])
+end
+return {depth, consumers, errors}
+"#,
+    )
+});

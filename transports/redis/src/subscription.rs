@@ -212,6 +212,23 @@ impl Reader {
             renew: now + renew_every,
             prune: now + config.reclaim_idle,
         };
+        // Join the group at once, not with the first entry read, so the group counts this
+        // consumer while the stream is empty too (the endpoint list shows it). Best effort:
+        // without the group, the first round declares it again and reading joins it.
+        let mut join = redis::cmd("XGROUP");
+        join.arg("CREATECONSUMER")
+            .arg(&self.shared.stream)
+            .arg(&self.shared.group)
+            .arg(&self.shared.consumer);
+        let _ = self
+            .shared
+            .transport
+            .run_within(
+                "joining the consumer group",
+                config.operation_timeout,
+                join.query_async::<i64>(&mut self.conn),
+            )
+            .await;
         let mut backoff = Duration::from_millis(100);
         while !self.stop.is_cancelled() {
             match self.round(&mut at, renew_every).await {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bus_core::probe::{self, Protocol};
 use bus_core::{
-    async_trait, Declared, Destination, EndpointTopology, Envelope, Outgoing, QueueKind,
-    SubscribeOptions, Subscription, Topology, Transport, TransportError,
+    async_trait, Declared, Destination, EndpointInfo, EndpointTopology, Envelope, MessageId,
+    Outgoing, QueueKind, SubscribeOptions, Subscription, Topology, Transport, TransportError,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, ErrorKind, RedisResult, ServerErrorKind};
@@ -598,6 +598,28 @@ impl Transport for RedisTransport {
         limit: usize,
     ) -> Result<Vec<Envelope>, TransportError> {
         self.browse_stream(endpoint, queue, limit).await
+    }
+
+    /// For each id, the oldest entry with that id in the endpoint's input or error stream,
+    /// deleted (`XDEL`), and, in the input stream, acked in the group so no consumer takes it
+    /// over; the others stay in place and in order. Each range of the stream is matched and
+    /// deleted in one script call, so a consumer never sees half of it. An entry of the input
+    /// stream being handled right now is removed too (its handler still finishes). A stream
+    /// that does not exist has nothing to remove. See the crate docs.
+    async fn remove(
+        &self,
+        endpoint: &str,
+        queue: QueueKind,
+        ids: &[MessageId],
+    ) -> Result<Vec<MessageId>, TransportError> {
+        self.remove_entries(endpoint, queue, ids).await
+    }
+
+    /// The endpoints of the registry under this transport's keys, with the entries of their
+    /// input streams (those still to handle: acked entries are deleted), the consumers of their
+    /// groups, and the entries of their error streams. See the crate docs.
+    async fn endpoints(&self) -> Result<Vec<EndpointInfo>, TransportError> {
+        self.list_endpoints().await
     }
 
     /// Delete the endpoints' streams (consumer groups included), error streams and delay sets,

@@ -41,6 +41,9 @@ mod legacy {
     pub(super) const SENT_TIME: &str = "timestamp";
 }
 
+/// The fields that may hold the message id, the current name first.
+pub(crate) const MESSAGE_ID_FIELDS: [&str; 2] = [MESSAGE_ID, legacy::MESSAGE_ID];
+
 /// Field names a custom header cannot take. The old names stay reserved, so that a new entry
 /// never has a custom header an old entry's reader (this one) would take for a well-known one.
 const RESERVED: &[&str] = &[

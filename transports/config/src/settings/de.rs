@@ -1,6 +1,7 @@
 //! Deserializers that accept both TOML values and the verbatim strings of the environment.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -107,4 +108,27 @@ pub(super) fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, 
             "expected a string (in bus.toml, put the value in quotes)",
         )),
     }
+}
+
+/// A socket address to listen on: an IP address and a port, `127.0.0.1:9464` or
+/// `[::1]:9464`. Host names are refused rather than resolved, so loading the configuration
+/// never waits on a name server and the address served is the one written.
+pub(super) fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Option<SocketAddr>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an IP address and port such as \"127.0.0.1:9464\"")
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            let text = text.trim();
+            text.parse::<SocketAddr>().map(Some).map_err(|_| {
+                E::custom(format!(
+                    "`{text}` is not a socket address; use an IP address and a port, e.g. \
+                     \"127.0.0.1:9464\" (this machine only) or \"0.0.0.0:9464\" (every interface)"
+                ))
+            })
+        }
+    }
+    d.deserialize_any(V)
 }

@@ -227,3 +227,45 @@ fn invalid_combinations() {
         "{e}"
     );
 }
+
+#[test]
+fn metrics_addr_is_unset_by_default_and_read_from_the_file_or_the_environment() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        assert_eq!(TransportSettings::load().map_err(err)?.metrics_addr, None);
+
+        jail.create_file("bus.toml", "[transport]\nmetrics_addr = \"[::1]:9464\"")?;
+        let s = TransportSettings::load().map_err(err)?;
+        assert_eq!(s.metrics_addr, Some("[::1]:9464".parse().unwrap()));
+
+        jail.set_env("BUS_METRICS_ADDR", " 0.0.0.0:9100 ");
+        let s = TransportSettings::load().map_err(err)?;
+        assert_eq!(s.metrics_addr, Some("0.0.0.0:9100".parse().unwrap()));
+        Ok(())
+    });
+}
+
+#[test]
+fn an_unparsable_metrics_addr_names_the_setting() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        for bad in ["9464", "localhost:9464", "127.0.0.1", "127.0.0.1:http"] {
+            jail.set_env("BUS_METRICS_ADDR", bad);
+            let e = TransportSettings::load().unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid(_)), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains("BUS_METRICS_ADDR"), "{text}");
+            assert!(
+                text.contains(&format!("`{bad}` is not a socket address")),
+                "{text}"
+            );
+        }
+        jail.set_env("BUS_METRICS_ADDR", "");
+
+        jail.create_file("bus.toml", "[transport]\nmetrics_addr = 9464")?;
+        let text = TransportSettings::load().unwrap_err().to_string();
+        assert!(text.contains("`transport.metrics_addr`"), "{text}");
+        assert!(text.contains("127.0.0.1:9464"), "{text}");
+        Ok(())
+    });
+}
