@@ -337,10 +337,13 @@ struct Consuming {
     batched: bool,
     /// Handlers at once on the endpoint.
     concurrency: usize,
+    /// `BusBuilder::telemetry`; its default when `None`.
+    telemetry: Option<bool>,
 }
 
 /// As the raw side: acks one by one, one handler at a time.
 const LIKE_RAW: Consuming = Consuming {
+    telemetry: None,
     batched: false,
     concurrency: BUS_CONCURRENCY,
 };
@@ -366,6 +369,10 @@ async fn command_bus(
                 .concurrency(consuming.concurrency)
         })
         .host([ENDPOINT]);
+    let builder = match consuming.telemetry {
+        Some(on) => builder.telemetry(on),
+        None => builder,
+    };
     if publish_only {
         builder.build().await.expect("bus builds")
     } else {
@@ -1010,6 +1017,35 @@ pub fn publish_and_fanout(scale: &Scale, url: &str) -> Vec<Row> {
             .note("lapin: topic exchange, 3 bound queues"),
     );
     rows
+}
+
+/// Case 7 (AMQP part): end to end, the bus with its spans and metrics on under an installed
+/// SDK against the same bus with them off, in turns.
+#[cfg(feature = "telemetry")]
+pub fn telemetry(scale: &Scale, url: &str) -> Vec<Row> {
+    crate::telemetry::install();
+    let case = "amqp end to end, tracing and metrics on";
+    let n = scale.amqp_messages / 2;
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for round in 1..=scale.amqp_rounds {
+        progress(format!("{case}: round {round}, on ({n} msgs)"));
+        let how = Consuming {
+            telemetry: Some(true),
+            ..LIKE_RAW
+        };
+        on.push(bus_e2e_throughput(url, n, BODY, 1_000, how).rate);
+        progress(format!("{case}: round {round}, off ({n} msgs)"));
+        let how = Consuming {
+            telemetry: Some(false),
+            ..LIKE_RAW
+        };
+        off.push(bus_e2e_throughput(url, n, BODY, 1_000, how).rate);
+    }
+    let sum = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    vec![
+        Row::new(case, "throughput", "msg/s", sum(&on), sum(&off), true)
+            .note("the same bus with telemetry off; SDK: all spans sampled, batch processor"),
+    ]
 }
 
 /// Case 5 (AMQP part): end-to-end throughput by body size.

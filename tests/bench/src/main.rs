@@ -28,6 +28,8 @@ mod probe;
 mod report;
 mod rss;
 mod streams;
+#[cfg(feature = "telemetry")]
+mod telemetry;
 
 use std::time::{Duration, Instant};
 
@@ -45,7 +47,7 @@ struct Args {
     json: bool,
     /// Run only the cases whose group name contains this text: `memory-commands`,
     /// `memory-producers`, `memory-events`, `amqp-e2e`, `amqp-publish`, `amqp-sizes`,
-    /// `nats-e2e`, `redis-e2e`, `footprint`.
+    /// `nats-e2e`, `redis-e2e`, `footprint`, and with `--features telemetry` `telemetry`.
     #[arg(long)]
     only: Option<String>,
     /// The broker of the AMQP cases.
@@ -271,6 +273,20 @@ fn main() {
             Ok(()) => rows.extend(once_more("redis-e2e", || {
                 streams::end_to_end(&scale, &args.redis_url)
             })),
+        }
+    }
+    #[cfg(feature = "telemetry")]
+    if args
+        .only
+        .as_deref()
+        .is_some_and(|o| "telemetry".contains(o))
+    {
+        // Only when asked for: the SDK it installs stays for the rest of the process.
+        rows.extend(memory::telemetry(&scale));
+        if !args.no_amqp && amqp::reachable(&args.amqp_url).is_ok() {
+            rows.extend(once_more("telemetry", || {
+                amqp::telemetry(&scale, &args.amqp_url)
+            }));
         }
     }
     if wanted("footprint") {

@@ -37,6 +37,8 @@ struct Shape {
     handlers: usize,
     /// No-op layers around every handler attempt on the bus side (`BusBuilder::layer`).
     layers: usize,
+    /// `BusBuilder::telemetry` on the bus side; its default when `None`.
+    telemetry: Option<bool>,
 }
 
 impl Shape {
@@ -46,6 +48,7 @@ impl Shape {
             producers: 1,
             handlers,
             layers: 0,
+            telemetry: None,
         }
     }
 }
@@ -126,6 +129,7 @@ pub fn producers(scale: &Scale) -> Vec<Row> {
             producers,
             handlers: producers,
             layers: 0,
+            telemetry: None,
         };
         let case = format!(
             "memory commands, {}, {}",
@@ -144,6 +148,32 @@ pub fn producers(scale: &Scale) -> Vec<Row> {
         );
     }
     rows
+}
+
+/// Case 7 (memory part): one producer, one handler, the bus with its spans and metrics on
+/// under an installed SDK against the same bus with them off, taken in turns.
+#[cfg(feature = "telemetry")]
+pub fn telemetry(scale: &Scale) -> Vec<Row> {
+    crate::telemetry::install();
+    let case = "memory commands, 1 handler, tracing and metrics on";
+    progress(format!("{case}: in turns with them off"));
+    let off = Shape {
+        telemetry: Some(false),
+        ..Shape::one_producer(1)
+    };
+    let on = Shape {
+        telemetry: Some(true),
+        ..off
+    };
+    let (on, off) = repeat_in_turns(
+        scale,
+        || bus_commands(scale, on),
+        || bus_commands(scale, off),
+    );
+    vec![
+        Row::new(case, "throughput", "msg/s", on.per_sec, off.per_sec, true)
+            .note("the same bus with telemetry off; SDK: all spans sampled, batch processor"),
+    ]
 }
 
 /// Case 2: one event to three endpoints.
@@ -305,6 +335,9 @@ fn bus_commands(scale: &Scale, shape: Shape) -> Figures {
             .host(["bench-mem"]);
         for _ in 0..shape.layers {
             builder = builder.layer(NoopLayer);
+        }
+        if let Some(on) = shape.telemetry {
+            builder = builder.telemetry(on);
         }
         let bus = builder.start().await.expect("bus starts");
         let send = |stamp: bool| {
