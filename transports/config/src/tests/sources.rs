@@ -269,3 +269,56 @@ fn an_unparsable_metrics_addr_names_the_setting() {
         Ok(())
     });
 }
+
+#[test]
+fn the_prefix_and_memory_serialize_come_from_the_file_or_the_environment() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file(
+            "bus.toml",
+            r#"
+            [transport]
+            url = "nats://127.0.0.1:4222"
+            prefix = "staging"
+            "#,
+        )?;
+        jail.set_env("BUS_MEMORY_SERIALIZE", "true");
+        let s = TransportSettings::load().map_err(err)?;
+        assert_eq!(s.prefix.as_deref(), Some("staging"));
+        assert_eq!(s.memory_serialize, Some(true));
+        let config = s.nats_config("billing").map_err(err)?;
+        assert!(
+            config
+                .naming
+                .command_subject("billing")
+                .starts_with("staging."),
+            "the namespace reaches the NATS names"
+        );
+        jail.set_env("BUS_PREFIX", "test-42");
+        let s = TransportSettings::load().map_err(err)?;
+        assert_eq!(s.prefix.as_deref(), Some("test-42"), "the environment wins");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_prefix_brokers_cannot_use_names_the_setting() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.set_env("BUS_TRANSPORT", "redis://127.0.0.1:6379");
+        jail.set_env("BUS_PREFIX", "has space");
+        let e = TransportSettings::load().expect_err("an unusable prefix");
+        assert!(
+            matches!(
+                e,
+                ConfigError::InvalidSetting {
+                    setting: "prefix",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("has space"), "{e}");
+        Ok(())
+    });
+}
