@@ -97,7 +97,7 @@ use opentelemetry::{InstrumentationScope, Key};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -386,7 +386,7 @@ impl TelemetryBuilder {
         // Everything fallible is built before anything global is installed, so an error
         // leaves the process as it was. Dropping `telemetry` on an error path shuts down
         // what was built.
-        let mut otel_layer = None;
+        let otel_layer;
         if let Some(target) = &settings.traces {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
@@ -413,6 +413,27 @@ impl TelemetryBuilder {
             );
             telemetry.tracer_provider = Some(provider);
             telemetry.traces = Some(target.clone());
+        } else {
+            // Not exporting, yet a link in someone's trace: a message that arrives with a
+            // sampled `traceparent` gets a span (recorded, then dropped: no exporter) whose
+            // context the messages its handler sends carry on, so the trace does not break at
+            // this service. A message without one starts nothing: the root sampler is off.
+            let provider = SdkTracerProvider::builder()
+                .with_resource(resource.clone())
+                .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+                .build();
+            let tracer = provider.tracer_with_scope(
+                InstrumentationScope::builder(SCOPE)
+                    .with_version(env!("CARGO_PKG_VERSION"))
+                    .build(),
+            );
+            let trace_filter = parse_filter("the trace filter", self.trace_filter.clone())?;
+            otel_layer = Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(trace_filter),
+            );
+            telemetry.tracer_provider = Some(provider);
         }
 
         let registry = prometheus::Registry::new();
