@@ -30,6 +30,7 @@
 
 mod error;
 mod ops;
+pub mod rates;
 mod records;
 pub mod render;
 pub mod ui;

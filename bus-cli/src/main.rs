@@ -74,6 +74,11 @@ enum Command {
         /// address that is not loopback.
         #[arg(long, env = "BUS_UI_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// A service's metrics address (`http://host:9464/metrics`, what it serves on
+        /// BUS_METRICS_ADDR), to show how many messages each endpoint handles per second;
+        /// repeat it for each service, or list them in BUS_UI_METRICS, comma-separated.
+        #[arg(long = "metrics", env = "BUS_UI_METRICS", value_delimiter = ',')]
+        metrics: Vec<String>,
     },
 }
 
@@ -174,7 +179,7 @@ async fn main() -> ExitCode {
 /// Run the command and return what to print.
 async fn run(cli: &Cli) -> Result<String, CliError> {
     // Refuse an unguarded network address before connecting to anything.
-    if let Command::Ui { listen, token } = &cli.command {
+    if let Command::Ui { listen, token, .. } = &cli.command {
         Access::for_listen(*listen, token.clone())?;
     }
     let mut settings = TransportSettings::load()?;
@@ -200,7 +205,12 @@ async fn run(cli: &Cli) -> Result<String, CliError> {
 }
 
 /// `bus ui`: serve the page until Ctrl-C or SIGTERM.
-async fn serve_ui(listen: SocketAddr, ops: Operations, access: Access) -> Result<String, CliError> {
+async fn serve_ui(
+    listen: SocketAddr,
+    ops: Operations,
+    access: Access,
+    rates: Option<bus_cli::rates::Rates>,
+) -> Result<String, CliError> {
     let io = |context: String| move |source| CliError::Io { context, source };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -219,9 +229,13 @@ async fn serve_ui(listen: SocketAddr, ops: Operations, access: Access) -> Result
         let signal = bus_core::stop_signal().await;
         let _ = stopped_tx.send(signal);
     };
-    ui::serve(listener, ui::router(ops, access), shutdown)
-        .await
-        .map_err(io(format!("serving on {addr}")))?;
+    ui::serve(
+        listener,
+        ui::router_with_rates(ops, access, rates),
+        shutdown,
+    )
+    .await
+    .map_err(io(format!("serving on {addr}")))?;
     Ok(match stopped_rx.await {
         Ok(signal) => format!("bus ui: stopped ({signal})\n"),
         Err(_) => String::new(),
@@ -330,9 +344,15 @@ async fn command(cli: &Cli, ops: &Operations) -> Result<String, CliError> {
                 || format!("published {message_type} {id}\n"),
             )
         }
-        Command::Ui { listen, token } => {
+        Command::Ui {
+            listen,
+            token,
+            metrics,
+        } => {
             let access = Access::for_listen(*listen, token.clone())?;
-            serve_ui(*listen, ops.clone(), access).await?
+            let rates = (!metrics.is_empty())
+                .then(|| bus_cli::rates::Rates::start(metrics.clone(), Duration::from_secs(5)));
+            serve_ui(*listen, ops.clone(), access, rates).await?
         }
     })
 }

@@ -192,7 +192,11 @@ pub(super) async fn endpoints(State(ui): State<Shared>) -> Response {
     match ui.ops.endpoints().await {
         Ok(found) => {
             let rows: Vec<EndpointRow> = found.into_iter().map(Into::into).collect();
-            html(StatusCode::OK, pages::endpoints(&links, &rows))
+            let rates = ui.rates.as_ref().map(|r| r.per_second());
+            html(
+                StatusCode::OK,
+                pages::endpoints(&links, &rows, rates.as_ref()),
+            )
         }
         Err(error) => failure(&links, &error),
     }

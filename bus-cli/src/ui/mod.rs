@@ -50,6 +50,7 @@ use axum::Router;
 
 use crate::error::CliError;
 use crate::ops::Operations;
+use crate::rates::Rates;
 
 /// The shortest token `--token` takes: a token guards retry and delete on a network address,
 /// so one that can be guessed guards nothing.
@@ -189,13 +190,21 @@ impl fmt::Debug for Access {
 struct Ui {
     ops: Operations,
     access: Access,
+    /// Messages handled per second, when the services' metrics addresses were given.
+    rates: Option<Rates>,
 }
 
 type Shared = Arc<Ui>;
 
 /// The pages over `ops`, guarded by `access`. Serve it with [`serve`] (or `axum::serve`).
 pub fn router(ops: Operations, access: Access) -> Router {
-    let ui: Shared = Arc::new(Ui { ops, access });
+    router_with_rates(ops, access, None)
+}
+
+/// [`router`], with a column of messages handled per second on the endpoints page, read from
+/// the services' metrics by `rates`.
+pub fn router_with_rates(ops: Operations, access: Access, rates: Option<Rates>) -> Router {
+    let ui: Shared = Arc::new(Ui { ops, access, rates });
     Router::new()
         .route("/", get(handlers::endpoints))
         .route("/endpoints/{name}/errors", get(handlers::errors))

@@ -145,14 +145,24 @@ pub(super) fn failed(links: &Links, status: StatusCode, why: &str) -> String {
 }
 
 /// `/`: the endpoints, each linking to its failed messages.
-pub(super) fn endpoints(links: &Links, rows: &[EndpointRow]) -> String {
+pub(super) fn endpoints(
+    links: &Links,
+    rows: &[EndpointRow],
+    rates: Option<&std::collections::HashMap<String, f64>>,
+) -> String {
     let mut content = String::from("<h1>Endpoints</h1>\n");
     if rows.is_empty() {
         content.push_str("<p>The transport knows no endpoints yet: they appear once a service has started on it.</p>");
         return layout("Endpoints", links, &[], &content);
     }
-    content.push_str(
-        "<table>\n<thead><tr><th>Endpoint</th><th class=\"n\">Waiting</th><th class=\"n\">Consumers</th><th class=\"n\">Failed</th></tr></thead>\n<tbody>\n",
+    let rate_head = if rates.is_some() {
+        "<th class=\"n\">Handled/s</th>"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        content,
+        "<table>\n<thead><tr><th>Endpoint</th><th class=\"n\">Waiting</th><th class=\"n\">Consumers</th><th class=\"n\">Failed</th>{rate_head}</tr></thead>\n<tbody>"
     );
     for row in rows {
         let href = links.errors(&row.name, &Filter::default(), &[]);
@@ -162,9 +172,19 @@ pub(super) fn endpoints(links: &Links, rows: &[EndpointRow]) -> String {
         } else {
             "n"
         };
+        let rate = match rates {
+            Some(rates) => format!(
+                r#"<td class="n" data-rate-of="{}">{}</td>"#,
+                esc(&row.name),
+                rates
+                    .get(&row.name)
+                    .map_or("-".to_string(), |r| format!("{r:.1}"))
+            ),
+            None => String::new(),
+        };
         let _ = writeln!(
             content,
-            r#"<tr><td><a href="{href}">{name}</a></td><td class="n">{waiting}</td><td class="n">{consumers}</td><td class="{class}" data-failed-of="{name}"><a href="{href}">{failed}</a></td></tr>"#,
+            r#"<tr><td><a href="{href}">{name}</a></td><td class="n">{waiting}</td><td class="n">{consumers}</td><td class="{class}" data-failed-of="{name}"><a href="{href}">{failed}</a></td>{rate}</tr>"#,
             href = esc(&href),
             name = esc(&row.name),
             waiting = known(&row.depth),
@@ -172,7 +192,7 @@ pub(super) fn endpoints(links: &Links, rows: &[EndpointRow]) -> String {
         );
     }
     content.push_str(
-        "</tbody>\n</table>\n<p class=\"muted\">Waiting: messages in the input queue. Failed: messages in the error queue. <code>-</code>: the transport cannot tell.</p>",
+        "</tbody>\n</table>\n<p class=\"muted\">Waiting: messages in the input queue. Failed: messages in the error queue. Handled/s: from the services' metrics, when <code>bus ui --metrics</code> names them. <code>-</code>: not known.</p>",
     );
     layout("Endpoints", links, &[], &content)
 }
@@ -582,7 +602,7 @@ mod tests {
             consumers: Some(1),
             error_depth: Some(2),
         }];
-        let page = endpoints(&Links::new(None), &rows);
+        let page = endpoints(&Links::new(None), &rows, None);
         assert!(!page.contains("<script>"), "{page}");
         assert!(page.contains("&lt;script&gt;"));
     }
