@@ -40,7 +40,8 @@ fn known<T: ToString>(value: &Option<T>) -> String {
 /// let rows = [EndpointRow { name: "sales".into(), depth: Some(3), consumers: None, error_depth: Some(1) }];
 /// assert_eq!(
 ///     render::endpoints(&rows),
-///     "ENDPOINT  WAITING  CONSUMERS  FAILED\nsales     3        -          1\n"
+///     "ENDPOINT  WAITING  CONSUMERS  FAILED\nsales     3        -          1\n\
+///      (-: the transport cannot tell)\n"
 /// );
 /// ```
 pub fn endpoints(rows: &[EndpointRow]) -> String {
@@ -58,7 +59,14 @@ pub fn endpoints(rows: &[EndpointRow]) -> String {
             ]
         })
         .collect();
-    table(&["ENDPOINT", "WAITING", "CONSUMERS", "FAILED"], &cells)
+    let mut out = table(&["ENDPOINT", "WAITING", "CONSUMERS", "FAILED"], &cells);
+    let unknown = rows
+        .iter()
+        .any(|r| r.depth.is_none() || r.consumers.is_none() || r.error_depth.is_none());
+    if unknown {
+        out.push_str("(-: the transport cannot tell)\n");
+    }
+    out
 }
 
 /// `bus errors list`.
