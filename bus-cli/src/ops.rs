@@ -96,27 +96,45 @@ impl Operations {
     }
 
     /// Send the selected failed messages back to `endpoint`'s input queue, each with its own
-    /// message id and its failure headers kept as history, and take each out of the error
-    /// queue only once the transport accepted its resend: a crash in between sends it twice,
-    /// never loses it.
+    /// message id and its failure headers kept as history, and take them out of the error
+    /// queue only once the transport accepted their resends: a crash in between sends them
+    /// twice, never loses one. They are taken out in one call at the end (on AMQP each removal
+    /// reads the queue up to the message), also when a resend fails part way: then those
+    /// already resent are taken out and the error is returned.
     pub async fn retry(&self, endpoint: &str, selection: &Selection) -> Result<Outcome, CliError> {
         let (chosen, not_found) = self.select(endpoint, selection).await?;
-        let mut done = Vec::new();
-        for failed in chosen {
-            let id = failed.envelope().headers.message_id.clone();
-            self.transport
+        let destination = Destination::Endpoint(Arc::from(endpoint));
+        let mut resent: Vec<MessageId> = Vec::with_capacity(chosen.len());
+        let mut failed_send = None;
+        for failed in &chosen {
+            let sent = self
+                .transport
                 .send(Outgoing {
-                    destination: Destination::Endpoint(Arc::from(endpoint)),
+                    destination: destination.clone(),
                     envelope: for_retry(failed.envelope()),
                     delay: None,
                 })
-                .await?;
-            self.transport
-                .remove(endpoint, QueueKind::Errors, std::slice::from_ref(&id))
-                .await?;
-            done.push(id.to_string());
+                .await;
+            match sent {
+                Ok(()) => resent.push(failed.envelope().headers.message_id.clone()),
+                Err(error) => {
+                    failed_send = Some(error);
+                    break;
+                }
+            }
         }
-        Ok(Outcome { done, not_found })
+        if !resent.is_empty() {
+            self.transport
+                .remove(endpoint, QueueKind::Errors, &resent)
+                .await?;
+        }
+        if let Some(error) = failed_send {
+            return Err(error.into());
+        }
+        Ok(Outcome {
+            done: resent.iter().map(ToString::to_string).collect(),
+            not_found,
+        })
     }
 
     /// Delete the selected failed messages.
@@ -173,26 +191,37 @@ impl Operations {
         message_type: &str,
         json: &str,
     ) -> Result<MessageId, CliError> {
-        let envelope = new_envelope(message_type, json)?;
-        let id = envelope.headers.message_id.clone();
-        self.transport
-            .send(Outgoing {
-                destination: Destination::Endpoint(Arc::from(endpoint)),
-                envelope,
-                delay: None,
-            })
-            .await?;
-        Ok(id)
+        self.send_new(
+            Destination::Endpoint(Arc::from(endpoint)),
+            message_type,
+            json,
+        )
+        .await
     }
 
     /// Publish an event, given as JSON, to every endpoint subscribed to `message_type`; its
     /// new message id.
     pub async fn publish(&self, message_type: &str, json: &str) -> Result<MessageId, CliError> {
+        self.send_new(
+            Destination::Event(Arc::from(message_type)),
+            message_type,
+            json,
+        )
+        .await
+    }
+
+    /// A new message of `message_type` with `json` as its body, to `destination`; its id.
+    async fn send_new(
+        &self,
+        destination: Destination,
+        message_type: &str,
+        json: &str,
+    ) -> Result<MessageId, CliError> {
         let envelope = new_envelope(message_type, json)?;
         let id = envelope.headers.message_id.clone();
         self.transport
             .send(Outgoing {
-                destination: Destination::Event(Arc::from(message_type)),
+                destination,
                 envelope,
                 delay: None,
             })

@@ -205,6 +205,35 @@ pub fn decode_any(
     out.ok_or_else(|| CodecError::Decode("the codec produced no value".into()))
 }
 
+/// Decode an envelope as a message of type `M`, whatever its body form: the typed value
+/// itself when the transport carried it in-process, else its bytes with the codec of its
+/// content type. A message of another type is an error.
+pub fn decode_envelope_as<M: Message>(
+    codecs: &Codecs,
+    envelope: &Envelope,
+) -> Result<M, CodecError> {
+    let headers = &envelope.headers;
+    if headers.message_type != M::NAME {
+        return Err(CodecError::Decode(format!(
+            "the message is a `{}`, not a `{}`",
+            headers.message_type,
+            M::NAME
+        )));
+    }
+    match &envelope.body {
+        Body::Message(m) => m
+            .downcast_ref::<M>()
+            .cloned()
+            .ok_or_else(|| CodecError::Decode(format!("the body is not a `{}`", M::NAME))),
+        Body::Bytes(bytes) => {
+            let codec = codecs.get(&headers.content_type).ok_or_else(|| {
+                CodecError::UnsupportedContentType(headers.content_type.to_string())
+            })?;
+            decode::<M>(&**codec, bytes)
+        }
+    }
+}
+
 /// Decode an envelope into a message of run-time type, whatever its body form.
 pub fn decode_envelope(
     codecs: &Codecs,

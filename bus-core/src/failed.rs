@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use crate::codec::{decode, decode_envelope, Codecs};
-use crate::envelope::{header, Body, Envelope};
+use crate::codec::{decode_envelope, decode_envelope_as, Codecs};
+use crate::envelope::{header, Envelope};
 use crate::error::CodecError;
 use crate::message::{AnyMessage, Message};
 
@@ -94,30 +94,7 @@ impl FailedMessage {
 
     /// The message, decoded as `M`; an error when it is another type or does not decode.
     pub fn decode<M: Message>(&self, codecs: &Codecs) -> Result<M, CodecError> {
-        if self.message_type() != M::NAME {
-            return Err(CodecError::Decode(format!(
-                "the message is a `{}`, not a `{}`",
-                self.message_type(),
-                M::NAME
-            )));
-        }
-        match &self.envelope.body {
-            Body::Message(m) => m
-                .as_any()
-                .downcast_ref::<M>()
-                .cloned()
-                .ok_or_else(|| CodecError::Decode(format!("the body is not a `{}`", M::NAME))),
-            Body::Bytes(bytes) => {
-                let codec = codecs
-                    .get(&self.envelope.headers.content_type)
-                    .ok_or_else(|| {
-                        CodecError::UnsupportedContentType(
-                            self.envelope.headers.content_type.to_string(),
-                        )
-                    })?;
-                decode::<M>(&**codec, bytes)
-            }
-        }
+        decode_envelope_as(codecs, &self.envelope)
     }
 
     /// The message, decoded as whatever registered type its wire name names (to send it

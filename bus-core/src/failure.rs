@@ -35,6 +35,35 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    /// Every reason, in the order declared.
+    pub const ALL: [FailureReason; 11] = [
+        FailureReason::HandlerError,
+        FailureReason::Panic,
+        FailureReason::Timeout,
+        FailureReason::DispatchFailed,
+        FailureReason::Deserialization,
+        FailureReason::UnknownMessageType,
+        FailureReason::MissingHeader,
+        FailureReason::UnsupportedContentType,
+        FailureReason::TooLarge,
+        FailureReason::DeliveryLimit,
+        FailureReason::Rejected,
+    ];
+
+    /// The reason a `bus-failure-reason` header value names; `None` for one this version does
+    /// not know.
+    ///
+    /// ```
+    /// use bus_core::FailureReason;
+    ///
+    /// assert_eq!(FailureReason::parse("timeout"), Some(FailureReason::Timeout));
+    /// assert!(FailureReason::ALL.iter().all(|r| FailureReason::parse(r.as_str()) == Some(*r)));
+    /// assert_eq!(FailureReason::parse("unheard-of"), None);
+    /// ```
+    pub fn parse(text: &str) -> Option<FailureReason> {
+        FailureReason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
     /// The header value.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -92,7 +92,9 @@ mod worker;
 
 pub use builder::BusBuilder;
 pub use bus::{Bus, BusStats, Health, ShutdownReport};
-pub use codec::{decode, decode_any, decode_envelope, encode, Codec, Codecs, JsonCodec, JSON};
+pub use codec::{
+    decode, decode_any, decode_envelope, decode_envelope_as, encode, Codec, Codecs, JsonCodec, JSON,
+};
 pub use context::{MessageContext, TestContextBuilder};
 pub use endpoint::EndpointConfig;
 pub use envelope::{header, Body, Envelope, Headers, MessageId};

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::{header, Body, Codecs, Envelope, Failure, FailureReason, Headers, Message};
+use bus_core::{header, Codecs, Envelope, Failure, FailureReason, Headers, Message};
 
 /// One thing the harness saw its bus do, in the order it happened.
 #[derive(Clone, Debug)]
@@ -193,21 +193,6 @@ pub struct FailureDetails {
     pub failed_at: Option<String>,
 }
 
-/// Every reason the bus writes, to read the header back.
-const REASONS: [FailureReason; 11] = [
-    FailureReason::HandlerError,
-    FailureReason::Panic,
-    FailureReason::Timeout,
-    FailureReason::DispatchFailed,
-    FailureReason::Deserialization,
-    FailureReason::UnknownMessageType,
-    FailureReason::MissingHeader,
-    FailureReason::UnsupportedContentType,
-    FailureReason::TooLarge,
-    FailureReason::DeliveryLimit,
-    FailureReason::Rejected,
-];
-
 impl FailureDetails {
     /// The failure headers of `headers`; `None` when it has no `bus-failure-reason` (it is
     /// not from an error queue).
@@ -242,7 +227,7 @@ impl FailureDetails {
 
     /// The reason as a [`FailureReason`]; `None` for a reason this version does not know.
     pub fn failure_reason(&self) -> Option<FailureReason> {
-        REASONS.into_iter().find(|r| r.as_str() == self.reason)
+        FailureReason::parse(&self.reason)
     }
 }
 
@@ -339,14 +324,5 @@ impl fmt::Display for Seen {
 /// The message in `envelope` as an `M`: `None` when it is of another type or does not decode.
 /// A typed in-process body is cloned; bytes are decoded with the codec of their content type.
 pub(crate) fn decode_as<M: Message>(codecs: &Codecs, envelope: &Envelope) -> Option<M> {
-    if envelope.headers.message_type != M::NAME {
-        return None;
-    }
-    match &envelope.body {
-        Body::Message(message) => message.downcast_ref::<M>().cloned(),
-        Body::Bytes(bytes) => {
-            let codec = codecs.get(&envelope.headers.content_type)?;
-            bus_core::decode::<M>(codec.as_ref(), bytes).ok()
-        }
-    }
+    bus_core::decode_envelope_as(codecs, envelope).ok()
 }

@@ -1,7 +1,8 @@
 //! The test harness on each broker: started from transport settings, it runs under a
 //! namespace of its own, sees the flow through to its last handler, reads the error queue
 //! through the transport, and `stop` removes everything it declared, so a second look finds
-//! nothing. Each test skips with a printed reason when its broker is unreachable, and fails
+//! nothing. Two harnesses run the same flow on one broker at once, with the same endpoint
+//! names: each sees its own messages only (one failure each in its error queue). Each test skips with a printed reason when its broker is unreachable, and fails
 //! instead when `BUS_REQUIRE_BROKERS=1`.
 
 use std::time::Duration;
@@ -124,7 +125,7 @@ async fn harness_on_amqp_runs_under_its_namespace_and_stop_removes_what_it_decla
     let Some(url) = rabbitmq_or_skip("harness_on_amqp").await else {
         return;
     };
-    harness_flow_on(url).await;
+    tokio::join!(harness_flow_on(url.clone()), harness_flow_on(url));
 }
 
 #[tokio::test]
@@ -132,7 +133,7 @@ async fn harness_on_nats_runs_under_its_namespace_and_stop_removes_what_it_decla
     let Some(url) = nats_or_skip("harness_on_nats").await else {
         return;
     };
-    harness_flow_on(url).await;
+    tokio::join!(harness_flow_on(url.clone()), harness_flow_on(url));
 }
 
 #[tokio::test]
@@ -140,5 +141,5 @@ async fn harness_on_redis_runs_under_its_namespace_and_stop_removes_what_it_decl
     let Some(url) = redis_or_skip("harness_on_redis").await else {
         return;
     };
-    harness_flow_on(url).await;
+    tokio::join!(harness_flow_on(url.clone()), harness_flow_on(url));
 }

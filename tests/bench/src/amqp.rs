@@ -1041,9 +1041,9 @@ pub fn telemetry(scale: &Scale, url: &str) -> Vec<Row> {
         };
         off.push(bus_e2e_throughput(url, n, BODY, 1_000, how).rate);
     }
-    let sum = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     vec![
-        Row::new(case, "throughput", "msg/s", sum(&on), sum(&off), true)
+        Row::new(case, "throughput", "msg/s", mean(&on), mean(&off), true)
             .note("the same bus with telemetry off; SDK: all spans sampled, batch processor"),
     ]
 }

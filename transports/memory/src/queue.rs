@@ -137,10 +137,11 @@ impl Queue {
     }
 
     /// The ready messages, oldest first, left in place.
-    pub(crate) fn browse(&self) -> Vec<Envelope> {
+    pub(crate) fn browse(&self, limit: usize) -> Vec<Envelope> {
         self.lock()
             .ready
             .iter()
+            .take(limit)
             .map(|m| m.envelope.clone())
             .collect()
     }
@@ -375,7 +376,7 @@ mod tests {
 
     /// The ids of the ready messages, oldest first.
     pub(super) fn ids(q: &Queue) -> Vec<String> {
-        q.browse()
+        q.browse(usize::MAX)
             .iter()
             .map(|e| e.headers.message_id.to_string())
             .collect()

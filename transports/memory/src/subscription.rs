@@ -229,7 +229,7 @@ mod tests {
     }
 
     fn ready(q: &Queue) -> usize {
-        q.browse().len()
+        q.browse(usize::MAX).len()
     }
 
     #[tokio::test]
@@ -276,7 +276,7 @@ mod tests {
         assert_eq!(ready(&q), 2, "four taken ahead");
         sub.cancel().await;
         let ids: Vec<_> = q
-            .browse()
+            .browse(usize::MAX)
             .iter()
             .map(|e| e.headers.message_id.to_string())
             .collect();

@@ -93,7 +93,7 @@ impl MemoryTransport {
     /// Ready messages of a queue, oldest first, without removing them.
     pub fn browse(&self, queue: &str) -> Vec<Envelope> {
         match self.queue(queue) {
-            Some(q) => q.browse(),
+            Some(q) => q.browse(usize::MAX),
             None => Vec::new(),
         }
     }
@@ -235,12 +235,11 @@ impl Transport for MemoryTransport {
         queue: QueueKind,
         limit: usize,
     ) -> Result<Vec<Envelope>, TransportError> {
-        let mut found = match queue {
-            QueueKind::Input => MemoryTransport::browse(self, endpoint),
-            QueueKind::Errors => self.error_queue(endpoint),
+        let name = match queue {
+            QueueKind::Input => endpoint.to_string(),
+            QueueKind::Errors => error_queue_name(endpoint),
         };
-        found.truncate(limit);
-        Ok(found)
+        Ok(self.queue(&name).map_or_else(Vec::new, |q| q.browse(limit)))
     }
 
     /// Takes ready messages out of the queue: for each id listed, the oldest ready message
