@@ -113,6 +113,7 @@ impl Operations {
                     destination: destination.clone(),
                     envelope: for_retry(failed.envelope()),
                     delay: None,
+                    deliver_at: None,
                 })
                 .await;
             match sent {
@@ -178,6 +179,7 @@ impl Operations {
                     destination: Destination::ErrorQueue(Arc::from(record.endpoint.as_str())),
                     envelope: record.to_envelope()?,
                     delay: None,
+                    deliver_at: None,
                 })
                 .await?;
         }
@@ -224,6 +226,7 @@ impl Operations {
                 destination,
                 envelope,
                 delay: None,
+                deliver_at: None,
             })
             .await?;
         Ok(id)

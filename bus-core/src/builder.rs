@@ -330,6 +330,7 @@ impl BusBuilder {
             max_body_size: self.body_limit(&*transport)?,
             counters: Counters::default(),
             telemetry,
+            replies: crate::request::Replies::new(),
         });
 
         let mut configs = self.endpoint_configs;

@@ -11,9 +11,10 @@ use tokio_util::task::TaskTracker;
 use crate::codec::Codecs;
 use crate::error::BusError;
 use crate::failed::FailedMessage;
-use crate::message::{AnyMessage, Command, Event};
+use crate::message::{AnyMessage, Command, Event, Request};
 use crate::outgoing::SendOptions;
 use crate::pipeline::EndpointRuntime;
+use crate::request::RequestOptions;
 use crate::runtime::{Runtime, Signal};
 use crate::telemetry::{in_span, send_failed, Producing};
 use crate::transport::{Declared, Outgoing, QueueKind, SubscribeOptions, Topology, Transport};
@@ -149,6 +150,70 @@ impl Bus {
         let runtime = &self.inner.runtime;
         let out = runtime.outgoing(command, runtime.route::<C>()?, None, options)?;
         self.dispatch(out).await
+    }
+
+    /// Send a request and wait for its answer, at most [`crate::DEFAULT_REQUEST_TIMEOUT`].
+    /// The answer comes back on this instance's own reply address, opened on its first
+    /// request. A handler that fails for good answers with its failure
+    /// ([`BusError::RequestFailed`]) at once; no answer in time is
+    /// [`BusError::RequestTimeout`].
+    ///
+    /// ```
+    /// use bus_core::{Bus, Command, HandlerError};
+    /// use bus_transport_memory::MemoryTransport;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+    /// struct Quote { cents: u64 }
+    ///
+    /// #[derive(Command, Serialize, Deserialize, Clone, Debug)]
+    /// #[command(name = "docs.request.GetQuote", endpoint = "docs-pricing", response = Quote)]
+    /// struct GetQuote { sku: String }
+    ///
+    /// #[bus_core::handler]
+    /// async fn quote(query: GetQuote) -> Result<Quote, HandlerError> {
+    ///     Ok(Quote { cents: 100 * query.sku.len() as u64 })
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let bus = Bus::builder()
+    ///     .transport(MemoryTransport::new())
+    ///     .host(["docs-pricing"])
+    ///     .start()
+    ///     .await?;
+    /// let quote: Quote = bus.request(GetQuote { sku: "lamp".into() }).await?;
+    /// assert_eq!(quote, Quote { cents: 400 });
+    /// bus.shutdown().await;
+    /// # Ok::<(), bus_core::BusError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn request<R: Request>(&self, request: R) -> Result<R::Response, BusError> {
+        self.request_with(request, RequestOptions::default()).await
+    }
+
+    /// Send a request with options (a timeout, headers) and wait for its answer.
+    pub async fn request_with<R: Request>(
+        &self,
+        request: R,
+        options: RequestOptions,
+    ) -> Result<R::Response, BusError> {
+        if self.inner.stop.is_fired() {
+            return Err(BusError::ShutDown);
+        }
+        self.inner.runtime.request(request, None, options).await
+    }
+
+    /// Cancel a scheduled message ([`SendOptions::deliver_at`]) by its message id before it
+    /// is due: `true` when it was waiting and will not be delivered, `false` when nothing
+    /// with that id waits (already delivered, cancelled, never scheduled). Transports that
+    /// cannot cancel say so ([`crate::TransportError::Unsupported`]).
+    pub async fn cancel_scheduled(&self, message_id: &str) -> Result<bool, BusError> {
+        Ok(self
+            .inner
+            .runtime
+            .transport
+            .cancel_scheduled(&crate::MessageId::from(message_id))
+            .await?)
     }
 
     /// Publish an event to every subscribing endpoint.
@@ -369,38 +434,12 @@ impl Bus {
         self.dispatch(out).await
     }
 
-    /// Send one message under its producer span, entered by hand around the call that does
-    /// not wait (all an in-process send does), so that no future wraps the common case.
-    async fn dispatch(&self, mut out: Outgoing) -> Result<(), BusError> {
+    /// Send one message, unless the bus was shut down.
+    async fn dispatch(&self, out: Outgoing) -> Result<(), BusError> {
         if self.inner.stop.is_fired() && self.inner.abort.is_fired() {
             return Err(BusError::ShutDown);
         }
-        let telemetry = &self.inner.runtime.telemetry;
-        let span = telemetry.send_span(&mut out);
-        let sent = telemetry.sending(&out);
-        let transport = &self.inner.runtime.transport;
-        let now = {
-            let _entered = span.enter();
-            transport.send_now(out)
-        };
-        let result = match now {
-            Ok(Ok(())) => {
-                // Nothing waited: count the send against the task's cooperative budget, as
-                // tokio's own channels do, so a task that sends in a loop still yields now and
-                // then (to the consumers it woke, among others) while the queue has room.
-                tokio::task::coop::consume_budget().await;
-                Ok(())
-            }
-            Ok(Err(error)) => Err(error.into()),
-            Err(out) => in_span(&span, std::pin::pin!(transport.send(out)))
-                .await
-                .map_err(BusError::from),
-        };
-        match &result {
-            Ok(()) => sent.done(1),
-            Err(error) => send_failed(&span, error),
-        }
-        result
+        self.inner.runtime.dispatch(out).await
     }
 
     /// Start consuming every hosted endpoint. Calling it again does nothing.
@@ -430,6 +469,18 @@ impl Bus {
                 self.inner.consumers.clone(),
             ));
         }
+        // A bus that hosts endpoints also delivers the scheduled messages that fall due on the
+        // broker; one that only sends leaves them to those.
+        if !self.inner.endpoints.is_empty() {
+            let transport = &self.inner.runtime.transport;
+            if let Some(due) = transport.subscribe_due().await? {
+                self.inner.tracker.spawn(crate::schedule::forward_due(
+                    transport.clone(),
+                    due,
+                    self.inner.stop.clone(),
+                ));
+            }
+        }
         tracing::info!(
             transport = self.inner.runtime.transport.name(),
             endpoints = ?self.endpoint_names(),
@@ -443,6 +494,7 @@ impl Bus {
     pub async fn shutdown(&self) -> ShutdownReport {
         let started = std::time::Instant::now();
         self.inner.stop.fire();
+        self.inner.runtime.replies.close();
         self.inner.tracker.close();
         let finished = tokio::time::timeout(self.inner.grace, self.inner.tracker.wait())
             .await

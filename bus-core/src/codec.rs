@@ -88,8 +88,11 @@ pub(crate) fn decode_json<M: Message>(body: &[u8]) -> Result<M, CodecError> {
     serde_json::from_slice(body).map_err(|e| CodecError::Decode(e.to_string()))
 }
 
-/// Decode a message of a known type.
-pub fn decode<M: Message>(codec: &dyn Codec, body: &[u8]) -> Result<M, CodecError> {
+/// Decode a message (or any value, such as a reply) of a known type.
+pub fn decode<M: serde::de::DeserializeOwned>(
+    codec: &dyn Codec,
+    body: &[u8],
+) -> Result<M, CodecError> {
     let mut out = None;
     codec.decode_with(body, &mut |de| {
         out = Some(erased_serde::deserialize::<M>(de)?);

@@ -19,8 +19,9 @@ use crate::codec::{Codec, Codecs};
 use crate::envelope::{Headers, MessageId};
 use crate::error::{BusError, TransportError};
 use crate::handler::{HandlerRegistration, MessageRegistration};
-use crate::message::{Command, Event, Message, MessageKind};
+use crate::message::{Command, Event, Message, MessageKind, Request};
 use crate::outgoing::SendOptions;
+use crate::request::RequestOptions;
 use crate::runtime::{Counters, Runtime};
 use crate::state::StateMap;
 use crate::telemetry::Telemetry;
@@ -242,6 +243,63 @@ impl MessageContext {
         self.stage(out)
     }
 
+    /// Answer the request being handled with `response`; it leaves, with the rest of what the
+    /// handler sent, only if the handler succeeds. A handler of a request can also simply
+    /// return its answer (`-> Result<QuoteReply, HandlerError>`). Answering a message that
+    /// asked for no answer (it was sent, not requested) does nothing.
+    ///
+    /// ```
+    /// use bus_core::{Command, HandlerError, MessageContext};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize, Clone, Debug)]
+    /// struct Status { shipped: bool }
+    ///
+    /// #[derive(Command, Serialize, Deserialize, Clone, Debug)]
+    /// #[command(name = "docs.reply.GetStatus", endpoint = "docs-reply", response = Status)]
+    /// struct GetStatus { order: u32 }
+    ///
+    /// #[bus_core::handler]
+    /// async fn status(query: GetStatus, ctx: MessageContext) -> Result<(), HandlerError> {
+    ///     ctx.reply(Status { shipped: query.order < 100 }).await?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub async fn reply<T: serde::Serialize>(&self, response: T) -> Result<(), BusError> {
+        self.stage_reply(&response)
+    }
+
+    /// Stage the reply to the message being handled, if it asked for one.
+    #[doc(hidden)]
+    pub fn stage_reply<T: serde::Serialize>(&self, response: &T) -> Result<(), BusError> {
+        match self.inner.runtime.reply_to(&self.inner.headers, response)? {
+            Some(out) => self.stage(out),
+            None => {
+                tracing::debug!(message_id = %self.inner.headers.message_id, "the message asked for no answer; the reply is not sent");
+                Ok(())
+            }
+        }
+    }
+
+    /// Send a request from this handler and wait for its answer (see [`crate::Bus::request`]).
+    /// Unlike [`MessageContext::send`], the request leaves at once, not when the handler
+    /// succeeds: the handler needs the answer now. It carries the handled message's ids.
+    pub async fn request<R: Request>(&self, request: R) -> Result<R::Response, BusError> {
+        self.request_with(request, RequestOptions::default()).await
+    }
+
+    /// Send a request from this handler with options, and wait for its answer.
+    pub async fn request_with<R: Request>(
+        &self,
+        request: R,
+        options: RequestOptions,
+    ) -> Result<R::Response, BusError> {
+        self.inner
+            .runtime
+            .request(request, Some(&self.inner.headers), options)
+            .await
+    }
+
     /// Stage `out` under its producer span, made now, inside the handler's span: the
     /// message's handling continues the handler's trace, though the message leaves later.
     fn stage(&self, mut out: Outgoing) -> Result<(), BusError> {
@@ -445,6 +503,7 @@ impl TestContextBuilder {
             // A handler under test sends nothing anywhere: no spans, no trace headers in what
             // it stages, so that a test sees exactly what the handler wrote.
             telemetry: Telemetry::off(),
+            replies: crate::request::Replies::new(),
         });
         MessageContext::new(
             runtime,

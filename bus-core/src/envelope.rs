@@ -42,8 +42,17 @@ pub mod header {
     pub const CONVERSATION_ID: &str = "bus-conversation-id";
     /// Causation id: the message id of the message whose handler sent this one.
     pub const CAUSATION_ID: &str = "bus-causation-id";
-    /// Where replies should go.
+    /// On a request: the reply address of the bus instance that waits for the answer (see
+    /// [`crate::Bus::request`]). A handler's reply goes there.
     pub const REPLY_TO: &str = "bus-reply-to";
+    /// On a reply: the message id of the request it answers.
+    pub const IN_REPLY_TO: &str = "bus-in-reply-to";
+    /// On a scheduled message while it waits on a broker: when it is due, in milliseconds since
+    /// the Unix epoch (see [`crate::SendOptions::deliver_at`]).
+    pub const DELIVER_AT: &str = "bus-deliver-at";
+    /// On a scheduled message while it waits on a broker: where it goes once due, as
+    /// [`crate::Destination::to_header`] writes it (`endpoint:sales`, `event:shop.OrderPlaced`).
+    pub const DESTINATION: &str = "bus-destination";
     /// How many delayed retries this message has already been through.
     pub const DELAYED_RETRIES: &str = "bus-delayed-retries";
     /// How many handler attempts it had before its current round, written with each delayed

@@ -107,6 +107,32 @@ pub enum BusError {
     /// The bus is shutting down or stopped.
     #[error("the bus has been shut down")]
     ShutDown,
+    /// No answer to a request came within its timeout.
+    #[error("no answer to request `{request}` from {endpoint} within {timeout:?}; is a bus hosting that endpoint running? (raise the wait with `RequestOptions::timeout`)")]
+    RequestTimeout {
+        /// The request's wire name.
+        request: String,
+        /// Where it was sent.
+        endpoint: String,
+        /// How long the caller waited.
+        timeout: std::time::Duration,
+    },
+    /// The request's handler failed for good: the request went to the error queue of its
+    /// endpoint, and the handler's error came back instead of an answer.
+    #[error("request `{request}` failed at {endpoint} ({}): {error}", reason.map_or("unknown reason", |r| r.as_str()))]
+    RequestFailed {
+        /// The request's wire name.
+        request: String,
+        /// Where it was handled.
+        endpoint: String,
+        /// Why it failed, as the error queue records it (`None` for a reason this version
+        /// does not know).
+        reason: Option<crate::FailureReason>,
+        /// The Rust type of the handler's error, or `panic` / `timeout`.
+        error_type: String,
+        /// The error's text.
+        error: String,
+    },
 }
 
 fn others_text(others: &[String]) -> String {

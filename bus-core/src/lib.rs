@@ -55,6 +55,9 @@
 //! - `runtime`: what a running bus shares (transport, routes, codecs, state, counters,
 //!   telemetry).
 //! - `outgoing`: [`SendOptions`], the headers and ids of a new message.
+//! - `request`: request/response ([`RequestOptions`]): the instance's reply address, the
+//!   callers waiting on it, replies and failure replies.
+//! - `schedule`: handing scheduled messages that fell due on a broker to their destination.
 //! - `context`, `extract`, `handler`: [`MessageContext`], extractors ([`State`]), handlers.
 //! - `layer`, `recoverability`, `inbox`, `endpoint`: [`Layer`], [`RecoverabilityPolicy`],
 //!   [`Inbox`], [`EndpointConfig`].
@@ -83,7 +86,9 @@ mod pipeline;
 pub mod probe;
 mod recoverability;
 mod redact;
+mod request;
 mod runtime;
+mod schedule;
 mod signal;
 mod state;
 pub mod telemetry;
@@ -110,15 +115,17 @@ pub use handler::{
 pub use inbox::postgres;
 pub use inbox::{Inbox, MemoryInbox};
 pub use layer::{Layer, LayerFuture, Next, Run};
-pub use message::{AnyMessage, Command, DynMessage, Event, Message, MessageKind};
+pub use message::{AnyMessage, Command, DynMessage, Event, Message, MessageKind, Request};
 pub use outgoing::SendOptions;
 pub use recoverability::{Attempts, Decision, Recoverability, RecoverabilityPolicy};
 pub use redact::{redact_url, scrub_urls};
+pub use request::{RequestOptions, DEFAULT_REQUEST_TIMEOUT};
 pub use signal::{stop_signal, StopSignal};
 pub use state::StateRequirement;
 pub use transport::{
     Acker, Declared, Delivery, Destination, EndpointInfo, EndpointTopology, Outgoing, QueueKind,
-    SharedAcker, SubscribeOptions, Subscription, Topology, Transport, TransportLimits,
+    ReplyChannel, SharedAcker, SubscribeOptions, Subscription, Topology, Transport,
+    TransportLimits,
 };
 
 /// Derive macros and the handler attribute.
@@ -175,6 +182,22 @@ pub mod __private {
         r.into_handler_result()
     }
 
+    /// Converts the return value of a request's handler: its answer is the reply, held back
+    /// with what else the handler sent until it succeeded. The types say that `M` is a request
+    /// and that the handler answers with its response type.
+    #[inline]
+    pub fn into_reply<M, E>(
+        ctx: &MessageContext,
+        r: Result<<M as crate::Request>::Response, E>,
+    ) -> Result<(), HandlerError>
+    where
+        M: crate::Request,
+        E: Into<HandlerError>,
+    {
+        let response = r.map_err(Into::into)?;
+        ctx.stage_reply(&response).map_err(HandlerError::from)
+    }
+
     /// The descriptor of a `#[handler]` function; `M: Message` is checked here, once.
     pub fn descriptor<M, F, Fut>(
         name: &'static str,
@@ -206,3 +229,8 @@ pub struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/architecture.md")]
 pub struct ArchitectureDoctests;
+
+/// The code blocks of the page on requests and scheduled messages, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/scheduling.md")]
+pub struct SchedulingDoctests;

@@ -90,6 +90,35 @@ pub trait Command: Message {}
 )]
 pub trait Event: Message {}
 
+/// A command that expects an answer: sent with [`crate::Bus::request`], its handler returns
+/// a [`Request::Response`] (or answers with [`crate::MessageContext::reply`]), and the answer
+/// travels back to the caller on its bus instance's own reply address. Declared in the
+/// derive with `response`:
+///
+/// ```
+/// use bus_core::Command;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// struct Quote { cents: u64 }
+///
+/// #[derive(Command, Serialize, Deserialize, Clone, Debug)]
+/// #[command(name = "pricing.GetQuote", endpoint = "pricing", response = Quote)]
+/// struct GetQuote { sku: String }
+///
+/// fn answer_type<R: bus_core::Request<Response = Quote>>() {}
+/// answer_type::<GetQuote>();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a request: it declares no response type",
+    label = "only a command with a response can be requested",
+    note = "declare its response in the derive: `#[command(name = \"...\", response = MyReply)]`; or `send` it if no answer is expected"
+)]
+pub trait Request: Command {
+    /// What the handler answers with: any serializable type.
+    type Response: Serialize + DeserializeOwned + Send + 'static;
+}
+
 /// Object-safe view of any message, implemented for every [`Message`].
 pub trait DynMessage: Debug + Send + Sync + 'static {
     /// The wire name.

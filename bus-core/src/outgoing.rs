@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::codec::Codec;
 use crate::envelope::{header, Body, Envelope, Headers, MessageId};
@@ -21,11 +21,28 @@ use crate::transport::{Destination, Outgoing};
 /// let options = SendOptions::new().correlation_id("order-42").header("tenant", "acme");
 /// # drop(options);
 /// ```
+///
+/// Scheduling: a message sent with [`SendOptions::deliver_after`] or
+/// [`SendOptions::deliver_at`] reaches its handlers no sooner than that. On a broker it waits
+/// there, so it survives a restart of the sender and of the broker; it is delivered by any
+/// running bus (one that hosts an endpoint takes due messages from the broker), and can be
+/// cancelled before it is due with [`crate::Bus::cancel_scheduled`] where the transport can
+/// (`docs/scheduling.md` says which can, and how precise each is).
+///
+/// ```
+/// use std::time::Duration;
+/// use bus_core::SendOptions;
+/// let reminder = SendOptions::new()
+///     .message_id("reminder-order-42") // to cancel it later by this id
+///     .deliver_after(Duration::from_secs(30 * 60));
+/// # drop(reminder);
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct SendOptions {
     message_id: Option<String>,
     correlation_id: Option<String>,
     headers: BTreeMap<String, String>,
+    deliver_at: Option<SystemTime>,
 }
 
 impl SendOptions {
@@ -50,6 +67,23 @@ impl SendOptions {
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name.into(), value.into());
         self
+    }
+
+    /// Deliver the message no sooner than `delay` from now (a scheduled message).
+    pub fn deliver_after(self, delay: Duration) -> Self {
+        self.deliver_at(SystemTime::now() + delay)
+    }
+
+    /// Deliver the message no sooner than `at` (a scheduled message); a time already past
+    /// delivers it at once.
+    pub fn deliver_at(mut self, at: SystemTime) -> Self {
+        self.deliver_at = Some(at);
+        self
+    }
+
+    /// When the message is to be delivered, if it is scheduled.
+    pub fn scheduled_at(&self) -> Option<SystemTime> {
+        self.deliver_at
     }
 }
 
@@ -109,6 +143,7 @@ impl Runtime {
         options: SendOptions,
     ) -> Result<Outgoing, BusError> {
         let (body, content_type) = self.body_of(message)?;
+        let deliver_at = options.deliver_at;
         let headers = new_headers(M::NAME, content_type, parent, options);
         Ok(Outgoing {
             destination,
@@ -117,6 +152,7 @@ impl Runtime {
                 body,
             },
             delay: None,
+            deliver_at,
         })
     }
 
@@ -143,6 +179,7 @@ impl Runtime {
             self.check_size(bytes.len())?;
             Body::Bytes(bytes)
         };
+        let deliver_at = options.deliver_at;
         let headers = new_headers(name, self.codecs.default_content_type(), None, options);
         Ok(Outgoing {
             destination,
@@ -151,11 +188,12 @@ impl Runtime {
                 body,
             },
             delay: None,
+            deliver_at,
         })
     }
 }
 
-fn new_headers(
+pub(crate) fn new_headers(
     message_type: &'static str,
     content_type: Cow<'static, str>,
     parent: Option<&Headers>,
@@ -201,7 +239,7 @@ fn new_headers(
 /// `Uuid::now_v7` takes a global lock and asks the OS for random bytes on every call, which
 /// was the largest single cost of a send. Ids are ordered by time to the millisecond; within
 /// one millisecond their order is random.
-fn new_message_id(now: SystemTime) -> MessageId {
+pub(crate) fn new_message_id(now: SystemTime) -> MessageId {
     let millis = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

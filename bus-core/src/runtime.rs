@@ -9,8 +9,11 @@ use std::sync::Arc;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::codec::Codecs;
+use crate::error::BusError;
 use crate::state::StateMap;
 use crate::telemetry::Telemetry;
+use crate::telemetry::{in_span, send_failed};
+use crate::transport::Outgoing;
 use crate::transport::Transport;
 
 /// A map keyed by a message or endpoint name, looked up on every send and every delivery:
@@ -33,6 +36,41 @@ pub(crate) struct Runtime {
     pub(crate) counters: Counters,
     /// Spans, trace context and metrics.
     pub(crate) telemetry: Telemetry,
+    /// This instance's reply address and the requests waiting on it.
+    pub(crate) replies: crate::request::Replies,
+}
+
+impl Runtime {
+    /// Send one message under its producer span, entered by hand around the call that does
+    /// not wait (all an in-process send does), so that no future wraps the common case.
+    pub(crate) async fn dispatch(&self, mut out: Outgoing) -> Result<(), BusError> {
+        let telemetry = &self.telemetry;
+        let span = telemetry.send_span(&mut out);
+        let sent = telemetry.sending(&out);
+        let transport = &self.transport;
+        let now = {
+            let _entered = span.enter();
+            transport.send_now(out)
+        };
+        let result = match now {
+            Ok(Ok(())) => {
+                // Nothing waited: count the send against the task's cooperative budget, as
+                // tokio's own channels do, so a task that sends in a loop still yields now and
+                // then (to the consumers it woke, among others) while the queue has room.
+                tokio::task::coop::consume_budget().await;
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error.into()),
+            Err(out) => in_span(&span, std::pin::pin!(transport.send(out)))
+                .await
+                .map_err(BusError::from),
+        };
+        match &result {
+            Ok(()) => sent.done(1),
+            Err(error) => send_failed(&span, error),
+        }
+        result
+    }
 }
 
 /// What the bus did so far; read as [`crate::BusStats`].

@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
@@ -31,6 +31,46 @@ pub enum Destination {
     ErrorQueue(Arc<str>),
     /// Every endpoint subscribed to this event wire name.
     Event(Arc<str>),
+    /// The reply address of one bus instance (see [`Transport::open_replies`]). A reply to an
+    /// address that no longer exists is dropped, not an error: its caller is gone.
+    Reply(Arc<str>),
+}
+
+impl Destination {
+    /// The destination as the header [`header::DESTINATION`](crate::header::DESTINATION)
+    /// carries it: `endpoint:NAME`, `errors:NAME`, `event:NAME` or `reply:ADDRESS`.
+    ///
+    /// ```
+    /// use bus_core::Destination;
+    /// let d = Destination::Event("shop.OrderPlaced".into());
+    /// assert_eq!(d.to_header(), "event:shop.OrderPlaced");
+    /// assert_eq!(Destination::from_header("event:shop.OrderPlaced"), Some(d));
+    /// ```
+    pub fn to_header(&self) -> String {
+        let (kind, name) = match self {
+            Destination::Endpoint(n) => ("endpoint", n),
+            Destination::ErrorQueue(n) => ("errors", n),
+            Destination::Event(n) => ("event", n),
+            Destination::Reply(n) => ("reply", n),
+        };
+        format!("{kind}:{name}")
+    }
+
+    /// Read a destination written by [`Destination::to_header`]; `None` for anything else.
+    pub fn from_header(text: &str) -> Option<Destination> {
+        let (kind, name) = text.split_once(':')?;
+        if name.is_empty() {
+            return None;
+        }
+        let name: Arc<str> = Arc::from(name);
+        Some(match kind {
+            "endpoint" => Destination::Endpoint(name),
+            "errors" => Destination::ErrorQueue(name),
+            "event" => Destination::Event(name),
+            "reply" => Destination::Reply(name),
+            _ => return None,
+        })
+    }
 }
 
 impl fmt::Display for Destination {
@@ -39,6 +79,7 @@ impl fmt::Display for Destination {
             Destination::Endpoint(e) => write!(f, "endpoint `{e}`"),
             Destination::ErrorQueue(e) => write!(f, "error queue of `{e}`"),
             Destination::Event(e) => write!(f, "event `{e}`"),
+            Destination::Reply(a) => write!(f, "reply address `{a}`"),
         }
     }
 }
@@ -50,8 +91,46 @@ pub struct Outgoing {
     pub destination: Destination,
     /// What it carries.
     pub envelope: Envelope,
-    /// Deliver no sooner than this (delayed retries).
+    /// Deliver no sooner than this (delayed retries): the transport's retry delays.
     pub delay: Option<Duration>,
+    /// A scheduled message: deliver it no sooner than this time (see
+    /// [`crate::SendOptions::deliver_at`]). A transport keeps it durably where its broker can,
+    /// and delivers it at once when the time has passed.
+    pub deliver_at: Option<SystemTime>,
+}
+
+impl Outgoing {
+    /// A message for `destination`, neither delayed nor scheduled.
+    pub fn new(destination: Destination, envelope: Envelope) -> Self {
+        Outgoing {
+            destination,
+            envelope,
+            delay: None,
+            deliver_at: None,
+        }
+    }
+
+    /// When a scheduled message is due, if it is scheduled for later than now.
+    pub fn scheduled_after(&self, now: SystemTime) -> Option<SystemTime> {
+        self.deliver_at.filter(|at| *at > now)
+    }
+}
+
+/// The reply address of one bus instance, and the replies that reach it.
+pub struct ReplyChannel {
+    /// Where replies go: [`Destination::Reply`] with this address reaches `replies`.
+    pub address: String,
+    /// The replies, as deliveries (settling them removes them where the transport keeps
+    /// them). It ends when the transport closes it.
+    pub replies: Box<dyn Subscription>,
+}
+
+impl fmt::Debug for ReplyChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplyChannel")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What an endpoint needs from the transport: its queue, its error queue, its subscriptions.
@@ -203,6 +282,39 @@ pub trait Transport: Send + Sync + 'static {
         endpoint: &str,
         options: SubscribeOptions,
     ) -> Result<Box<dyn Subscription>, TransportError>;
+
+    /// Open this bus instance's own reply address (`instance` is unique to it): replies sent
+    /// to [`Destination::Reply`] with the address arrive on the channel, and nowhere else.
+    /// The address goes away with the channel (or, for a crashed process, by the broker's own
+    /// expiry). The default has none.
+    async fn open_replies(&self, instance: &str) -> Result<ReplyChannel, TransportError> {
+        let _ = instance;
+        Err(TransportError::Unsupported {
+            operation: "request/response (a reply address)",
+            transport: self.name().to_string(),
+        })
+    }
+
+    /// Scheduled messages ([`Outgoing::deliver_at`]) that fell due, for the bus to hand to
+    /// their destination, which each carries in [`header::DESTINATION`](crate::header::DESTINATION):
+    /// the bus sends it there, then acks the delivery (so one that was due while no bus ran
+    /// is delivered once one does, and a crash between the two duplicates it, never loses it).
+    /// Several buses taking them compete. `None` when the transport delivers scheduled
+    /// messages by itself (in process), which is the default.
+    async fn subscribe_due(&self) -> Result<Option<Box<dyn Subscription>>, TransportError> {
+        Ok(None)
+    }
+
+    /// Cancel the scheduled message with this message id before it is due: `true` when it was
+    /// waiting and will not be delivered, `false` when no such message waits (never scheduled,
+    /// already delivered, or cancelled before). The default cannot.
+    async fn cancel_scheduled(&self, id: &MessageId) -> Result<bool, TransportError> {
+        let _ = id;
+        Err(TransportError::Unsupported {
+            operation: "cancelling a scheduled message",
+            transport: self.name().to_string(),
+        })
+    }
 
     /// What the broker allows. Read once the transport is connected; the bus asks when it is
     /// built. The default knows of no limit.

@@ -89,6 +89,29 @@ fn validate(func: &ItemFn) -> syn::Result<(&Type, Vec<&Type>)> {
     Ok((message, types))
 }
 
+/// Whether the handler answers a request: it returns a type named `Result` (`Result<T, E>`,
+/// `anyhow::Result<T>`, ...) whose first argument `T` is not `()`. Anything else, including an
+/// alias of another name, converts as a plain handler's result.
+fn answers(output: &ReturnType) -> bool {
+    let ReturnType::Type(_, ty) = output else {
+        return false;
+    };
+    let Type::Path(path) = &**ty else {
+        return false;
+    };
+    let Some(last) = path.path.segments.last().filter(|s| s.ident == "Result") else {
+        return false;
+    };
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return false;
+    };
+    match args.args.first() {
+        Some(syn::GenericArgument::Type(Type::Tuple(unit))) => !unit.elems.is_empty(),
+        Some(syn::GenericArgument::Type(_)) => true,
+        _ => false,
+    }
+}
+
 fn generate(func: &ItemFn, args: &Args, message: &Type, extractors: &[&Type]) -> TokenStream {
     let ident = &func.sig.ident;
     let p = quote!(::bus_core::__private);
@@ -122,7 +145,14 @@ fn generate(func: &ItemFn, args: &Args, message: &Type, extractors: &[&Type]) ->
     // is one error, there.
     let ret = Ident::new("__bus_ret", output_span);
     let call = quote! { let #ret = #ident(__bus_msg #(, #vals)*).await; };
-    let convert = quote_spanned! {output_span=> ::bus_core::__private::into_result(#ret) };
+    let convert = if answers(&func.sig.output) {
+        // A request's handler: its `Ok` value is the reply, checked against the request's
+        // response type where the user wrote the return type.
+        let ctx = Ident::new("__bus_ctx", Span::call_site());
+        quote_spanned! {output_span=> ::bus_core::__private::into_reply::<#message, _>(&#ctx, #ret) }
+    } else {
+        quote_spanned! {output_span=> ::bus_core::__private::into_result(#ret) }
+    };
     let descriptor = quote_spanned! {message.span()=> #p::descriptor::<#message, _, _> };
     quote! {
         #func

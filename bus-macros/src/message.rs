@@ -25,6 +25,7 @@ struct Parsed {
     input: DeriveInput,
     name: String,
     endpoint: Option<EndpointName>,
+    response: Option<syn::Type>,
 }
 
 pub(crate) fn derive(input: TokenStream, kind: Kind) -> TokenStream {
@@ -44,6 +45,7 @@ fn parse(input: TokenStream, kind: Kind) -> syn::Result<Parsed> {
     }
     let mut name = None;
     let mut endpoint = None;
+    let mut response = None;
     for attr in input
         .attrs
         .iter()
@@ -64,9 +66,12 @@ fn parse(input: TokenStream, kind: Kind) -> syn::Result<Parsed> {
             } else if meta.path.is_ident("endpoint") && kind == Kind::Command {
                 endpoint = Some(EndpointName::parse(meta.value()?)?);
                 Ok(())
+            } else if meta.path.is_ident("response") && kind == Kind::Command {
+                response = Some(meta.value()?.parse::<syn::Type>()?);
+                Ok(())
             } else {
                 let allowed = match kind {
-                    Kind::Command => "`name` or `endpoint`",
+                    Kind::Command => "`name`, `endpoint` or `response`",
                     Kind::Event => "`name`",
                 };
                 Err(meta.error(format!(
@@ -81,6 +86,7 @@ fn parse(input: TokenStream, kind: Kind) -> syn::Result<Parsed> {
         input,
         name,
         endpoint,
+        response,
     })
 }
 
@@ -95,7 +101,16 @@ fn expand(parsed: &Parsed, kind: Kind) -> TokenStream {
         Some(e) => (quote!(::bus_core::__private::Some(#e)), e.check()),
         None => (quote!(::bus_core::__private::None), TokenStream::new()),
     };
+    let request = parsed.response.as_ref().map(|response| {
+        quote! {
+            impl ::bus_core::Request for #ident {
+                type Response = #response;
+            }
+        }
+    });
     quote! {
+        #request
+
         impl ::bus_core::Message for #ident {
             const NAME: &'static str = #name;
             const KIND: ::bus_core::MessageKind = ::bus_core::MessageKind::#kind_tokens;

@@ -79,6 +79,7 @@ async fn a_service_without_a_trace_exporter_carries_the_incoming_trace_on() {
             destination: Destination::Endpoint("pt-stock".into()),
             envelope: Envelope::from_bytes(headers, &br#"{"sku":"kettle"}"#[..]),
             delay: None,
+            deliver_at: None,
         })
         .await
         .unwrap();

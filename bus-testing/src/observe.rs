@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bus_core::{
-    async_trait, header, Body, Declared, Delivery, Destination, Envelope, Layer, LayerFuture,
-    MessageContext, Next, Outgoing, QueueKind, SubscribeOptions, Subscription, Topology, Transport,
-    TransportError, TransportLimits,
+    async_trait, header, Body, Declared, Delivery, Destination, EndpointInfo, Envelope, Layer,
+    LayerFuture, MessageContext, MessageId, Next, Outgoing, QueueKind, ReplyChannel,
+    SubscribeOptions, Subscription, Topology, Transport, TransportError, TransportLimits,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -46,6 +46,9 @@ struct Log {
     hosted: HashSet<String>,
     /// The hosted endpoints subscribed to each event.
     subscribers: HashMap<String, Vec<String>>,
+    /// Scheduled messages not yet seen again: a broker hands each back to the bus when it is
+    /// due, which sends it on; that second send is the same message, counted once.
+    scheduled: HashSet<String>,
 }
 
 impl Log {
@@ -67,6 +70,9 @@ pub(crate) struct Ticket {
     activity: Activity,
     counted: Vec<Key>,
     settles: Option<Key>,
+    /// The id of a scheduled message the broker handed back when due: recorded and counted
+    /// when it was scheduled, so not again.
+    forwarded: Option<String>,
 }
 
 impl Shared {
@@ -80,6 +86,7 @@ impl Shared {
                 last_change: Instant::now(),
                 hosted: HashSet::new(),
                 subscribers: HashMap::new(),
+                scheduled: HashSet::new(),
             }),
             changed: Notify::new(),
         })
@@ -118,6 +125,12 @@ impl Shared {
         let mut log = self.lock();
         let mut counted = Vec::new();
         let mut settles = None;
+        let scheduled = out.scheduled_after(std::time::SystemTime::now()).is_some();
+        let forwarded = !scheduled && log.scheduled.remove(&id);
+        let id_again = id.clone();
+        if scheduled {
+            log.scheduled.insert(id.clone());
+        }
         let activity = match &out.destination {
             Destination::Endpoint(endpoint) => {
                 if envelope.headers.get(header::DELAYED_RETRIES).is_some() {
@@ -142,6 +155,7 @@ impl Shared {
                 }
                 Activity::Published { envelope }
             }
+            Destination::Reply(_) => Activity::Replied { envelope },
             Destination::ErrorQueue(endpoint) => {
                 settles = Some((endpoint.to_string(), id));
                 Activity::Failed {
@@ -150,6 +164,9 @@ impl Shared {
                 }
             }
         };
+        if forwarded {
+            counted.clear();
+        }
         let message_type = activity.envelope().headers.message_type.to_string();
         for key in &counted {
             log.pending
@@ -161,6 +178,7 @@ impl Shared {
             activity,
             counted,
             settles,
+            forwarded: forwarded.then_some(id_again),
         }
     }
 
@@ -171,10 +189,15 @@ impl Shared {
             if let Some(key) = &ticket.settles {
                 log.settle(key);
             }
-            log.activity.push(ticket.activity);
+            if ticket.forwarded.is_none() {
+                log.activity.push(ticket.activity);
+            }
         } else {
             for key in &ticket.counted {
                 log.settle(key);
+            }
+            if let Some(id) = ticket.forwarded {
+                log.scheduled.insert(id);
             }
         }
         self.changed(log);
@@ -185,6 +208,9 @@ impl Shared {
         let mut log = self.lock();
         for key in &ticket.counted {
             log.settle(key);
+        }
+        if let Some(id) = ticket.forwarded {
+            log.scheduled.insert(id);
         }
     }
 
@@ -424,6 +450,31 @@ impl Transport for Recording {
         dry_run: bool,
     ) -> Result<Vec<Declared>, TransportError> {
         self.inner.teardown(topology, dry_run).await
+    }
+
+    async fn remove(
+        &self,
+        endpoint: &str,
+        queue: QueueKind,
+        ids: &[MessageId],
+    ) -> Result<Vec<MessageId>, TransportError> {
+        self.inner.remove(endpoint, queue, ids).await
+    }
+
+    async fn endpoints(&self) -> Result<Vec<EndpointInfo>, TransportError> {
+        self.inner.endpoints().await
+    }
+
+    async fn open_replies(&self, instance: &str) -> Result<ReplyChannel, TransportError> {
+        self.inner.open_replies(instance).await
+    }
+
+    async fn subscribe_due(&self) -> Result<Option<Box<dyn Subscription>>, TransportError> {
+        self.inner.subscribe_due().await
+    }
+
+    async fn cancel_scheduled(&self, id: &MessageId) -> Result<bool, TransportError> {
+        self.inner.cancel_scheduled(id).await
     }
 }
 

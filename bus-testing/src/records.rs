@@ -34,6 +34,11 @@ pub enum Activity {
     },
     /// One handler attempt and how it ended.
     Attempted(AttemptRecord),
+    /// An answer to a request, sent to its caller's reply address.
+    Replied {
+        /// The answer (or the failure it reports).
+        envelope: Envelope,
+    },
     /// A message moved to an endpoint's error queue, with the `bus-failure-*` headers.
     Failed {
         /// The endpoint whose error queue it went to.
@@ -50,6 +55,7 @@ impl Activity {
             Activity::Sent { envelope, .. }
             | Activity::Published { envelope }
             | Activity::Retried { envelope, .. }
+            | Activity::Replied { envelope }
             | Activity::Failed { envelope, .. } => envelope,
             Activity::Attempted(attempt) => &attempt.envelope,
         }
@@ -63,6 +69,7 @@ impl fmt::Display for Activity {
         match self {
             Activity::Sent { endpoint, .. } => write!(f, "sent {kind} {id} to `{endpoint}`"),
             Activity::Published { .. } => write!(f, "published {kind} {id}"),
+            Activity::Replied { .. } => write!(f, "answered with {kind} {id}"),
             Activity::Retried {
                 endpoint, delay, ..
             } => match delay {

@@ -442,6 +442,7 @@ async fn harness_sees_a_message_that_fails_its_checks_reach_the_error_queue() {
             destination: Destination::Endpoint(SALES.into()),
             envelope: Envelope::from_bytes(headers, "{not json"),
             delay: None,
+            deliver_at: None,
         })
         .await
         .unwrap();

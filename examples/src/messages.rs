@@ -57,3 +57,30 @@ pub struct OrderShipped {
     /// Parcel tracking number.
     pub tracking: String,
 }
+
+/// The client asks sales where an order stands: a request, answered with [`OrderStatus`].
+#[derive(Command, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[command(name = "shop.sales.GetOrderStatus", endpoint = "sales", response = OrderStatus)]
+pub struct GetOrderStatus {
+    /// Order number.
+    pub order_id: u32,
+}
+
+/// Where an order stands, as sales knows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct OrderStatus {
+    /// Order number.
+    pub order_id: u32,
+    /// `accepted`, or `unknown` for an order sales has not accepted.
+    pub state: String,
+}
+
+/// Shipping reminds itself to check on a delivery: scheduled when the order ships.
+#[derive(Command, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[command(name = "shop.shipping.RemindDelivery", endpoint = "shipping")]
+pub struct RemindDelivery {
+    /// Order number.
+    pub order_id: u32,
+    /// Parcel tracking number.
+    pub tracking: String,
+}

@@ -2,7 +2,7 @@
 
 use bus_core::{HandlerError, MessageContext, State};
 
-use crate::messages::{OrderPlaced, PlaceOrder};
+use crate::messages::{GetOrderStatus, OrderPlaced, OrderStatus, PlaceOrder};
 use crate::trace::{line, ShopStats};
 
 /// The SKU our flaky inventory lookup times out on, once.
@@ -44,7 +44,7 @@ pub async fn place_order(
         total_cents,
     })
     .await?;
-    stats.order();
+    stats.order(cmd.order_id);
     line(
         &ctx,
         format!(
@@ -53,4 +53,21 @@ pub async fn place_order(
         ),
     );
     Ok(())
+}
+
+/// Answer `GetOrderStatus`: the reply goes back to the asking instance alone.
+#[bus_core::handler]
+pub async fn order_status(
+    query: GetOrderStatus,
+    State(stats): State<ShopStats>,
+) -> Result<OrderStatus, HandlerError> {
+    let state = if stats.accepted(query.order_id) {
+        "accepted"
+    } else {
+        "unknown"
+    };
+    Ok(OrderStatus {
+        order_id: query.order_id,
+        state: state.into(),
+    })
 }

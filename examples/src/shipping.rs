@@ -1,9 +1,14 @@
 //! The ShippingService: prepares a parcel when an order is placed, ships it once invoiced.
 //! Added after sales and billing existed; neither changed for it.
 
-use bus_core::{HandlerError, MessageContext, State};
+use std::time::Duration;
 
-use crate::messages::{InvoiceCreated, OrderPlaced, OrderShipped};
+use bus_core::{HandlerError, MessageContext, SendOptions, State};
+
+use crate::messages::{InvoiceCreated, OrderPlaced, OrderShipped, RemindDelivery};
+
+/// How long after shipping the delivery reminder is due (a real shop would wait days).
+pub const REMINDER_AFTER: Duration = Duration::from_secs(1);
 use crate::trace::{line, ShopStats};
 
 /// Handle `OrderPlaced`: pick and pack.
@@ -37,12 +42,39 @@ pub async fn ship_order(
         tracking: tracking.clone(),
     })
     .await?;
+    // Scheduled: on a broker it waits there, so a restart of this service does not lose it.
+    ctx.send_with(
+        RemindDelivery {
+            order_id: evt.order_id,
+            tracking: tracking.clone(),
+        },
+        SendOptions::new().deliver_after(REMINDER_AFTER),
+    )
+    .await?;
     stats.shipment();
     line(
         &ctx,
         format!(
             "order #{} shipped, tracking {tracking} -> OrderShipped",
             evt.order_id
+        ),
+    );
+    Ok(())
+}
+
+/// Handle `RemindDelivery`, due a while after the order shipped.
+#[bus_core::handler]
+pub async fn remind_delivery(
+    cmd: RemindDelivery,
+    ctx: MessageContext,
+    State(stats): State<ShopStats>,
+) -> Result<(), HandlerError> {
+    stats.reminder();
+    line(
+        &ctx,
+        format!(
+            "reminder: is order #{} ({}) delivered yet?",
+            cmd.order_id, cmd.tracking
         ),
     );
     Ok(())

@@ -1,7 +1,8 @@
 //! A readable trace of the flow, and the counters behind the demo's summary.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bus_core::MessageContext;
 
@@ -17,12 +18,35 @@ struct Counters {
     invoices: AtomicU64,
     parcels_prepared: AtomicU64,
     shipments: AtomicU64,
+    reminders: AtomicU64,
+    accepted: Mutex<BTreeSet<u32>>,
 }
 
 impl ShopStats {
-    /// Count an accepted order.
-    pub fn order(&self) {
+    /// Count an accepted order, and remember it for status requests.
+    pub fn order(&self, order_id: u32) {
         self.inner.orders.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(order_id);
+    }
+    /// Whether this process accepted the order.
+    pub fn accepted(&self, order_id: u32) -> bool {
+        self.inner
+            .accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&order_id)
+    }
+    /// Count a delivery reminder that came due.
+    pub fn reminder(&self) {
+        self.inner.reminders.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Delivery reminders that came due.
+    pub fn reminders(&self) -> u64 {
+        self.inner.reminders.load(Ordering::Relaxed)
     }
     /// Count an invoice.
     pub fn invoice(&self) {
@@ -60,6 +84,7 @@ impl ShopStats {
             "shipping" => vec![
                 ("parcels packed", self.parcels()),
                 ("shipments", self.shipments()),
+                ("delivery reminders", self.reminders()),
             ],
             _ => Vec::new(),
         }

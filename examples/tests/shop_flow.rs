@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus_core::{FailureReason, SendOptions};
-use bus_examples::messages::{InvoiceCreated, OrderPlaced, OrderShipped, PlaceOrder};
+use bus_examples::messages::{
+    GetOrderStatus, InvoiceCreated, OrderPlaced, OrderShipped, PlaceOrder, RemindDelivery,
+};
 use bus_examples::sales::FLAKY_SKU;
 use bus_examples::service::shop_bus;
+use bus_examples::shipping::REMINDER_AFTER;
 use bus_examples::trace::ShopStats;
 use bus_testing::TestHarness;
 use bus_transport_memory::MemoryTransport;
@@ -191,5 +194,42 @@ async fn the_demo_orders_end_with_four_shipments_and_one_poison_order() {
         .collect();
     assert_eq!(failed, [1004]);
     assert_eq!(stats.shipments(), 4);
+    harness.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_shop_answers_order_status_requests_and_reminds_of_deliveries_in_memory() {
+    let stats = ShopStats::default();
+    let harness = shop(&stats).await;
+    harness
+        .send(order(1001, "keyboard", 1, 4_900))
+        .await
+        .unwrap();
+    harness
+        .wait_until("the order shipped", |h| {
+            h.published::<OrderShipped>().len() == 1
+        })
+        .await
+        .unwrap();
+    let bus = harness.bus();
+    let accepted = bus
+        .request(GetOrderStatus { order_id: 1001 })
+        .await
+        .unwrap();
+    assert_eq!(accepted.state, "accepted");
+    let unknown = bus.request(GetOrderStatus { order_id: 9 }).await.unwrap();
+    assert_eq!(unknown.state, "unknown");
+    // The reminder is scheduled as the order ships, and comes due a moment later.
+    let reminder = harness
+        .within(REMINDER_AFTER + Duration::from_secs(10))
+        .wait_for_sent::<RemindDelivery>()
+        .await
+        .unwrap();
+    assert_eq!(reminder.order_id, 1001);
+    harness
+        .within(REMINDER_AFTER + Duration::from_secs(10))
+        .wait_until("the reminder came due", |_| stats.reminders() == 1)
+        .await
+        .unwrap();
     harness.stop().await.unwrap();
 }

@@ -118,7 +118,10 @@ impl AmqpScope {
         n
     }
 
-    /// Delete every queue and the exchange of this scope (best effort, bounded in time).
+    /// Delete every queue and the exchange of this scope (best effort, bounded in time): every
+    /// queue name carries the scope's prefix, the reply queues and the queues of scheduled
+    /// messages (`{prefix}bus.schedule.*`) included. A reply queue still in use by a
+    /// connection cannot be deleted from another one; it goes when its connection closes.
     pub async fn cleanup(&self) {
         if tokio::time::timeout(Duration::from_secs(60), self.delete_all())
             .await

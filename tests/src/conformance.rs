@@ -37,7 +37,8 @@
 //! `tally` and their steps in `kit` and `bus_kit`; the tests themselves, grouped by what they
 //! check, in `round_trip` (1), `routing` (2, 3, 12), `failures` (4, 8), `flow` (5, 9), `churn`
 //! (6, 7, 10) and `cancel` (11, 11b); browsing, removing by id, listing endpoints, teardown
-//! and batch sends in `operations`.
+//! and batch sends in `operations`; request/response in `requests`; scheduled messages in
+//! `scheduling`.
 
 mod bus_kit;
 mod cancel;
@@ -48,8 +49,10 @@ mod failures;
 mod flow;
 mod kit;
 mod operations;
+mod requests;
 mod round_trip;
 mod routing;
+mod scheduling;
 mod suite;
 mod tally;
 
@@ -62,6 +65,11 @@ pub use flow::{per_key_order, prefetch};
 pub use operations::{
     browse_queues, endpoints_listed, remove_by_id, send_all_batches, teardown_declared,
 };
+pub use requests::{
+    request_failure, request_from_handler, request_late_reply, request_reply_concurrent,
+    request_timeout,
+};
 pub use round_trip::round_trip;
 pub use routing::{competing_consumers, fan_out_groups, many_topics};
+pub use scheduling::{scheduled_cancel, scheduled_events, scheduled_precision};
 pub use suite::run;

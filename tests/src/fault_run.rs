@@ -309,3 +309,64 @@ pub fn logs() {
             .try_init();
     }
 }
+
+/// How long after being scheduled the messages of [`scheduled_across_restart`] are due.
+pub const SCHEDULED_FOR: Duration = Duration::from_secs(10);
+
+/// Scheduled messages outlive their sender and a restart of the broker: `producer` schedules
+/// `Work` `0..n` for [`SCHEDULED_FOR`] from now, then goes away (its bus shut down and dropped,
+/// as a sending process that stops); `restart` restarts the broker; then `consumer` starts a
+/// bus hosting the endpoint (the endpoint must already exist on the broker). Every message is
+/// handled, none before it was due. Returns the consumer's bus and when the messages were due.
+pub async fn scheduled_across_restart<R, C, Started>(
+    test: &str,
+    producer: Bus,
+    tally: &Tally,
+    n: u64,
+    restart: R,
+    consumer: C,
+) -> (Bus, std::time::SystemTime)
+where
+    R: Future<Output = ()>,
+    C: FnOnce() -> Started,
+    Started: Future<Output = Bus>,
+{
+    let due = std::time::SystemTime::now() + SCHEDULED_FOR;
+    for i in 0..n {
+        tally.sent(i);
+        let options = SendOptions::new().deliver_at(due);
+        match producer
+            .send_with(
+                Work {
+                    n: i,
+                    fail_first: 0,
+                },
+                options,
+            )
+            .await
+        {
+            Ok(()) => tally.confirmed(i),
+            Err(e) => panic!("{test}: scheduling {i}: {e}"),
+        }
+    }
+    producer.shutdown().await;
+    drop(producer);
+    println!("{test}: {n} messages scheduled; the sender is gone");
+    restart.await;
+    let bus = consumer().await;
+    let deadline = Instant::now() + SCHEDULED_FOR + Duration::from_secs(60);
+    while !tally.all_confirmed_handled() && Instant::now() < deadline {
+        if tally.handled_count() > 0 {
+            assert!(
+                std::time::SystemTime::now() >= due,
+                "{test}: a scheduled message was handled before it was due"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let late = std::time::SystemTime::now()
+        .duration_since(due)
+        .unwrap_or_default();
+    println!("{test}: all {n} handled {late:?} after due");
+    (bus, due)
+}

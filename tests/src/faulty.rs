@@ -54,6 +54,18 @@ impl Transport for FailingErrorQueue {
         self.inner.name()
     }
 
+    async fn open_replies(&self, instance: &str) -> Result<bus_core::ReplyChannel, TransportError> {
+        self.inner.open_replies(instance).await
+    }
+
+    async fn subscribe_due(&self) -> Result<Option<Box<dyn Subscription>>, TransportError> {
+        self.inner.subscribe_due().await
+    }
+
+    async fn cancel_scheduled(&self, id: &bus_core::MessageId) -> Result<bool, TransportError> {
+        self.inner.cancel_scheduled(id).await
+    }
+
     fn carries_typed_messages(&self) -> bool {
         self.inner.carries_typed_messages()
     }
@@ -121,6 +133,18 @@ impl GatedAcks {
 impl Transport for GatedAcks {
     fn name(&self) -> &str {
         self.inner.name()
+    }
+
+    async fn open_replies(&self, instance: &str) -> Result<bus_core::ReplyChannel, TransportError> {
+        self.inner.open_replies(instance).await
+    }
+
+    async fn subscribe_due(&self) -> Result<Option<Box<dyn Subscription>>, TransportError> {
+        self.inner.subscribe_due().await
+    }
+
+    async fn cancel_scheduled(&self, id: &bus_core::MessageId) -> Result<bool, TransportError> {
+        self.inner.cancel_scheduled(id).await
     }
 
     fn carries_typed_messages(&self) -> bool {

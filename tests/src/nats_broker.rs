@@ -109,7 +109,10 @@ impl NatsScope {
         n
     }
 
-    /// Delete every stream of this scope.
+    /// Delete every stream of this scope: the endpoints' input, delay and error streams, the
+    /// event streams and the scheduled stream, with their consumers (all names start with the
+    /// scope's stream prefix). Reply addresses are core subscriptions, nothing on the server
+    /// outlives their connections.
     pub async fn cleanup(&self) {
         let work = async {
             let Ok(client) = async_nats::connect(self.url.as_str()).await else {

@@ -109,7 +109,9 @@ impl RedisScope {
         }
     }
 
-    /// Delete every key of this scope.
+    /// Delete every key of this scope: everything a transport creates lives under the
+    /// prefix, endpoint keys as well as the bus-wide ones (reply streams `<prefix>:reply:*`,
+    /// the scheduler's `<prefix>:scheduled*`).
     pub async fn cleanup(&self) {
         let keys = self.scope_keys().await;
         if keys.is_empty() {

@@ -82,6 +82,7 @@ fn message(destination: Destination, id: &str, delay: Option<Duration>) -> Outgo
             format!("{{\"id\":\"{id}\"}}").into_bytes(),
         ),
         delay,
+        deliver_at: None,
     }
 }
 

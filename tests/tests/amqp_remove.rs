@@ -68,6 +68,7 @@ fn message(destination: Destination, id: &str, copy: &str) -> Outgoing {
         destination,
         envelope: Envelope::from_bytes(headers, "{}"),
         delay: None,
+        deliver_at: None,
     }
 }
 

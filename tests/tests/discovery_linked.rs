@@ -35,6 +35,7 @@ async fn a_handler_crate_named_with_use_as_underscore_is_discovered_and_handles_
             destination: Destination::Event(Arc::from("t.discovery.Audited")),
             envelope: Envelope::from_bytes(headers, &br#"{"what":"login"}"#[..]),
             delay: None,
+            deliver_at: None,
         })
         .await
         .unwrap();

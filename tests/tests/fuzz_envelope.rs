@@ -136,7 +136,7 @@ proptest! {
                 let envelope: Envelope = decode_amqp_message(&props, data);
                 let headers: Headers = (*envelope.headers).clone();
                 transport
-                    .send(Outgoing { destination: Destination::Endpoint("fuzz".into()), envelope: Envelope::from_bytes(headers, match envelope.body { bus_core::Body::Bytes(b) => b, _ => unreachable!() }), delay: None })
+                    .send(Outgoing { destination: Destination::Endpoint("fuzz".into()), envelope: Envelope::from_bytes(headers, match envelope.body { bus_core::Body::Bytes(b) => b, _ => unreachable!() }), delay: None, deliver_at: None })
                     .await
                     .unwrap();
             }

@@ -134,6 +134,7 @@ async fn body_and_headers_round_trip_for_commands_and_events() {
                 destination,
                 envelope: Envelope::from_bytes(headers.clone(), body.clone()),
                 delay: None,
+                deliver_at: None,
             })
             .await
             .unwrap();
@@ -156,6 +157,7 @@ async fn body_and_headers_round_trip_for_commands_and_events() {
             destination: Destination::Endpoint("rt".into()),
             envelope: Envelope::from_bytes(tricky_headers("id-empty", "tests.Work"), Vec::new()),
             delay: None,
+            deliver_at: None,
         })
         .await
         .unwrap();
@@ -192,6 +194,7 @@ async fn a_new_subscription_gets_later_events_only_and_declaring_again_changes_n
             destination: Destination::Event("tests.Noticed".into()),
             envelope: Envelope::from_bytes(tricky_headers(id, "tests.Noticed"), b"{}".to_vec()),
             delay: None,
+            deliver_at: None,
         };
         // Another service subscribes first, so the event is stored.
         t.declare(&one_endpoint("early", &["tests.Noticed"]))
@@ -512,6 +515,7 @@ async fn a_message_past_the_delivery_limit_moves_to_the_error_stream() {
             destination: Destination::Endpoint("crashy".into()),
             envelope: Envelope::from_bytes(headers, b"{\"n\":1}".to_vec()),
             delay: None,
+            deliver_at: None,
         })
         .await
         .unwrap();
@@ -592,6 +596,7 @@ async fn an_unroutable_command_is_a_typed_error() {
                 destination: Destination::ErrorQueue("nobody".into()),
                 envelope: Envelope::from_bytes(tricky_headers("x", "tests.Work"), Vec::new()),
                 delay: None,
+                deliver_at: None,
             })
             .await
             .unwrap_err();
@@ -612,6 +617,7 @@ async fn an_oversized_message_is_refused_and_the_connection_stays_up() {
                 destination: Destination::Endpoint("big".into()),
                 envelope: Envelope::from_bytes(tricky_headers(id, "tests.Work"), body),
                 delay: None,
+                deliver_at: None,
             })
         };
         let err = send(vec![b'x'; limit], "too-big").await.unwrap_err();
@@ -651,6 +657,7 @@ async fn a_plain_subscriber_on_the_subjects_does_not_break_publishing() {
             destination: Destination::Event("tests.Noticed".into()),
             envelope: Envelope::from_bytes(headers.clone(), b"{}".to_vec()),
             delay: None,
+            deliver_at: None,
         })
         .await
         .expect("an event without subscribers is still fine");
@@ -659,6 +666,7 @@ async fn a_plain_subscriber_on_the_subjects_does_not_break_publishing() {
                 destination: Destination::Endpoint("nobody".into()),
                 envelope: Envelope::from_bytes(headers, b"{}".to_vec()),
                 delay: None,
+                deliver_at: None,
             })
             .await
             .unwrap_err();

@@ -174,6 +174,7 @@ fn command(endpoint: &str, id: &str, body: &str) -> Outgoing {
         destination: Destination::Endpoint(endpoint.into()),
         envelope: Envelope::from_bytes(headers, body.as_bytes().to_vec()),
         delay: None,
+        deliver_at: None,
     }
 }
 
@@ -468,6 +469,7 @@ async fn nats_teardown_keeps_an_event_stream_another_endpoint_still_takes() {
                 b"{\"n\":1}".to_vec(),
             ),
             delay: None,
+            deliver_at: None,
         };
         t.send(event).await.unwrap();
         let mut sub = t

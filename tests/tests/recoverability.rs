@@ -110,6 +110,7 @@ async fn exhausted_retries_end_in_the_error_queue_with_the_body_unchanged() {
             destination: Destination::Endpoint("t-retry".into()),
             envelope: Envelope::from_bytes(headers, body.clone()),
             delay: None,
+            deliver_at: None,
         })
         .await
         .unwrap();
@@ -239,6 +240,7 @@ fn raw(message_type: &str, content_type: &str, body: &[u8], id: &str) -> Outgoin
             body.to_vec(),
         ),
         delay: None,
+        deliver_at: None,
     }
 }
 
@@ -369,6 +371,7 @@ async fn a_typed_body_of_another_type_goes_to_the_error_queue_at_once() {
             body: Body::Message(Arc::new(Parse { n: 1 })),
         },
         delay: None,
+        deliver_at: None,
     };
     transport.send(wrong).await.unwrap();
     bus.send(Typed { n: 2 }).await.unwrap();

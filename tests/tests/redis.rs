@@ -127,11 +127,7 @@ fn work_envelope(id: &str) -> Envelope {
 }
 
 fn to(endpoint: &str, envelope: Envelope) -> Outgoing {
-    Outgoing {
-        destination: Destination::Endpoint(endpoint.into()),
-        envelope,
-        delay: None,
-    }
+    Outgoing::new(Destination::Endpoint(endpoint.into()), envelope)
 }
 
 async fn next(sub: &mut Box<dyn Subscription>, within: Duration) -> Option<bus_core::Delivery> {

@@ -186,6 +186,7 @@ fn to(destination: Destination, envelope: Envelope, delay: Option<Duration>) -> 
         destination,
         envelope,
         delay,
+        deliver_at: None,
     }
 }
 

@@ -16,6 +16,7 @@ use bus_core::{
 };
 use bus_tests::broker::AmqpScope;
 use bus_tests::eventually;
+use bus_tests::fault_run::scheduled_across_restart;
 use bus_tests::faulty::FailingErrorQueue;
 use bus_tests::messages::{Risky, Work};
 use bus_tests::reliability::{
@@ -869,5 +870,47 @@ async fn c29_graceful_shutdown_with_handlers_in_flight() {
             4,
         );
     })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b17_scheduled_messages_survive_the_sender_and_a_broker_restart() {
+    scoped(
+        "B17 scheduled messages across restarts",
+        |scope| async move {
+            let test = "B17 scheduled messages across restarts";
+            let n = 100;
+            let tally = Tally::new();
+            // The endpoint exists before anything is scheduled for it.
+            consumer(&scope, "b17", &tally, |e| e)
+                .await
+                .bus
+                .shutdown()
+                .await;
+            let p = producer(&scope, "b17", Duration::from_secs(10)).await;
+            let restart = async {
+                let stopped = tokio::task::spawn_blocking(BrokerStopped::stop)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::task::spawn_blocking(move || stopped.restore())
+                    .await
+                    .unwrap();
+                println!("{test}: broker restarted");
+            };
+            let (bus, _) = scheduled_across_restart(test, p, &tally, n, restart, || async {
+                consumer(&scope, "b17", &tally, |e| e).await.bus
+            })
+            .await;
+            bus.shutdown().await;
+            report(
+                "B17 scheduled messages across sender and broker restart",
+                "amqp",
+                "sender gone; stop_app/start_app",
+                &tally.summary(),
+                0,
+            );
+        },
+    )
     .await;
 }

@@ -120,6 +120,7 @@ fn raw(message_type: &str, content_type: &str, id: &str, body: &[u8]) -> Outgoin
             body.to_vec(),
         ),
         delay: None,
+        deliver_at: None,
     }
 }
 

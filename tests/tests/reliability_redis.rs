@@ -24,7 +24,8 @@ use bus_core::Bus;
 use bus_tests::eventually;
 use bus_tests::fault_run::{
     all_handled, burst, check_outcomes, confirmed_reach, handled_lines, logs, produce,
-    produce_range, within, worker_lines, Outcome, TempDir, WorkIds, Worker,
+    produce_range, scheduled_across_restart, within, worker_lines, Outcome, TempDir, WorkIds,
+    Worker,
 };
 use bus_tests::messages::Work;
 use bus_tests::proxy::Proxy;
@@ -506,6 +507,43 @@ async fn b16_consumer_process_killed_and_restarted() {
             "deliveries left unsettled in the stream (the dead consumer's?)"
         );
         assert_eq!(produced.failed, 0, "sends failed: {produced:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b17_scheduled_messages_survive_the_sender_and_a_redis_restart() {
+    let test = "B17 scheduled messages across restarts";
+    let _lock = BROKER_LOCK.lock().await;
+    logs();
+    let Some(mut server) = RedisServer::start(test, Persistence::AppendOnly).await else {
+        return;
+    };
+    let url = server.url();
+    within(test, Duration::from_secs(180), async {
+        let n = 100;
+        let tally = Tally::new();
+        // The endpoint exists before anything is scheduled for it.
+        consumer(&url, "b17", &tally).await.shutdown().await;
+        let p = producer(&url, "b17", Duration::from_secs(5)).await;
+        let restart = async {
+            server.kill();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            server.restart().await;
+            println!("{test}: redis-server restarted");
+        };
+        let (bus, _) = scheduled_across_restart(test, p, &tally, n, restart, || {
+            consumer(&url, "b17", &tally)
+        })
+        .await;
+        bus.shutdown().await;
+        report(
+            "B17 scheduled messages across sender and broker restart",
+            "redis",
+            "sender gone; redis-server kill -9 and restart (append-only file)",
+            &tally.summary(),
+            0,
+        );
     })
     .await;
 }

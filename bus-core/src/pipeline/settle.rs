@@ -81,6 +81,7 @@ pub(super) async fn schedule_retry(
             body: envelope.body.clone(),
         },
         delay: Some(delay),
+        deliver_at: None,
     };
     match ep.runtime.transport.send(out).await {
         Ok(()) => {
@@ -145,16 +146,22 @@ pub(super) async fn dead_letter(
         header::FAILURE_TIME.into(),
         humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
     );
-    let out = Outgoing {
-        destination: Destination::ErrorQueue(ep.name.clone()),
-        envelope: Envelope {
-            headers: Arc::new(headers),
+    let failed = Arc::new(headers);
+    let out = Outgoing::new(
+        Destination::ErrorQueue(ep.name.clone()),
+        Envelope {
+            headers: failed.clone(),
             body,
         },
-        delay: None,
-    };
+    );
     match ep.runtime.transport.send(out).await {
         Ok(()) => {
+            // A request's caller hears of the failure now, not at its timeout.
+            if let Some(reply) = ep.runtime.failure_reply(&envelope.headers, &failed) {
+                if let Err(error) = ep.runtime.transport.send(reply).await {
+                    tracing::warn!(endpoint = %ep.name, %error, "could not tell the caller of a failed request; it will time out");
+                }
+            }
             Counters::bump(&ep.runtime.counters.dead_lettered);
             tracing::error!(
                 endpoint = %ep.name,

@@ -93,7 +93,8 @@ impl Metrics {
                 let to = match &out.destination {
                     Destination::Endpoint(name)
                     | Destination::ErrorQueue(name)
-                    | Destination::Event(name) => name,
+                    | Destination::Event(name)
+                    | Destination::Reply(name) => name,
                 };
                 Cow::Owned(sent_attributes(&self.system, to, message_type).into_vec())
             }

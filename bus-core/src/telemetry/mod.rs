@@ -318,6 +318,7 @@ fn producer_span(
     let (operation, name) = match destination {
         Destination::Endpoint(endpoint) | Destination::ErrorQueue(endpoint) => ("send", endpoint),
         Destination::Event(event) => ("publish", event),
+        Destination::Reply(address) => ("reply", address),
     };
     tracing::info_span!(
         "send",

@@ -3,13 +3,15 @@
 //! names a broker).
 //!
 //! A client places orders. One order fails once and succeeds on retry; one is poison and ends
-//! in the error queue. The exit status says whether the demo reached that end.
+//! in the error queue. The client then asks sales where each order stands (request/response),
+//! and shipping's delivery reminders, scheduled as each order ships, come due. The exit status
+//! says whether the demo reached that end.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bus_core::{decode_envelope, header, SendOptions};
-use bus_examples::messages::PlaceOrder;
+use bus_examples::messages::{GetOrderStatus, PlaceOrder};
 use bus_examples::sales::FLAKY_SKU;
 use bus_examples::service::{error_queue_location, init_tracing, shop_bus};
 use bus_examples::trace::ShopStats;
@@ -83,6 +85,21 @@ async fn main() -> ExitCode {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    println!();
+    let mut statuses = 0;
+    for (order_id, ..) in orders {
+        match bus.request(GetOrderStatus { order_id }).await {
+            Ok(status) => {
+                println!("client: order #{order_id} is {}", status.state);
+                statuses += 1;
+            }
+            Err(e) => eprintln!("shop: asking for order #{order_id} failed: {e}"),
+        }
+    }
+    println!();
+    while stats.reminders() < good && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let report = bus.shutdown().await;
     let _ = transport.close().await;
 
@@ -93,6 +110,8 @@ async fn main() -> ExitCode {
     println!("  invoices          {}", stats.invoices());
     println!("  parcels packed    {}", stats.parcels());
     println!("  shipments         {}", stats.shipments());
+    println!("  status answers    {statuses}");
+    println!("  reminders due     {}", stats.reminders());
     println!(
         "  failed attempts   {} (retried: immediately, then after a delay)",
         bus_stats.failed_attempts
@@ -138,7 +157,11 @@ async fn main() -> ExitCode {
             bus_stats.dead_lettered == 1
         }
     };
-    if stats.shipments() != good || !dead_ok {
+    if stats.shipments() != good
+        || !dead_ok
+        || statuses != orders.len()
+        || stats.reminders() != good
+    {
         eprintln!("the demo did not reach its expected end state");
         if memory.is_none() {
             eprintln!(

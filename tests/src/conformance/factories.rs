@@ -71,6 +71,8 @@ impl TransportFactory for MemoryFactory {
             delayed_delivery: true,
             sent_at_whole_seconds: false,
             survives_restart: false,
+            cancels_scheduled: true,
+            schedule_precision: Duration::from_millis(100),
         }
     }
 
@@ -131,6 +133,8 @@ impl TransportFactory for AmqpFactory {
             delayed_delivery: true,
             sent_at_whole_seconds: true,
             survives_restart: true,
+            cancels_scheduled: false,
+            schedule_precision: Duration::from_millis(500),
         }
     }
 
@@ -239,6 +243,8 @@ impl TransportFactory for NatsFactory {
             sent_at_whole_seconds: false,
             // File-backed streams and durable consumers.
             survives_restart: true,
+            cancels_scheduled: true,
+            schedule_precision: Duration::from_millis(500),
         }
     }
 
@@ -310,6 +316,8 @@ impl TransportFactory for RedisFactory {
             sent_at_whole_seconds: false,
             // Redis's persistence decides; the test server keeps nothing on disk.
             survives_restart: false,
+            cancels_scheduled: true,
+            schedule_precision: Duration::from_millis(500),
         }
     }
 

@@ -30,6 +30,11 @@ pub struct Features {
     pub sent_at_whole_seconds: bool,
     /// Queued messages outlive a restart of the broker (used by the fault suites).
     pub survives_restart: bool,
+    /// [`Transport::cancel_scheduled`](bus_core::Transport::cancel_scheduled) works.
+    pub cancels_scheduled: bool,
+    /// How late after its due time a scheduled message may arrive, as the transport's
+    /// documentation promises (`docs/scheduling.md`).
+    pub schedule_precision: Duration,
 }
 
 /// Makes clients of one broker for the conformance suite.

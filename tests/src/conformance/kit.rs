@@ -88,11 +88,7 @@ pub(super) fn raw(id: &str) -> Envelope {
 
 /// `envelope` addressed to `endpoint`'s queue, without delay.
 pub(super) fn to_endpoint(endpoint: &str, envelope: Envelope) -> Outgoing {
-    Outgoing {
-        destination: Destination::Endpoint(endpoint.into()),
-        envelope,
-        delay: None,
-    }
+    Outgoing::new(Destination::Endpoint(endpoint.into()), envelope)
 }
 
 /// Send [`raw`]`(id)` to `endpoint`, recording it as sent, then as confirmed once `send`

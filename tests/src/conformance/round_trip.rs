@@ -177,6 +177,7 @@ async fn round_trip_body(f: &dyn TransportFactory) {
                     destination,
                     envelope: Envelope::from_bytes(headers, case.body.clone()),
                     delay: None,
+                    deliver_at: None,
                 })
                 .await
                 .unwrap_or_else(|e| panic!("[{}] sending case {id} failed: {e}", f.name()));
@@ -199,6 +200,7 @@ async fn round_trip_body(f: &dyn TransportFactory) {
                     body: Body::Message(Arc::new(probe.clone())),
                 },
                 delay: None,
+                deliver_at: None,
             })
             .await
             .expect("sending a typed body");

@@ -140,6 +140,7 @@ async fn many_topics_body(f: &dyn TransportFactory) {
                     destination: Destination::Event(ty.into()),
                     envelope,
                     delay: None,
+                    deliver_at: None,
                 })
                 .await
                 .unwrap_or_else(|e| panic!("[{}] publishing {id} failed: {e}", f.name()));

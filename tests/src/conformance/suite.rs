@@ -83,6 +83,14 @@ macro_rules! conformance_suite {
             endpoints_listed,
             teardown_declared,
             send_all_batches,
+            request_reply_concurrent,
+            request_timeout,
+            request_failure,
+            request_late_reply,
+            request_from_handler,
+            scheduled_precision,
+            scheduled_events,
+            scheduled_cancel,
         );
     };
 }

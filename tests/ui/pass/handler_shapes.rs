@@ -87,15 +87,45 @@ async fn anyhow_error(_evt: OrderPlaced) -> anyhow::Result<()> {
 }
 
 #[handler(endpoint = "ui-errors")]
-async fn boxed_error(
-    _evt: OrderPlaced,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn boxed_error(_evt: OrderPlaced) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     Ok(())
 }
 
 #[handler(endpoint = "ui-errors")]
 async fn string_error(_evt: OrderPlaced) -> Result<(), String> {
     Ok(())
+}
+
+// A request's handler answers with its response type, whatever its error type.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Quote {
+    cents: u64,
+}
+
+#[derive(Command, Serialize, Deserialize, Clone, Debug)]
+#[command(name = "ui.GetQuote", endpoint = "ui-pricing", response = Quote)]
+struct GetQuote {
+    sku: String,
+}
+
+#[handler]
+async fn quote(query: GetQuote, _ctx: MessageContext) -> Result<Quote, HandlerError> {
+    Ok(Quote {
+        cents: query.sku.len() as u64,
+    })
+}
+
+#[derive(Command, Serialize, Deserialize, Clone, Debug)]
+#[command(name = "ui.GetQuoteToo", endpoint = "ui-pricing", response = Quote)]
+struct GetQuoteToo {
+    sku: String,
+}
+
+#[handler]
+async fn quote_anyhow(query: GetQuoteToo) -> anyhow::Result<Quote> {
+    Ok(Quote {
+        cents: query.sku.len() as u64,
+    })
 }
 
 fn main() {

@@ -286,6 +286,7 @@ mod tests {
                     b"{}".to_vec(),
                 ),
                 delay: None,
+                deliver_at: None,
             })
             .collect();
         transport.send_batch(batch).await.expect("send");

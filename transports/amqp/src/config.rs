@@ -26,6 +26,9 @@ pub enum QueueType {
 /// | error queue of `E` | `E.error` | `N.E.error` |
 /// | delay queue of `E` for `D` ms | `E.delay.D` | `N.E.delay.D` |
 /// | events exchange (topic; routing key = wire name) | `bus.events` | `N.bus.events` |
+/// | reply queue of bus instance `I` | `bus.reply.I` | `N.bus.reply.I` |
+/// | scheduled messages waiting 2^n ms | `bus.schedule.Ln` | `N.bus.schedule.Ln` |
+/// | scheduled messages that may be due | `bus.schedule.due` | `N.bus.schedule.due` |
 ///
 /// A [`queue_prefix`](Naming::queue_prefix) goes before the endpoint's name, after the
 /// namespace: `N.{prefix}E`. Without a namespace the names are exactly those of earlier
@@ -43,6 +46,9 @@ pub enum QueueType {
 ///     "staging.billing.delay.2000"
 /// );
 /// assert_eq!(naming.events_exchange_name(), "staging.bus.events");
+/// assert_eq!(naming.reply_queue("0193"), "staging.bus.reply.0193");
+/// assert_eq!(naming.schedule_level_queue(7), "staging.bus.schedule.L7");
+/// assert_eq!(naming.schedule_due_queue(), "staging.bus.schedule.due");
 /// assert_eq!(Naming::default().events_exchange_name(), "bus.events");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +115,25 @@ impl Naming {
             self.delay_infix,
             delay.as_millis()
         ))
+    }
+
+    /// The reply queue of one bus instance (see
+    /// [`Transport::open_replies`](bus_core::Transport::open_replies)); its name is the
+    /// instance's reply address.
+    pub fn reply_queue(&self, instance: &str) -> String {
+        self.scoped(format!("{}bus.reply.{instance}", self.queue_prefix))
+    }
+
+    /// The queue where scheduled messages wait 2^`level` milliseconds (one of a cascade of
+    /// delay levels, shared by every endpoint under this naming).
+    pub fn schedule_level_queue(&self, level: u32) -> String {
+        self.scoped(format!("{}bus.schedule.L{level}", self.queue_prefix))
+    }
+
+    /// The queue the delay levels of scheduled messages expire into, from which running buses
+    /// take the messages that are due.
+    pub fn schedule_due_queue(&self) -> String {
+        self.scoped(format!("{}bus.schedule.due", self.queue_prefix))
     }
 
     /// Whether `queue` is a delay queue of `endpoint` (for any delay).

@@ -1,13 +1,17 @@
-//! A subscription on an endpoint's queue: a lapin consumer that re-opens itself after the
-//! connection or the channel failed, and the ackers of its deliveries.
+//! A subscription on a queue (an endpoint's, the reply queue of a bus instance, the queue of
+//! due scheduled messages): a lapin consumer that re-opens itself after the connection or the
+//! channel failed, and the ackers of its deliveries.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::{async_trait, Acker, Delivery, Destination, Envelope, Subscription, TransportError};
+use bus_core::{
+    async_trait, Acker, Delivery, Destination, Envelope, SharedAcker, Subscription, TransportError,
+};
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
@@ -18,7 +22,7 @@ use crate::error::{broker_error, queue_error};
 use crate::transport::AmqpTransport;
 use crate::wire;
 
-/// A consumer on an endpoint's queue, on a channel of its own.
+/// A consumer on a queue, on a channel of its own.
 pub(crate) struct AmqpSubscription {
     transport: AmqpTransport,
     queue: String,
@@ -30,14 +34,21 @@ pub(crate) struct AmqpSubscription {
     cancelled: bool,
     /// Held-back acks, when batching is on.
     batch: Option<Arc<AckBatch>>,
+    /// For a reply queue: the subscription declares the queue itself (exclusive to its
+    /// connection, gone with its consumer) and reads it without acks, settling each delivery
+    /// with this no-op.
+    replies: Option<Arc<NoAck>>,
+    /// What the consumer yielded while [`AmqpSubscription::next_buffered`] looked for a
+    /// delivery and found something else (an error, its end), for `next` to handle.
+    stashed: Option<Option<Result<lapin::message::Delivery, lapin::Error>>>,
 }
 
 impl AmqpSubscription {
-    /// Start consuming from `queue`, the input queue of `endpoint`; with `batch`, acks are
-    /// batched.
+    /// Start consuming from `queue`, which receives the messages for `target` (as a missing
+    /// queue's error names it); with `batch`, acks are batched.
     pub(crate) async fn start(
         transport: AmqpTransport,
-        endpoint: &str,
+        target: Destination,
         queue: String,
         prefetch: u16,
         batch: Option<Arc<AckBatch>>,
@@ -45,12 +56,36 @@ impl AmqpSubscription {
         let mut sub = AmqpSubscription {
             transport,
             queue,
-            target: Destination::Endpoint(endpoint.into()),
+            target,
             prefetch,
             channel: None,
             consumer: None,
             cancelled: false,
             batch,
+            replies: None,
+            stashed: None,
+        };
+        sub.open().await?;
+        Ok(sub)
+    }
+
+    /// Declare the reply queue `queue` (non-durable, exclusive to this connection, deleted
+    /// once its consumer goes) and consume it without acks: a reply is settled by arriving.
+    pub(crate) async fn start_replies(
+        transport: AmqpTransport,
+        queue: String,
+    ) -> Result<Self, TransportError> {
+        let mut sub = AmqpSubscription {
+            transport,
+            target: Destination::Reply(queue.as_str().into()),
+            queue,
+            prefetch: 0,
+            channel: None,
+            consumer: None,
+            cancelled: false,
+            batch: None,
+            replies: Some(Arc::new(NoAck)),
+            stashed: None,
         };
         sub.open().await?;
         Ok(sub)
@@ -62,15 +97,35 @@ impl AmqpSubscription {
         let limit = t.inner.config.connect_timeout;
         let work = async {
             let ch = t.topology_channel().await?;
-            ch.basic_qos(self.prefetch, BasicQosOptions::default())
+            let no_ack = self.replies.is_some();
+            if no_ack {
+                // Declared on this channel, the queue is declared again by the client library
+                // when it recovers the channel after a connection drop.
+                ch.queue_declare(
+                    self.queue.as_str().into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
                 .await
-                .map_err(|e| broker_error("setting prefetch", e))?;
+                .map_err(|e| broker_error(format!("declaring reply queue `{}`", self.queue), e))?;
+            } else {
+                ch.basic_qos(self.prefetch, BasicQosOptions::default())
+                    .await
+                    .map_err(|e| broker_error("setting prefetch", e))?;
+            }
             let tag = format!("{}-{}", t.inner.config.connection_name, consumer_tag());
             let consumer = ch
                 .basic_consume(
                     self.queue.as_str().into(),
                     tag.as_str().into(),
-                    BasicConsumeOptions::default(),
+                    BasicConsumeOptions {
+                        no_ack,
+                        ..BasicConsumeOptions::default()
+                    },
                     FieldTable::default(),
                 )
                 .await
@@ -83,6 +138,90 @@ impl AmqpSubscription {
         self.channel = Some(ch);
         self.consumer = Some(consumer);
         Ok(())
+    }
+
+    /// What the consumer yielded, as `next` answers it: `None` to look again (the consumer
+    /// re-opened if need be), a delivery, or an error when it could not be recovered.
+    async fn handle(
+        &mut self,
+        next: Option<Result<lapin::message::Delivery, lapin::Error>>,
+    ) -> Option<Result<Delivery, TransportError>> {
+        match next {
+            None => {
+                tracing::warn!(queue = %self.queue, "the broker ended the consumer; subscribing again");
+                self.consumer = None;
+                self.channel = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                None
+            }
+            Some(Ok(d)) => Some(Ok(self.delivery(d))),
+            Some(Err(e)) => {
+                let text = self.transport.inner.config.scrub(&e.to_string());
+                tracing::warn!(queue = %self.queue, error = %text, "consumer error; waiting for recovery");
+                let ch = self.channel.clone();
+                let recovered = match ch {
+                    Some(ch) => timeout(
+                        self.transport.inner.config.connect_timeout,
+                        ch.wait_for_recovery(e.clone()),
+                    )
+                    .await
+                    .map(|r| r.is_ok())
+                    .unwrap_or(false),
+                    None => false,
+                };
+                if recovered {
+                    return None;
+                }
+                self.consumer = None;
+                self.channel = None;
+                let consuming = format!("consuming from `{}`", self.queue);
+                Some(Err(TransportError::connection(consuming, e)))
+            }
+        }
+    }
+
+    /// A delivery of the bus made of one of the consumer's.
+    fn delivery(&self, d: lapin::message::Delivery) -> Delivery {
+        let lapin::message::Delivery {
+            properties,
+            data,
+            acker,
+            redelivered,
+            ..
+        } = d;
+        let envelope = wire::envelope(&properties, data);
+        if let Some(no_ack) = &self.replies {
+            return Delivery::shared(envelope, no_ack.clone(), 0, redelivered, 1);
+        }
+        let count = wire::delivery_count(&properties, redelivered);
+        let settle = match &self.batch {
+            None => Settle::Alone(acker),
+            Some(batch) => Settle::Batched {
+                seq: batch.handed_out(acker),
+                batch: batch.clone(),
+            },
+        };
+        let acker = AmqpAcker {
+            settle,
+            _transport: self.transport.clone(),
+        };
+        Delivery::new(envelope, Box::new(acker), redelivered, count)
+    }
+
+    /// A delivery the consumer already holds, without waiting for one; `None` when it holds
+    /// none (or has an error or its end to report, which the next `next` does).
+    pub(crate) async fn next_buffered(&mut self) -> Option<Delivery> {
+        if self.cancelled || self.stashed.is_some() {
+            return None;
+        }
+        let consumer = self.consumer.as_mut()?;
+        match futures_lite::future::poll_once(consumer.next()).await? {
+            Some(Ok(d)) => Some(self.delivery(d)),
+            other => {
+                self.stashed = Some(other);
+                None
+            }
+        }
     }
 
     /// A consumer whose connection died without an error (the library's recovery gave up):
@@ -145,6 +284,12 @@ impl Subscription for AmqpSubscription {
                     return Some(Err(e));
                 }
             }
+            if let Some(stashed) = self.stashed.take() {
+                match self.handle(stashed).await {
+                    Some(out) => return Some(out),
+                    None => continue,
+                }
+            }
             let consumer = self.consumer.as_mut()?;
             let next = match &self.batch {
                 // A delivery already buffered (the common case on a busy queue) needs no
@@ -179,62 +324,8 @@ impl Subscription for AmqpSubscription {
                     }
                 },
             };
-            match next {
-                None => {
-                    tracing::warn!(queue = %self.queue, "the broker ended the consumer; subscribing again");
-                    self.consumer = None;
-                    self.channel = None;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Some(Ok(d)) => {
-                    let lapin::message::Delivery {
-                        properties,
-                        data,
-                        acker,
-                        redelivered,
-                        ..
-                    } = d;
-                    let count = wire::delivery_count(&properties, redelivered);
-                    let envelope = wire::envelope(&properties, data);
-                    let settle = match &self.batch {
-                        None => Settle::Alone(acker),
-                        Some(batch) => Settle::Batched {
-                            seq: batch.handed_out(acker),
-                            batch: batch.clone(),
-                        },
-                    };
-                    let acker = AmqpAcker {
-                        settle,
-                        _transport: self.transport.clone(),
-                    };
-                    return Some(Ok(Delivery::new(
-                        envelope,
-                        Box::new(acker),
-                        redelivered,
-                        count,
-                    )));
-                }
-                Some(Err(e)) => {
-                    let text = self.transport.inner.config.scrub(&e.to_string());
-                    tracing::warn!(queue = %self.queue, error = %text, "consumer error; waiting for recovery");
-                    let ch = self.channel.clone();
-                    let recovered = match ch {
-                        Some(ch) => timeout(
-                            self.transport.inner.config.connect_timeout,
-                            ch.wait_for_recovery(e.clone()),
-                        )
-                        .await
-                        .map(|r| r.is_ok())
-                        .unwrap_or(false),
-                        None => false,
-                    };
-                    if !recovered {
-                        self.consumer = None;
-                        self.channel = None;
-                        let consuming = format!("consuming from `{}`", self.queue);
-                        return Some(Err(TransportError::connection(consuming, e)));
-                    }
-                }
+            if let Some(out) = self.handle(next).await {
+                return Some(out);
             }
         }
     }
@@ -303,4 +394,24 @@ impl Acker for AmqpAcker {
             });
         }
     }
+}
+
+/// Settles a delivery of a consumer without acks: there is nothing to do.
+pub(crate) struct NoAck;
+
+#[async_trait]
+impl SharedAcker for NoAck {
+    async fn ack(self: Arc<Self>, _token: u64) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    fn ack_now(&self, _token: u64) -> Option<Result<(), TransportError>> {
+        Some(Ok(()))
+    }
+
+    async fn nack(self: Arc<Self>, _token: u64, _envelope: Envelope) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    fn abandon(&self, _token: u64, _envelope: Envelope) {}
 }

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bus_core::{
-    async_trait, Declared, EndpointInfo, Envelope, MessageId, Outgoing, QueueKind,
-    SubscribeOptions, Subscription, Topology, Transport, TransportError,
+    async_trait, Declared, Destination, EndpointInfo, Envelope, MessageId, Outgoing, QueueKind,
+    ReplyChannel, SubscribeOptions, Subscription, Topology, Transport, TransportError,
 };
 use lapin::{Channel, Connection};
 use tokio::time::Instant;
@@ -57,6 +57,10 @@ pub(crate) struct Inner {
     pub(crate) publisher: Mutex<Channel>,
     /// Delay queues known to exist, so each is declared once.
     pub(crate) delay_queues: Mutex<HashSet<String>>,
+    /// Set once the queues of scheduled messages (delay levels and due queue) are declared.
+    pub(crate) schedule_declared: AtomicBool,
+    /// One declaration of the queues of scheduled messages at a time.
+    pub(crate) schedule_declaring: tokio::sync::Mutex<()>,
     /// Hold consumer acks back and send them as one `multiple` ack (see [`AckBatch`]).
     batched_acks: AtomicBool,
 }
@@ -98,6 +102,8 @@ impl AmqpTransport {
                 reconnecting: tokio::sync::Mutex::new(()),
                 publisher: Mutex::new(publisher),
                 delay_queues: Mutex::new(HashSet::new()),
+                schedule_declared: AtomicBool::new(false),
+                schedule_declaring: tokio::sync::Mutex::new(()),
                 batched_acks: AtomicBool::new(false),
             }),
         })
@@ -173,8 +179,35 @@ impl Transport for AmqpTransport {
             .load(Ordering::Relaxed)
             .then(|| Arc::new(AckBatch::new(usize::from(prefetch / 4).max(1))));
         let queue = self.inner.config.naming.queue(endpoint);
-        let sub = AmqpSubscription::start(self.clone(), endpoint, queue, prefetch, batch).await?;
+        let target = Destination::Endpoint(endpoint.into());
+        let sub = AmqpSubscription::start(self.clone(), target, queue, prefetch, batch).await?;
         Ok(Box::new(sub))
+    }
+
+    /// Declares this instance's reply queue, `{namespace}.{prefix}bus.reply.{instance}`
+    /// (its name is the address): not durable, exclusive to this transport's connection and
+    /// deleted once its consumer goes, so it disappears with the channel or, for a crashed
+    /// process, with its connection. It is read without acks: a reply is never redelivered.
+    async fn open_replies(&self, instance: &str) -> Result<ReplyChannel, TransportError> {
+        self.open_reply_queue(instance).await
+    }
+
+    /// The queue of scheduled messages that may be due, `{namespace}.{prefix}bus.schedule.due`
+    /// (see the crate docs): a message not due yet is moved back into the delay level for
+    /// its remaining wait, never handed out; a due one is, to be acked once delivered.
+    async fn subscribe_due(&self) -> Result<Option<Box<dyn Subscription>>, TransportError> {
+        Ok(Some(Box::new(self.due_subscription().await?)))
+    }
+
+    /// Always [`TransportError::Unsupported`]: AMQP 0-9-1 cannot take one message out of the
+    /// middle of a queue, and a scheduled message moves from delay level to delay level while
+    /// it waits (see the crate docs).
+    async fn cancel_scheduled(&self, id: &MessageId) -> Result<bool, TransportError> {
+        let _ = id;
+        Err(TransportError::Unsupported {
+            operation: "cancelling a scheduled message",
+            transport: self.name().to_string(),
+        })
     }
 
     /// Up to `limit` messages of the queue, oldest first, decoded as a delivery of them would

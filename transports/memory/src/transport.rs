@@ -1,12 +1,12 @@
 //! The transport itself: endpoint queues and event bindings by name, the ways a message goes
 //! into them (now, after waiting for room, or after a delay), and subscriptions to them.
 
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use bus_core::{
-    async_trait, Declared, Destination, EndpointInfo, Envelope, MessageId, Outgoing, QueueKind,
-    SubscribeOptions, Subscription, Topology, Transport, TransportError,
+    async_trait, Declared, Delivery, Destination, EndpointInfo, Envelope, MessageId, Outgoing,
+    QueueKind, ReplyChannel, SubscribeOptions, Subscription, Topology, Transport, TransportError,
 };
 use tokio::time::Instant;
 
@@ -25,6 +25,8 @@ struct Inner {
     send_timeout: Duration,
     queues: RwLock<NameMap<Arc<Queue>>>,
     bindings: RwLock<NameMap<Vec<Arc<Queue>>>>,
+    /// Scheduled messages waiting for their time, by message id, to cancel them.
+    scheduled: Mutex<NameMap<tokio::task::AbortHandle>>,
 }
 
 /// Queues and bindings by name, looked up on every send.
@@ -59,6 +61,7 @@ impl MemoryTransport {
                 send_timeout,
                 queues: RwLock::new(NameMap::default()),
                 bindings: RwLock::new(NameMap::default()),
+                scheduled: Mutex::new(NameMap::default()),
             }),
         }
     }
@@ -135,7 +138,50 @@ impl MemoryTransport {
                 .get(&**name)
                 .cloned()
                 .unwrap_or_default()),
+            // A reply address that is gone: its caller went away, and the reply with it.
+            Destination::Reply(address) => Ok(self
+                .queue(&reply_queue_name(address))
+                .map(|q| vec![q])
+                .unwrap_or_default()),
         }
+    }
+
+    /// Hold `message` until `at`, then send it as if sent then (an event reaches the queues
+    /// bound at that time). It lives in this process only: a restart forgets it.
+    fn schedule(&self, message: Outgoing, at: SystemTime) {
+        let wait = at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let id = message.envelope.headers.message_id.to_string();
+        let this = self.clone();
+        let key = id.clone();
+        let mut scheduled = self
+            .inner
+            .scheduled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            // Whoever takes it out of the map wins: this task, or a cancel.
+            let mine = this
+                .inner
+                .scheduled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            if mine.is_none() {
+                return;
+            }
+            let due = Outgoing {
+                deliver_at: None,
+                ..message
+            };
+            let destination = due.destination.to_string();
+            if let Err(error) = this.send(due).await {
+                tracing::error!(%destination, %error, "a scheduled message fell due but could not be delivered");
+            }
+        });
+        scheduled.insert(id, task.abort_handle());
     }
 
     /// A slot in `queue` for one message, waiting for room until `deadline` (see
@@ -174,6 +220,7 @@ impl MemoryTransport {
                     destination: Destination::Event(name),
                     envelope: stored.envelope,
                     delay: None,
+                    deliver_at: None,
                 }),
             };
         }
@@ -187,6 +234,7 @@ impl MemoryTransport {
                         destination: Destination::Event(name),
                         envelope,
                         delay: None,
+                        deliver_at: None,
                     })
                 }
             }
@@ -212,6 +260,44 @@ fn push_copies(slots: Vec<Reserved<'_>>, envelope: Envelope) {
 /// No queue for `endpoint`: nothing has declared it on this transport.
 fn unroutable(endpoint: &str) -> TransportError {
     TransportError::Unroutable(format!("endpoint `{endpoint}`"))
+}
+
+/// The queue behind a reply address.
+fn reply_queue_name(address: &str) -> String {
+    format!("reply:{address}")
+}
+
+/// A reply channel's subscription, which takes its queue away when it goes.
+struct ReplySubscription {
+    inner: MemorySubscription,
+    transport: MemoryTransport,
+    queue: String,
+}
+
+#[async_trait]
+impl Subscription for ReplySubscription {
+    async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
+        self.inner.next().await
+    }
+
+    fn next_now(&mut self) -> Option<Delivery> {
+        self.inner.next_now()
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
+    }
+}
+
+impl Drop for ReplySubscription {
+    fn drop(&mut self) {
+        self.transport
+            .inner
+            .queues
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.queue);
+    }
 }
 
 /// The error queue's name for an endpoint: `<endpoint>.error`.
@@ -364,6 +450,7 @@ impl Transport for MemoryTransport {
             destination,
             envelope,
             delay: None,
+            deliver_at: None,
         } = message
         else {
             return Err(message);
@@ -376,6 +463,7 @@ impl Transport for MemoryTransport {
                     destination: other,
                     envelope,
                     delay: None,
+                    deliver_at: None,
                 })
             }
         };
@@ -393,12 +481,21 @@ impl Transport for MemoryTransport {
                 destination: Destination::Endpoint(e),
                 envelope: stored.envelope,
                 delay: None,
+                deliver_at: None,
             }),
         }
     }
 
     async fn send(&self, message: Outgoing) -> Result<(), TransportError> {
         let deadline = Instant::now() + self.inner.send_timeout;
+        if let Some(at) = message.scheduled_after(SystemTime::now()) {
+            // Unroutable now is unroutable: a command to an endpoint nobody declared.
+            if let Destination::Endpoint(e) = &message.destination {
+                self.queue(e).ok_or_else(|| unroutable(e))?;
+            }
+            self.schedule(message, at);
+            return Ok(());
+        }
         if let (Destination::Endpoint(e), None) =
             (&message.destination, message.delay.filter(|d| !d.is_zero()))
         {
@@ -434,6 +531,37 @@ impl Transport for MemoryTransport {
         }
         push_copies(slots, message.envelope);
         Ok(())
+    }
+
+    /// A queue of this process named after the instance; it goes when the channel does.
+    async fn open_replies(&self, instance: &str) -> Result<ReplyChannel, TransportError> {
+        let queue = reply_queue_name(instance);
+        let q = self.declare_queue(&queue, false);
+        Ok(ReplyChannel {
+            address: instance.to_string(),
+            replies: Box::new(ReplySubscription {
+                inner: MemorySubscription::new(q, 1_000),
+                transport: self.clone(),
+                queue,
+            }),
+        })
+    }
+
+    /// Stops the timer of a scheduled message (which lives in this process only).
+    async fn cancel_scheduled(&self, id: &MessageId) -> Result<bool, TransportError> {
+        let task = self
+            .inner
+            .scheduled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id.as_str());
+        Ok(match task {
+            Some(task) => {
+                task.abort();
+                true
+            }
+            None => false,
+        })
     }
 
     async fn subscribe(

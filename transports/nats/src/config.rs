@@ -18,6 +18,8 @@ use crate::error::NatsError;
 /// | delayed retries of `E`, waiting | subject `bus.delay.E`, in stream `BUS_DELAY_E` |
 /// | error queue of `E` | subject `bus.error.E`, in stream `BUS_ERR_E` |
 /// | the durable pull consumer every instance of `E` shares | `bus` on `BUS_EP_E` (and on `BUS_DELAY_E`) |
+/// | scheduled messages, waiting (one per message id, token `T`) | subject `bus.scheduled.T`, in stream `BUS_SCHEDULED`, read by its consumer `bus` |
+/// | reply address of bus instance `I` | subject `bus.reply.I` (core NATS, no stream) |
 ///
 /// Stream names cannot hold `.`, so other characters than letters, digits, `-` and `_` become
 /// `_` and a short hash of the original name is appended (`orders.v2` gives `BUS_EP_orders_v2_3f1c09aa`).
@@ -93,6 +95,23 @@ impl Naming {
         self.subject("error", endpoint)
     }
 
+    /// Subject of the reply address of one bus instance (see
+    /// [`bus_core::Transport::open_replies`]): a plain NATS subject, in no stream.
+    pub fn reply_subject(&self, instance: &str) -> String {
+        self.subject("reply", instance)
+    }
+
+    /// Subject of one scheduled message while it waits, by its subject token (see the
+    /// transport's docs on scheduled messages).
+    pub fn scheduled_subject(&self, token: &str) -> String {
+        self.subject("scheduled", token)
+    }
+
+    /// The subjects of the scheduled stream: every scheduled message of this naming.
+    pub fn scheduled_subjects(&self) -> String {
+        self.subject("scheduled", ">")
+    }
+
     /// `[<namespace>.]<prefix>.<kind>.<name>`, written straight into its `String` (every send
     /// makes one).
     fn subject(&self, kind: &str, name: &str) -> String {
@@ -160,6 +179,12 @@ impl Naming {
     /// The stream of an endpoint's error queue.
     pub fn error_stream(&self, endpoint: &str) -> String {
         self.stream("ERR", endpoint)
+    }
+
+    /// The stream that holds every scheduled message of this naming until it is due, whatever
+    /// its destination: one for the whole bus, a work queue.
+    pub fn scheduled_stream(&self) -> String {
+        format!("{}SCHEDULED", self.stream_name_prefix())
     }
 }
 

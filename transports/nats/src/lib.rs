@@ -4,8 +4,9 @@
 //! publish acks awaited on every send, deduplication by `Nats-Msg-Id`, one durable pull
 //! consumer per endpoint shared by all its instances (competing consumers), explicit and
 //! confirmed acks, progress signals for long handlers, a delivery limit, delayed retries that
-//! survive a restart, an error stream per endpoint, automatic reconnect, and credentials in
-//! the URL that never show up in logs or errors. It needs a server with JetStream (`-js`);
+//! survive a restart, an error stream per endpoint, scheduled messages kept on the server
+//! (and cancellable), request/response over core NATS reply subjects, automatic reconnect,
+//! and credentials in the URL that never show up in logs or errors. It needs a server with JetStream (`-js`);
 //! it works with 2.9 and later (it uses no feature of 2.10+).
 //!
 //! ## Topology (default names; see [`Naming`])
@@ -16,6 +17,8 @@
 //! | event with wire name `W` | `bus.evt.W` | `BUS_EVT_W` (kept [`NatsConfig::event_max_age`]), sourced into `BUS_EP_E` of every endpoint `E` subscribing to `W` |
 //! | delayed retries of `E` while they wait | `bus.delay.E` | `BUS_DELAY_E` (work queue) |
 //! | error queue of `E` | `bus.error.E` | `BUS_ERR_E` |
+//! | scheduled messages while they wait (any destination), one per message id | `bus.scheduled.<token>` | `BUS_SCHEDULED` (work queue, one message per subject), consumer `bus` |
+//! | reply address of bus instance `I` | `bus.reply.I` | none: core NATS |
 //!
 //! Each endpoint stream has one durable pull consumer, `bus`, that every instance of the
 //! endpoint pulls from: each message goes to one instance, and events reach each subscribing
@@ -91,6 +94,54 @@
 //! (milliseconds since the Unix epoch); the instances of the endpoint park it with a delayed
 //! nak until it is due, then republish it to the command subject. Nothing waits in memory.
 //!
+//! ## Request/response
+//!
+//! A bus instance's reply address ([`bus_core::Transport::open_replies`]) is the subject
+//! `[<namespace>.]bus.reply.<instance>` (the address is the subject itself), on which the
+//! instance holds a plain core NATS subscription: no stream, no consumer. A reply is a core
+//! publish to it with the usual bus headers, returned as soon as the client took it: there
+//! is no publish ack on the request's round trip, and a reply to an address nobody listens on
+//! any more (its caller gave up, or its process is gone) is dropped by the server, neither an
+//! error nor unroutable. The address is gone when its subscription is cancelled, and with the
+//! connection of a process that crashed. A reply address that is not a reply subject of the
+//! transport's naming is not published to (it is logged and dropped): a request cannot make a
+//! handler publish anywhere else on the server. A reply sent while the client reconnects
+//! waits in the client's buffer; one lost with a connection leaves its caller to its timeout.
+//!
+//! ## Scheduled messages
+//!
+//! Servers before 2.12 cannot schedule a message, so a scheduled command or event
+//! ([`bus_core::SendOptions::deliver_at`]) is stored in one work-queue stream for the whole
+//! naming, `BUS_SCHEDULED` (`STAGING_BUS_SCHEDULED` in namespace `staging`), on subject
+//! `bus.scheduled.<token>`, where the token is the message id when it is made of ASCII
+//! letters, digits, `-` and `_` (every id the bus makes), else `=` and the id's bytes in hex.
+//! The stored copy carries the envelope's headers plus `bus-deliver-at` (milliseconds since the
+//! Unix epoch) and `bus-destination` (`endpoint:E`, `event:W`); `send` returns once JetStream
+//! acknowledged storing it, so it survives a restart of the sender and of the server (file
+//! storage). The stream keeps one message per subject: the same message id scheduled twice is
+//! stored once (the second replaces the first). A time already past sends the message at once,
+//! as without a schedule; delayed retries keep the delay streams.
+//!
+//! Every bus that hosts endpoints takes the due messages ([`bus_core::Transport::subscribe_due`])
+//! from the stream's durable pull consumer `bus` (created with the stream, idempotently, when
+//! the first bus starts), as instances of an endpoint take its delayed retries: a message not
+//! due yet is parked with a nak delayed until it is due, so the server keeps the timer and no
+//! process holds it (a crash loses nothing, nothing polls); a due one is handed to the bus,
+//! which sends it to its destination and then acks it (confirmed). The buses compete for them:
+//! each goes to one at a time, and one handed out and never settled comes back after the ack
+//! wait. Up to 100,000 messages may be parked at once; more wait in the stream until room is
+//! made. A scheduled command to an endpoint that does not exist when it is due is dropped by
+//! the bus with a log line.
+//!
+//! Precision (server 2.9.10 on loopback, 1,000 commands due at random times within 5 s, one
+//! delivering bus, four runs): none early; late by p50 3 ms, p99 7 to 11 ms, max 8 to 16 ms,
+//! which is mostly the server's redelivery timer. Due times are whole milliseconds, rounded up.
+//!
+//! [`bus_core::Transport::cancel_scheduled`] works: it finds the message by its subject (the
+//! stream's last message on it) and deletes it by sequence. It says `false` when nothing with
+//! that id waits, and for a message whose due time has come: that one is the delivering
+//! buses' now and may be on its way already, so it is left alone.
+//!
 //! ## Where things live
 //! - `config`: [`NatsConfig`] (URL, credentials, timeouts, limits) and [`Naming`].
 //! - `transport`: [`NatsTransport`]: connecting, declaring, sending.
@@ -100,6 +151,8 @@
 //!   progress on, acks waiting for their confirmation.
 //! - `acks`: acks and their confirmations, naks, progress signals.
 //! - `delay`: moving due delayed retries; `limit`: messages past the delivery limit.
+//! - `replies`: reply addresses and replies; `schedule`: storing, handing out and cancelling
+//!   scheduled messages.
 //! - `browse`: reading a queue's messages without consuming them; `remove`: deleting chosen
 //!   ones; `endpoints`: listing the endpoints with their depths.
 //! - `wire`: envelope to NATS headers and back.
@@ -113,6 +166,8 @@ mod error;
 mod flight;
 mod limit;
 mod remove;
+mod replies;
+mod schedule;
 mod subscription;
 mod topology;
 mod transport;

@@ -168,7 +168,7 @@ struct Pulled {
 /// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, or
 /// with a domain and an account hash after `$JS.ACK.` (and possibly more tokens at the end).
 /// The client library's `Message::info` reads the same, and parses every other field too.
-fn delivered(reply: &str) -> Option<u32> {
+pub(crate) fn delivered(reply: &str) -> Option<u32> {
     let rest = reply.strip_prefix("$JS.ACK.")?;
     let mut tokens = [""; 9];
     let mut n = 0;

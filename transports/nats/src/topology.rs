@@ -28,6 +28,9 @@ use crate::config::{check_subject_part, NatsConfig};
 /// Most delayed retries an endpoint may have parked in its delay consumer at once; more wait
 /// in the delay stream until some are moved.
 const DELAY_MAX_ACK_PENDING: i64 = 100_000;
+/// Most scheduled messages parked in the scheduled consumer at once; more wait in the stream
+/// until some are delivered.
+const SCHEDULED_MAX_ACK_PENDING: i64 = 100_000;
 
 /// The consumers of an endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +39,8 @@ pub(crate) enum ConsumerKind {
     Input,
     /// Delayed retries waiting to be due.
     Delay,
+    /// The bus-wide scheduled messages (the endpoint name plays no part).
+    Scheduled,
 }
 
 /// Create (idempotently) every stream and consumer of one endpoint.
@@ -86,6 +91,32 @@ pub(crate) async fn declare_endpoint(
     ensure_consumer(js, config, &ep.name, ConsumerKind::Input).await?;
     ensure_consumer(js, config, &ep.name, ConsumerKind::Delay).await?;
     Ok(())
+}
+
+/// Create (idempotently) the stream that keeps every scheduled message of the naming until it
+/// is due. One message per subject: a scheduled message's subject is made of its message id
+/// (see the `schedule` module), so sending the same message again replaces it instead of
+/// scheduling it twice, and a cancelled id can be scheduled again at once (a deduplication
+/// window would swallow that).
+pub(crate) async fn ensure_scheduled_stream(
+    js: &Context,
+    config: &NatsConfig,
+) -> Result<(), TransportError> {
+    let naming = &config.naming;
+    ensure_stream(
+        js,
+        config,
+        stream::Config {
+            name: naming.scheduled_stream(),
+            subjects: vec![naming.scheduled_subjects()],
+            retention: RetentionPolicy::WorkQueue,
+            max_messages_per_subject: 1,
+            description: Some("scheduled messages of the bus, until they are due".into()),
+            ..base_stream()
+        },
+    )
+    .await
+    .map(drop)
 }
 
 fn base_stream() -> stream::Config {
@@ -267,6 +298,13 @@ fn consumer_config(config: &NatsConfig, kind: ConsumerKind) -> pull::Config {
             description: Some("moves delayed retries back to the endpoint when due".into()),
             ..base
         },
+        // Parked the same way as delayed retries, and as many may wait at once.
+        ConsumerKind::Scheduled => pull::Config {
+            max_deliver: -1,
+            max_ack_pending: SCHEDULED_MAX_ACK_PENDING,
+            description: Some("every bus hands out the scheduled messages due from it".into()),
+            ..base
+        },
     }
 }
 
@@ -275,6 +313,7 @@ pub(crate) fn consumer_stream(config: &NatsConfig, endpoint: &str, kind: Consume
     match kind {
         ConsumerKind::Input => config.naming.endpoint_stream(endpoint),
         ConsumerKind::Delay => config.naming.delay_stream(endpoint),
+        ConsumerKind::Scheduled => config.naming.scheduled_stream(),
     }
 }
 
@@ -305,7 +344,7 @@ pub(crate) async fn ensure_consumer(
             {
                 Some(ConsumerInfoErrorKind::NotFound) => {}
                 Some(ConsumerInfoErrorKind::StreamNotFound) => {
-                    return Err(unroutable(endpoint, &stream_name))
+                    return Err(unroutable(endpoint, kind, &stream_name))
                 }
                 _ => return Err(api_error(format!("reading consumer of `{stream_name}`"), e)),
             }
@@ -317,7 +356,7 @@ pub(crate) async fn ensure_consumer(
         Ok(Err(e)) => {
             let missing_stream = matches!(e.kind(), ConsumerErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND);
             if missing_stream {
-                return Err(unroutable(endpoint, &stream_name));
+                return Err(unroutable(endpoint, kind, &stream_name));
             }
             Err(api_error(
                 format!("creating consumer of `{stream_name}`"),
@@ -329,7 +368,14 @@ pub(crate) async fn ensure_consumer(
 
 /// The endpoint has no stream: it was never declared on this server (under this naming).
 /// The target reads as the destination does (endpoint `E`), followed by the missing stream.
-fn unroutable(endpoint: &str, stream: &str) -> TransportError {
+/// The scheduled stream is no endpoint's: it is missing until the first bus creates it.
+fn unroutable(endpoint: &str, kind: ConsumerKind, stream: &str) -> TransportError {
+    if kind == ConsumerKind::Scheduled {
+        return TransportError::Other {
+            context: format!("the stream of scheduled messages `{stream}` does not exist"),
+            source: None,
+        };
+    }
     let destination = Destination::Endpoint(endpoint.into());
     TransportError::Unroutable(format!("{destination} (no stream `{stream}`)"))
 }

@@ -1,7 +1,7 @@
 //! [`NatsTransport`]: the bus's transport over NATS JetStream.
 
 use std::future::IntoFuture;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +13,7 @@ use async_nats::{ConnectErrorKind, ConnectOptions, HeaderMap, ServerAddr};
 use bus_core::probe::{self, Protocol};
 use bus_core::{
     async_trait, Bytes, Declared, Destination, EndpointInfo, Envelope, MessageId, Outgoing,
-    QueueKind, SubscribeOptions, Subscription, Topology, Transport, TransportError,
+    QueueKind, ReplyChannel, SubscribeOptions, Subscription, Topology, Transport, TransportError,
     TransportLimits,
 };
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use crate::config::{check_subject_part, Auth, NatsConfig};
 use crate::error::NatsError;
 use crate::subscription::NatsSubscription;
-use crate::{browse, endpoints, remove, topology, wire};
+use crate::{browse, endpoints, remove, replies, schedule, topology, wire};
 
 /// The NATS JetStream transport, on async-nats.
 ///
@@ -61,6 +61,9 @@ pub(crate) struct Inner {
     /// The server's `max_payload`, read once per connection: the client library hands out
     /// the server's information only as a copy of all of it, several allocations per send.
     max_payload: MaxPayload,
+    /// Whether the scheduled stream is known to exist, so that scheduling a message needs
+    /// no request to make sure of it (cleared when a publish finds it missing).
+    pub(crate) scheduled_stream: AtomicBool,
 }
 
 /// The `max_payload` of the server of the current connection.
@@ -213,6 +216,7 @@ impl NatsTransport {
                     read_at: AtomicU64::new(u64::MAX),
                     bytes: AtomicUsize::new(0),
                 },
+                scheduled_stream: AtomicBool::new(false),
             }),
         })
     }
@@ -274,6 +278,13 @@ impl NatsTransport {
                     source: None,
                 })
             }
+            // Replies never take the JetStream path: `send` hands them to the `replies` module.
+            (Destination::Reply(address), _) => {
+                return Err(TransportError::Other {
+                    context: format!("a reply to `{address}` is no JetStream publish"),
+                    source: None,
+                })
+            }
         };
         let due = delay.map(|d| {
             (SystemTime::now() + d)
@@ -288,9 +299,14 @@ impl NatsTransport {
             body: wire::body(&out.envelope)?,
         };
         let map = prepared.headers();
-        // JetStream publishes bypass the client's own size check, and the server drops the
-        // whole connection on an oversized message: refuse it here.
-        let size = wire::size(&map, &prepared.body);
+        self.check_size(&map, &prepared.body)?;
+        Ok((prepared, map))
+    }
+
+    /// Refuse a message larger than the server takes. JetStream publishes bypass the client's
+    /// own size check, and the server drops the whole connection on an oversized message.
+    pub(crate) fn check_size(&self, map: &HeaderMap, body: &[u8]) -> Result<(), TransportError> {
+        let size = wire::size(map, body);
         let limit = self.inner.max_payload.get(&self.inner.client);
         if limit > 0 && size > limit {
             return Err(TransportError::Refused {
@@ -300,7 +316,18 @@ impl NatsTransport {
                 source: None,
             });
         }
-        Ok((prepared, map))
+        Ok(())
+    }
+
+    /// Send a message that takes no JetStream publish of the usual kind: a reply, or a message
+    /// scheduled for later (delayed retries keep their own path). `None` gives it back (its
+    /// time has come meanwhile).
+    async fn send_special(&self, message: &Outgoing) -> Option<Result<(), TransportError>> {
+        if let Destination::Reply(address) = &message.destination {
+            return Some(replies::send(self, message, address).await);
+        }
+        let at = scheduled_at(message)?;
+        Some(schedule::schedule(self, message, at).await)
     }
 
     /// No stream took a message: is that because none exists for its subject (a final answer),
@@ -567,8 +594,23 @@ enum Missing {
     Transient,
 }
 
+/// When a message is scheduled for, if it is scheduled for later than now (and is no delayed
+/// retry, which keeps its own mechanism).
+fn scheduled_at(message: &Outgoing) -> Option<SystemTime> {
+    if message.delay.is_some_and(|d| !d.is_zero()) {
+        return None;
+    }
+    message.scheduled_after(SystemTime::now())
+}
+
+/// Whether a message does not take the usual JetStream publish (see `send_special`).
+fn is_special(message: &Outgoing) -> bool {
+    matches!(message.destination, Destination::Reply(_))
+        || (message.deliver_at.is_some() && scheduled_at(message).is_some())
+}
+
 /// Whether a publish error carries JetStream's own refusal (as opposed to a transport problem).
-fn is_api_error(e: &jetstream::context::PublishError) -> bool {
+pub(crate) fn is_api_error(e: &jetstream::context::PublishError) -> bool {
     std::error::Error::source(e).is_some_and(|s| s.downcast_ref::<jetstream::Error>().is_some())
 }
 
@@ -590,6 +632,11 @@ impl Transport for NatsTransport {
     }
 
     async fn send(&self, message: Outgoing) -> Result<(), TransportError> {
+        if is_special(&message) {
+            if let Some(done) = self.send_special(&message).await {
+                return done;
+            }
+        }
         // One message on its own: no batch to collect it in, and the batch's retries only
         // when the first try did not store it.
         let (p, headers) = self.prepare(&message)?;
@@ -604,14 +651,31 @@ impl Transport for NatsTransport {
         self.publish_again(vec![p], deadline).await
     }
 
+    /// Messages to streams are published together (pipelined); scheduled messages and
+    /// replies go after them, one by one, so that a reply never reports work whose messages
+    /// JetStream has not stored.
     async fn send_batch(&self, messages: Vec<Outgoing>) -> Result<(), TransportError> {
-        let pending = messages
-            .iter()
+        let (special, plain): (Vec<&Outgoing>, Vec<&Outgoing>) = if messages.iter().any(is_special)
+        {
+            messages.iter().partition(|m| is_special(m))
+        } else {
+            (Vec::new(), messages.iter().collect())
+        };
+        let pending = plain
+            .into_iter()
             .map(|m| self.prepare(m))
             .collect::<Result<Vec<_>, _>>()?;
         let deadline = Instant::now() + self.inner.config.publish_timeout;
         let again = self.publish_round(pending, deadline).await?;
-        self.publish_again(again, deadline).await
+        self.publish_again(again, deadline).await?;
+        for message in special {
+            match self.send_special(message).await {
+                Some(done) => done?,
+                // Its time came meanwhile: now an ordinary send.
+                None => self.send(message.clone()).await?,
+            }
+        }
+        Ok(())
     }
 
     async fn subscribe(
@@ -621,6 +685,27 @@ impl Transport for NatsTransport {
     ) -> Result<Box<dyn Subscription>, TransportError> {
         let sub = NatsSubscription::start(self.clone(), endpoint, options).await?;
         Ok(Box::new(sub))
+    }
+
+    /// A core NATS subscription on `[<namespace>.]<prefix>.reply.<instance>`, which is the
+    /// address. Replies are plain NATS messages, in no stream: one to an address nobody
+    /// listens on any more is dropped by the server, and the address is gone with the
+    /// subscription or the connection.
+    async fn open_replies(&self, instance: &str) -> Result<ReplyChannel, TransportError> {
+        replies::open(self, instance).await
+    }
+
+    /// The due messages of the bus-wide scheduled stream, from its durable consumer (both
+    /// created if missing). See the crate docs on scheduled messages.
+    async fn subscribe_due(&self) -> Result<Option<Box<dyn Subscription>>, TransportError> {
+        schedule::subscribe_due(self).await.map(Some)
+    }
+
+    /// Deletes the scheduled message from the scheduled stream, found by the subject its id
+    /// gives. `false` when no message with this id waits there, and when its due time has
+    /// come: it is then the delivering buses' (it may be on its way already).
+    async fn cancel_scheduled(&self, id: &MessageId) -> Result<bool, TransportError> {
+        schedule::cancel(self, id).await
     }
 
     /// The `max_payload` of the server of the current connection (1 MiB unless the server is

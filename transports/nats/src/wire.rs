@@ -29,8 +29,8 @@ use bus_core::{Body, Bytes, Destination, Envelope, Headers, MessageId, Transport
 
 /// JetStream's deduplication header.
 pub(crate) const NATS_MSG_ID: &str = "Nats-Msg-Id";
-/// When a delayed message is due (milliseconds since the Unix epoch). Internal to the transport.
-pub(crate) const DELIVER_AT: &str = "bus-deliver-at";
+/// When a delayed retry or a scheduled message is due (milliseconds since the Unix epoch).
+pub(crate) const DELIVER_AT: &str = bus_core::header::DELIVER_AT;
 
 // The names as the client library keeps them: a `&str` name is copied into a new buffer on
 // every insert, a static one is not.
@@ -82,6 +82,8 @@ pub(crate) fn dedup_id<'a>(
         Destination::ErrorQueue(_) => headers
             .get(bus_core::header::FAILURE_TIME)
             .map(|t| Cow::Owned(format!("{id}/error/{t}"))),
+        // A reply is a plain NATS message: no stream, nothing to deduplicate.
+        Destination::Reply(_) => None,
     }
 }
 
@@ -240,6 +242,16 @@ pub(crate) fn decode_value(value: &str) -> Cow<'_, str> {
 /// moves the message to the error queue with the reason, instead of dropping it. A message
 /// from a plain NATS client that sets only `Nats-Msg-Id` gets that as its message id.
 pub(crate) fn envelope(map: Option<&HeaderMap>, payload: Bytes) -> Envelope {
+    read_envelope(map, payload, false)
+}
+
+/// The envelope of a scheduled message that fell due: as [`envelope`] reads it, but keeping
+/// `bus-deliver-at` among its custom headers, as the bus expects of it while it waits.
+pub(crate) fn scheduled_envelope(map: Option<&HeaderMap>, payload: Bytes) -> Envelope {
+    read_envelope(map, payload, true)
+}
+
+fn read_envelope(map: Option<&HeaderMap>, payload: Bytes, keep_deliver_at: bool) -> Envelope {
     let mut h = Headers::default();
     let mut nats_msg_id = None;
     let mut custom = BTreeMap::new();
@@ -258,6 +270,9 @@ pub(crate) fn envelope(map: Option<&HeaderMap>, payload: Bytes) -> Envelope {
                 CONTENT_TYPE => h.content_type = Cow::Owned(value.into_owned()),
                 CORRELATION_ID => h.correlation_id = Some(value.into_owned()),
                 SENT_TIME => h.sent_at = parse_time(&value),
+                DELIVER_AT if keep_deliver_at => {
+                    custom.insert(DELIVER_AT.to_string(), value.into_owned());
+                }
                 DELIVER_AT => {}
                 n if n.eq_ignore_ascii_case(NATS_MSG_ID) => nats_msg_id = Some(value),
                 n if is_nats_header(n) => {}

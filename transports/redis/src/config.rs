@@ -18,6 +18,11 @@ use crate::error::RedisError;
 /// | input stream of endpoint `E` (consumer group `E`) | `bus:ep:E` | stream |
 /// | error stream of `E` | `bus:ep:E:error` | stream |
 /// | delayed messages of `E`, scored by due time (ms) | `bus:delayed:E` | sorted set |
+/// | replies to bus instance `I` (expires unless renewed) | `bus:reply:I` | stream |
+/// | scheduled messages waiting, scored by due time (ms) | `bus:scheduled` | sorted set |
+/// | scheduled messages handed out, scored by lease end (ms) | `bus:scheduled:claimed` | sorted set |
+/// | scheduled messages by message id | `bus:scheduled:messages` | hash |
+/// | a short stream poked when a message is scheduled | `bus:scheduled:wake` | stream |
 ///
 /// With namespace `shop`, every one of them starts with `shop:` instead: `shop:bus:endpoints`,
 /// `shop:bus:ep:E`, and so on. Without one, the keys are exactly the ones above.
@@ -38,6 +43,8 @@ use crate::error::RedisError;
 /// assert_eq!(keys.stream("billing"), "tenant-a:bus:ep:billing");
 /// assert_eq!(keys.endpoints(), "tenant-a:bus:endpoints");
 /// assert_eq!(keys.delayed("billing"), "tenant-a:bus:delayed:billing");
+/// assert_eq!(keys.reply("42"), "tenant-a:bus:reply:42");
+/// assert_eq!(keys.scheduled(), "tenant-a:bus:scheduled");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Keys {
@@ -111,6 +118,34 @@ impl Keys {
     /// The sorted set holding an endpoint's delayed messages until they are due.
     pub fn delayed(&self, endpoint: &str) -> String {
         format!("{}:delayed:{endpoint}", self.root())
+    }
+
+    /// The reply stream of one bus instance (its reply address is `instance`).
+    pub fn reply(&self, instance: &str) -> String {
+        format!("{}:reply:{instance}", self.root())
+    }
+
+    /// The sorted set of scheduled messages waiting to be due, by message id, scored by due
+    /// time (ms since the Unix epoch).
+    pub fn scheduled(&self) -> String {
+        format!("{}:scheduled", self.root())
+    }
+
+    /// The sorted set of scheduled messages handed out to a bus and not settled yet, scored
+    /// by the end of the lease (ms), after which they are due again.
+    pub fn scheduled_claimed(&self) -> String {
+        format!("{}:scheduled:claimed", self.root())
+    }
+
+    /// The hash of scheduled messages (waiting or handed out): message id to stored message.
+    pub fn scheduled_messages(&self) -> String {
+        format!("{}:scheduled:messages", self.root())
+    }
+
+    /// A short stream appended to whenever a message is scheduled, so that the buses taking
+    /// due messages look again at once (one may be due before they planned to look).
+    pub fn scheduled_wake(&self) -> String {
+        format!("{}:scheduled:wake", self.root())
     }
 
     /// The consumer group reading an endpoint's stream: the endpoint's name.
@@ -379,6 +414,11 @@ mod tests {
         assert_eq!(k.stream_prefix(), "ns:p:ep:");
         assert_eq!(k.error_stream("a"), "ns:p:ep:a:error");
         assert_eq!(k.delayed("a"), "ns:p:delayed:a");
+        assert_eq!(k.reply("i-1"), "ns:p:reply:i-1");
+        assert_eq!(k.scheduled(), "ns:p:scheduled");
+        assert_eq!(k.scheduled_claimed(), "ns:p:scheduled:claimed");
+        assert_eq!(k.scheduled_messages(), "ns:p:scheduled:messages");
+        assert_eq!(k.scheduled_wake(), "ns:p:scheduled:wake");
     }
 
     #[test]

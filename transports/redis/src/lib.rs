@@ -26,6 +26,74 @@
 //!   in milliseconds of the Redis server's clock. The subscriptions of `E` move due ones into
 //!   the stream with a script that appends and removes each in one step, so none is lost or
 //!   doubled however many instances run it. A due message waits at most the block timeout.
+//! - `bus:reply:I`, the reply stream of bus instance `I` (see below).
+//! - `bus:scheduled`, `bus:scheduled:claimed`, `bus:scheduled:messages` and
+//!   `bus:scheduled:wake`: the scheduled messages of every endpoint and event (see below).
+//!
+//! | key | type | created by | gone |
+//! |---|---|---|---|
+//! | `<root>:endpoints` | set | declare | teardown (when empty) |
+//! | `<root>:subs:W` | set | declare | teardown (when empty) |
+//! | `<root>:ep:E` (group `E`) | stream | declare | teardown |
+//! | `<root>:ep:E:error` | stream | the first failed message | teardown |
+//! | `<root>:delayed:E` | sorted set | the first delayed retry | teardown; empty: by itself |
+//! | `<root>:reply:I` | stream | the first request of bus instance `I` | when its channel closes; a crashed process's after 60 s (`PEXPIRE`) |
+//! | `<root>:scheduled` | sorted set | the first scheduled message | empty: by itself |
+//! | `<root>:scheduled:claimed` | sorted set | the first due message taken | empty: by itself |
+//! | `<root>:scheduled:messages` | hash | the first scheduled message | empty: by itself |
+//! | `<root>:scheduled:wake` | stream (16 entries at most) | the first scheduled message | a day after the last scheduled message (`PEXPIRE`) |
+//!
+//! The scheduler keys are shared by the whole bus (every endpoint and event under the root):
+//! [`bus_core::Transport::teardown`] and [`bus_core::Transport::endpoints`] leave them out.
+//!
+//! ## Replies (request/response)
+//! [`bus_core::Transport::open_replies`] creates the stream `<root>:reply:<instance>` (an
+//! entry added and trimmed away at once, `XADD ... MAXLEN 0`) with an expiry of 60 s that its
+//! reader renews every 20 s; the reply address is `<instance>`. The reader waits with
+//! `XREAD BLOCK` (at most the block timeout) from the last id it saw, on a connection of its
+//! own, and trims what it read (`XTRIM MINID`) in the same round trip as its next read.
+//! Replies are settled by doing nothing: they are never redelivered, to this instance or
+//! another. Cancelling or dropping the channel deletes the stream; a process that crashed
+//! leaves it to its expiry (if the expiry passed during a long outage, the reader creates it
+//! again). A reply ([`bus_core::Destination::Reply`]) is one `XADD ... NOMKSTREAM` to the
+//! address's stream: a reply to an address that is gone creates nothing, is dropped, and the
+//! send is `Ok`.
+//!
+//! ## Scheduled messages
+//! A message sent with a `deliver_at` in the future, to an endpoint or an event, is stored in
+//! one script (a command to an undeclared endpoint is unroutable at once, as if sent now): its
+//! message id in the sorted set `<root>:scheduled`, scored by its due time (milliseconds since
+//! the Unix epoch, rounded up), and the message in the hash `<root>:scheduled:messages` (its
+//! stream-entry fields as netstrings, with `bus-deliver-at` and `bus-destination` added). The
+//! send returns `Ok` once Redis executed the script; the message then lives as long as Redis
+//! keeps its data (see below), whatever happens to the sending process. A `deliver_at` in
+//! the past sends at once. Delayed retries keep their own delay sets. Due times are the
+//! sender's clock, compared with the Redis server's: keep the clocks in sync (NTP), or a
+//! message comes early or late by their difference.
+//!
+//! [`bus_core::Transport::subscribe_due`] starts a taker per bus: a script moves due ids
+//! (score at or before the server's `TIME`) into `<root>:scheduled:claimed`, scored by the end
+//! of a lease (the reclaim time, [`RedisConfig::reclaim_idle`]), and returns their messages;
+//! the taker hands them out as deliveries. Buses compete on the same keys, and the script
+//! moves each id once, so each due message goes to one bus at a time. Ack: out of the
+//! claimed set and the hash, for good. Nack (or a delivery dropped unsettled): due again at
+//! once. The taker renews the leases of what it still holds every third of the lease; those of
+//! a bus that crashed run out, and the next look of any bus makes them due again. Nothing not
+//! yet due is held in memory.
+//!
+//! When to look: the script answers how long until the next message is due (or the next
+//! lease ends), and the taker sleeps that long on a local timer (a blocking command's timeout
+//! in Redis is only as fine as its `hz`, 100 ms by default). Scheduling a message also appends
+//! to `<root>:scheduled:wake`, which every taker watches with `XREAD BLOCK` on a connection of
+//! its own, so a message due earlier than planned, scheduled by any process, is seen at once.
+//! With nothing scheduled, a taker looks once per block timeout. Measured on a local Redis 7.0
+//! (the conformance check `scheduled_precision`: 1,000 commands due at random times within
+//! 5 s; debug build, 2 cores, alongside the rest of the suite): none early; after due, p50
+//! 3 to 4 ms, p99 8 to 57 ms, max 11 to 62 ms over three runs.
+//!
+//! [`bus_core::Transport::cancel_scheduled`] takes a waiting id out of `<root>:scheduled` and
+//! the hash in one script: `true`. An id handed out already (being delivered right now) or
+//! unknown (delivered, cancelled, never scheduled) is left alone: `false`.
 //!
 //! ## Deliveries
 //! A subscription reads with `XREADGROUP ... COUNT <free prefetch slots> BLOCK
@@ -104,7 +172,8 @@
 //! ## What survives a Redis restart
 //! Redis's own persistence settings decide: with RDB snapshots or AOF, streams, pending
 //! lists, registries and delayed messages come back as of the last write saved; with
-//! persistence off (`--save "" --appendonly no`), everything not yet consumed is lost. A send
+//! persistence off (`--save "" --appendonly no`), everything not yet consumed is lost,
+//! scheduled messages included. A send
 //! returns `Ok` once Redis executed the write, not once it reached disk (`appendfsync` decides
 //! that). After a restart that lost the data, subscriptions find their group missing and
 //! declare again what their transport declared, so consuming resumes by itself; senders see
@@ -122,6 +191,8 @@
 //! ## Where things live
 //! - `config`: [`RedisConfig`] (URL, timeouts, reclaim settings) and [`Keys`].
 //! - `transport`: [`RedisTransport`]: connect, declare, send.
+//! - `replies`: reply addresses: open, read, send a reply.
+//! - `schedule`: scheduled messages: store, take when due, settle, cancel.
 //! - `admin`: browse, remove, the endpoint list and teardown.
 //! - `subscription`: the reader task of a subscription, and its ackers.
 //! - `scripts`: the Lua scripts for the steps that must be atomic.
@@ -130,6 +201,8 @@
 mod admin;
 mod config;
 mod error;
+mod replies;
+mod schedule;
 mod scripts;
 mod subscription;
 mod transport;

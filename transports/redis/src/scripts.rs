@@ -327,3 +327,140 @@ return {depth, consumers, errors}
 "#,
     )
 });
+
+/// Keep a reply stream: renew its expiry, or, when it is gone (expired during a long outage,
+/// or Redis lost its data), create it again, empty, with the expiry.
+///
+/// `KEYS[1]` the reply stream; `ARGV[1]` the expiry in ms. Returns 1 when it existed, 0 when
+/// it was created again.
+pub(crate) static KEEP_REPLIES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 1 then
+  return 1
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', 0, '*', 'bus-reply-address', 'open')
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 0
+"#,
+    )
+});
+
+/// Store a scheduled message until it is due, if its endpoint is declared: its id in the
+/// scheduled set scored by the due time, the message in the hash, and a poke on the wake
+/// stream so the buses taking due messages look again.
+///
+/// `KEYS[1]` the endpoint registry, `KEYS[2]` the scheduled set, `KEYS[3]` the hash of
+/// scheduled messages, `KEYS[4]` the wake stream (gone a day after the last poke); `ARGV[1]`
+/// the endpoint (empty for an event), `ARGV[2]` the message id, `ARGV[3]` the due time (ms
+/// since the Unix epoch), `ARGV[4]` the stored message. Returns 1, or 0 when the endpoint is
+/// not declared.
+pub(crate) static SCHEDULE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if ARGV[1] ~= '' and redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('XADD', KEYS[4], 'MAXLEN', 16, '*', 'due', ARGV[3])
+redis.call('PEXPIRE', KEYS[4], 86400000)
+return 1
+"#,
+    )
+});
+
+/// Take due scheduled messages: first make those whose lease ran out (handed out to a bus that
+/// stopped without settling them) due again, then move up to `ARGV[2]` due ids (due time at or
+/// before the server's clock) into the claimed set, scored by the end of their lease, and
+/// return them with their messages. An id whose message is gone (acked or cancelled
+/// meanwhile) is dropped.
+///
+/// `KEYS[1]` the scheduled set, `KEYS[2]` the claimed set, `KEYS[3]` the hash of messages;
+/// `ARGV[1]` the lease in ms, `ARGV[2]` the most to take. Returns `{ms until the next due
+/// message or the next lease end, or -1 when neither; {id, message, id, message, ...}}`.
+pub(crate) static CLAIM_DUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)) do
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZADD', KEYS[1], now, id)
+end
+local out = {}
+local lease = now + tonumber(ARGV[1])
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))) do
+  redis.call('ZREM', KEYS[1], id)
+  local message = redis.call('HGET', KEYS[3], id)
+  if message then
+    redis.call('ZADD', KEYS[2], lease, id)
+    out[#out + 1] = id
+    out[#out + 1] = message
+  end
+end
+local wait = -1
+for k = 1, 2 do
+  local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
+  if first[2] then
+    local w = math.max(0, tonumber(first[2]) - now)
+    if wait < 0 or w < wait then wait = w end
+  end
+end
+return {wait, out}
+"#,
+    )
+});
+
+/// Extend the lease of scheduled messages a bus still holds (handed out, not settled). Ids no
+/// longer claimed (settled, or taken back) are left alone.
+///
+/// `KEYS[1]` the claimed set; `ARGV[1]` the lease in ms, then the ids. Returns how many were
+/// extended.
+pub(crate) static RENEW_CLAIMS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local lease = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+local renewed = 0
+for i = 2, #ARGV do
+  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', lease, ARGV[i])
+end
+return renewed
+"#,
+    )
+});
+
+/// Give a scheduled message handed out back: due again now, if it is still claimed.
+///
+/// `KEYS[1]` the scheduled set, `KEYS[2]` the claimed set; `ARGV[1]` the id. Returns 1 when
+/// it was given back.
+pub(crate) static RELEASE_DUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then
+  return 0
+end
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Cancel a scheduled message that still waits: out of the scheduled set and the hash. One
+/// handed out (being delivered) or unknown is left alone.
+///
+/// `KEYS[1]` the scheduled set, `KEYS[2]` the hash of messages; `ARGV[1]` the id. Returns 1
+/// when it was waiting and is now cancelled, else 0.
+pub(crate) static CANCEL_SCHEDULED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"#,
+    )
+});

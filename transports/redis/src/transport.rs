@@ -3,12 +3,13 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bus_core::probe::{self, Protocol};
 use bus_core::{
     async_trait, Declared, Destination, EndpointInfo, EndpointTopology, Envelope, MessageId,
-    Outgoing, QueueKind, SubscribeOptions, Subscription, Topology, Transport, TransportError,
+    Outgoing, QueueKind, ReplyChannel, SubscribeOptions, Subscription, Topology, Transport,
+    TransportError,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, ErrorKind, RedisResult, ServerErrorKind};
@@ -17,7 +18,7 @@ use tokio::time::{timeout, Instant};
 use crate::config::RedisConfig;
 use crate::error::RedisError;
 use crate::subscription::RedisSubscription;
-use crate::{scripts, wire};
+use crate::{replies, schedule, scripts, wire};
 
 /// The Redis Streams transport.
 ///
@@ -284,6 +285,11 @@ impl RedisTransport {
     }
 
     async fn send_one(&self, out: &Outgoing) -> Result<(), TransportError> {
+        if let (Some(at), Destination::Endpoint(_) | Destination::Event(_)) =
+            (out.scheduled_after(SystemTime::now()), &out.destination)
+        {
+            return schedule::store(self, out, at).await;
+        }
         let keys = &self.inner.config.keys;
         let fields = wire::fields(&out.envelope)?;
         let mut conn = self.conn();
@@ -339,6 +345,7 @@ impl RedisTransport {
                 tracing::trace!(event = %name, subscribers, "event published");
                 Ok(())
             }
+            (Destination::Reply(address), _) => replies::send(self, address, out, &fields).await,
             (Destination::Event(name), Some(_)) => Err(TransportError::Other {
                 context: format!("event `{name}` cannot be delayed; only endpoint messages can"),
                 source: None,
@@ -585,6 +592,27 @@ impl Transport for RedisTransport {
         let prefetch = options.prefetch.clamp(1, 65_536);
         let sub = RedisSubscription::start(self.clone(), endpoint, prefetch).await?;
         Ok(Box::new(sub))
+    }
+
+    /// A stream of this instance's own, `<root>:reply:<instance>`, with an expiry renewed
+    /// while the channel is open and deleted when it closes; the address is `instance`. See
+    /// the crate docs.
+    async fn open_replies(&self, instance: &str) -> Result<ReplyChannel, TransportError> {
+        replies::open(self, instance).await
+    }
+
+    /// Takes due messages from `<root>:scheduled`, competing with the other buses on the same
+    /// keys; each handed out is leased, and due again when its lease runs out unsettled. See
+    /// the crate docs.
+    async fn subscribe_due(&self) -> Result<Option<Box<dyn Subscription>>, TransportError> {
+        let due = schedule::DueSubscription::start(self).await?;
+        Ok(Some(Box::new(due)))
+    }
+
+    /// Takes a scheduled message out of `<root>:scheduled` and its hash while it waits; one
+    /// already handed out to a bus is being delivered and is not cancelled (`false`).
+    async fn cancel_scheduled(&self, id: &MessageId) -> Result<bool, TransportError> {
+        schedule::cancel(self, id).await
     }
 
     /// Up to `limit` entries of the endpoint's input or error stream, oldest first, left in

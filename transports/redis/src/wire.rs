@@ -191,14 +191,50 @@ fn lossy(bytes: &[u8]) -> String {
 /// token, then of every field and value. The token keeps two equal messages apart; the move
 /// script decodes the rest back into the `XADD` arguments.
 pub(crate) fn delayed_member(token: &str, fields: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + fields.iter().map(|f| f.len() + 8).sum::<usize>());
-    for part in std::iter::once(token.as_bytes()).chain(fields.iter().map(Vec::as_slice)) {
+    netstrings(std::iter::once(token.as_bytes()).chain(fields.iter().map(Vec::as_slice)))
+}
+
+/// A scheduled message as stored in the hash of scheduled messages: netstrings of every
+/// field and value, as [`fields`] writes them (the envelope already carries
+/// `bus-deliver-at` and `bus-destination`). Read back with [`stored_fields`].
+pub(crate) fn stored_message(fields: &[Vec<u8>]) -> Vec<u8> {
+    netstrings(fields.iter().map(Vec::as_slice))
+}
+
+fn netstrings<'a>(parts: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.clone().map(|p| p.len() + 8).sum::<usize>());
+    for part in parts {
         out.extend_from_slice(part.len().to_string().as_bytes());
         out.push(b':');
         out.extend_from_slice(part);
         out.push(b',');
     }
     out
+}
+
+/// The field-value pairs of a message stored by [`stored_message`]; `None` when the bytes are
+/// not netstrings of pairs (not written by this transport).
+pub(crate) fn stored_fields(mut bytes: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut parts = Vec::new();
+    while !bytes.is_empty() {
+        let colon = bytes.iter().position(|b| *b == b':')?;
+        let len: usize = std::str::from_utf8(&bytes[..colon]).ok()?.parse().ok()?;
+        let rest = &bytes[colon + 1..];
+        if rest.len() <= len || rest[len] != b',' {
+            return None;
+        }
+        parts.push(rest[..len].to_vec());
+        bytes = &rest[len + 1..];
+    }
+    if parts.len() % 2 != 0 {
+        return None;
+    }
+    let mut it = parts.into_iter();
+    let mut pairs = Vec::new();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        pairs.push((k, v));
+    }
+    Some(pairs)
 }
 
 /// One entry of a stream reply. `fields` is `None` when the entry was deleted while pending.
@@ -461,6 +497,42 @@ mod tests {
     fn delayed_members_are_netstrings() {
         let m = delayed_member("t1", &[b"body".to_vec(), b"a,b:c".to_vec()]);
         assert_eq!(m, b"2:t1,4:body,5:a,b:c,".to_vec());
+    }
+
+    #[test]
+    fn stored_messages_come_back_as_they_went() {
+        let mut h = Headers {
+            message_id: "m-1".into(),
+            message_type: "tests.Work".into(),
+            content_type: "application/json".into(),
+            ..Headers::default()
+        };
+        h.custom
+            .insert("bus-deliver-at".into(), "1700000000123".into());
+        h.custom
+            .insert("bus-destination".into(), "event:a:b,c".into());
+        let body: Vec<u8> = b"12:x,y:{}".iter().copied().chain(0..=255).collect();
+        let env = Envelope::from_bytes(h.clone(), body.clone());
+        let stored = stored_message(&fields(&env).unwrap());
+        let back = envelope(stored_fields(&stored).expect("decodes"));
+        assert_eq!(*back.headers, h);
+        match back.body {
+            Body::Bytes(b) => assert_eq!(b.as_ref(), body.as_slice()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stored_messages_not_written_here_do_not_decode() {
+        assert_eq!(stored_fields(b""), Some(vec![]));
+        assert_eq!(stored_fields(b"1:a,"), None, "a field without value");
+        assert_eq!(stored_fields(b"5:a,"), None, "too short");
+        assert_eq!(stored_fields(b"1:a;1:b,"), None, "no comma");
+        assert_eq!(stored_fields(b"x:a,1:b,"), None, "no length");
+        assert_eq!(
+            stored_fields(b"1:a,0:,"),
+            Some(vec![(b"a".to_vec(), Vec::new())])
+        );
     }
 
     #[test]

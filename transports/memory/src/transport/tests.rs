@@ -19,6 +19,7 @@ fn message(n: usize) -> Outgoing {
             "{}",
         ),
         delay: None,
+        deliver_at: None,
     }
 }
 

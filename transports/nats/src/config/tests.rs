@@ -66,6 +66,10 @@ fn without_a_namespace_the_names_are_the_defaults() {
     assert_eq!(n.event_stream("w"), "BUS_EVT_w");
     assert_eq!(n.delay_stream("e"), "BUS_DELAY_e");
     assert_eq!(n.error_stream("e"), "BUS_ERR_e");
+    assert_eq!(n.reply_subject("i"), "bus.reply.i");
+    assert_eq!(n.scheduled_subject("t"), "bus.scheduled.t");
+    assert_eq!(n.scheduled_subjects(), "bus.scheduled.>");
+    assert_eq!(n.scheduled_stream(), "BUS_SCHEDULED");
     assert_eq!(n.stream_name_prefix(), "BUS_");
 }
 
@@ -80,8 +84,12 @@ fn a_namespace_starts_every_subject_and_stream() {
     assert_eq!(n.delay_stream("e"), "STAGING_BUS_DELAY_e");
     assert_eq!(n.error_stream("e"), "STAGING_BUS_ERR_e");
     assert!(n.event_stream("a.W").starts_with("STAGING_BUS_EVT_a_W_"));
+    assert_eq!(n.reply_subject("i"), "staging.bus.reply.i");
+    assert_eq!(n.scheduled_subject("t"), "staging.bus.scheduled.t");
+    assert_eq!(n.scheduled_stream(), "STAGING_BUS_SCHEDULED");
     assert_eq!(n.stream_name_prefix(), "STAGING_BUS_");
     for name in [
+        n.scheduled_stream(),
         n.endpoint_stream("e"),
         n.event_stream("a.W"),
         n.delay_stream("e"),
