@@ -19,6 +19,7 @@ use crate::message::{Command, MessageKind};
 use crate::pipeline::EndpointRuntime;
 use crate::runtime::{Counters, NameMap, Runtime};
 use crate::state::StateMap;
+use crate::storage::Storage;
 use crate::telemetry::Telemetry;
 use crate::transport::{EndpointTopology, Topology, Transport};
 
@@ -42,6 +43,7 @@ pub struct BusBuilder {
     default_endpoint: String,
     hosted: Option<HashSet<String>>,
     endpoint_defaults: EndpointConfig,
+    storage: Option<Arc<dyn Storage>>,
     endpoint_configs: HashMap<String, Box<dyn FnOnce(EndpointConfig) -> EndpointConfig + Send>>,
     routes: HashMap<String, String>,
     state: StateMap,
@@ -61,6 +63,7 @@ impl Default for BusBuilder {
             default_endpoint: "main".to_string(),
             hosted: None,
             endpoint_defaults: EndpointConfig::default(),
+            storage: None,
             endpoint_configs: HashMap::new(),
             routes: HashMap::new(),
             state: StateMap::default(),
@@ -127,6 +130,20 @@ impl BusBuilder {
     ) -> Self {
         self.handlers
             .push(handler.into_descriptor().in_endpoint(endpoint));
+        self
+    }
+
+    /// Register saga `S`'s handler of message `M` in `endpoint` (what `#[bus_core::saga]` on
+    /// the `impl SagaHandles<M> for S` registers by itself).
+    pub fn saga<S, M>(mut self, endpoint: impl Into<Cow<'static, str>>) -> Self
+    where
+        S: crate::SagaHandles<M>,
+        M: crate::Message,
+    {
+        self.handlers.push(crate::saga::descriptor::<S, M>(
+            std::any::type_name::<S>(),
+            Some(endpoint.into()),
+        ));
         self
     }
 
@@ -222,6 +239,29 @@ impl BusBuilder {
     /// How long [`Bus::shutdown`] waits for in-flight handlers (default 30 s).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Where units of work commit: every hosted endpoint runs each handler attempt in a
+    /// session of `storage` (its writes, the saga state it changes, the messages it sends as
+    /// outbox entries and the record that the message was handled, committed at once), unless
+    /// its [`EndpointConfig::storage`] names another; [`crate::Bus::unit_of_work`] opens one
+    /// outside handlers; and the running bus keeps the storage's outbox relay going. See the
+    /// `storage` module docs and `docs/sagas.md`.
+    ///
+    /// ```
+    /// use bus_core::{Bus, MemoryStorage};
+    /// let builder = Bus::builder().storage(MemoryStorage::new());
+    /// # drop(builder);
+    /// ```
+    pub fn storage(mut self, storage: impl Storage) -> Self {
+        self.storage = Some(Arc::new(storage));
+        self
+    }
+
+    /// [`BusBuilder::storage`] with a storage that is shared already.
+    pub fn storage_arc(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
         self
     }
 
@@ -331,16 +371,23 @@ impl BusBuilder {
             counters: Counters::default(),
             telemetry,
             replies: crate::request::Replies::new(),
+            storage: self.storage.clone(),
         });
 
         let mut configs = self.endpoint_configs;
         let mut topology = Topology::default();
         let mut endpoints = Vec::new();
         for (name, handlers) in by_endpoint {
-            let config = match configs.remove(&name) {
+            let mut config = match configs.remove(&name) {
                 Some(configure) => configure(self.endpoint_defaults.clone()),
                 None => self.endpoint_defaults.clone(),
             };
+            if config.storage.is_none() {
+                config.storage = self.storage.clone();
+            }
+            if config.storage.is_none() {
+                config.storage = self.storage.clone();
+            }
             let mut ep_topology = EndpointTopology {
                 name: name.clone(),
                 ..EndpointTopology::default()

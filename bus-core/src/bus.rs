@@ -46,6 +46,8 @@ pub(crate) struct BusInner {
     started: AtomicBool,
     consumers: Arc<AtomicUsize>,
     grace: Duration,
+    /// Stops the storages' outbox relays.
+    relays: tokio_util::sync::CancellationToken,
 }
 
 /// Readiness of a bus: connected, and consuming every hosted endpoint.
@@ -132,8 +134,14 @@ impl Bus {
                 started: AtomicBool::new(false),
                 consumers: Arc::new(AtomicUsize::new(0)),
                 grace,
+                relays: tokio_util::sync::CancellationToken::new(),
             }),
         }
+    }
+
+    /// What the bus's parts share.
+    pub(crate) fn runtime(&self) -> &Arc<Runtime> {
+        &self.inner.runtime
     }
 
     /// Send a command to the endpoint that owns it. `Ok` means the transport accepted it.
@@ -469,6 +477,32 @@ impl Bus {
                 self.inner.consumers.clone(),
             ));
         }
+        // Each storage's outbox relay (the bus's, and any endpoint's own), once.
+        let mut storages: Vec<Arc<dyn crate::Storage>> = Vec::new();
+        let configured = self
+            .inner
+            .endpoints
+            .iter()
+            .filter_map(|ep| ep.config.storage.clone());
+        for storage in self
+            .inner
+            .runtime
+            .storage
+            .clone()
+            .into_iter()
+            .chain(configured)
+        {
+            if !storages.iter().any(|s| Arc::ptr_eq(s, &storage)) {
+                storages.push(storage);
+            }
+        }
+        for storage in storages {
+            let transport = self.inner.runtime.transport.clone();
+            let stop = self.inner.relays.clone();
+            self.inner
+                .tracker
+                .spawn(async move { storage.relay(transport, stop).await });
+        }
         // A bus that hosts endpoints also delivers the scheduled messages that fall due on the
         // broker; one that only sends leaves them to those.
         if !self.inner.endpoints.is_empty() {
@@ -495,6 +529,7 @@ impl Bus {
         let started = std::time::Instant::now();
         self.inner.stop.fire();
         self.inner.runtime.replies.close();
+        self.inner.relays.cancel();
         self.inner.tracker.close();
         let finished = tokio::time::timeout(self.inner.grace, self.inner.tracker.wait())
             .await

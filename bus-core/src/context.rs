@@ -24,6 +24,7 @@ use crate::outgoing::SendOptions;
 use crate::request::RequestOptions;
 use crate::runtime::{Counters, Runtime};
 use crate::state::StateMap;
+use crate::storage::Session;
 use crate::telemetry::Telemetry;
 use crate::transport::{Outgoing, SubscribeOptions, Subscription, Topology, Transport};
 
@@ -42,6 +43,8 @@ struct Inner {
     outbox: Mutex<Option<Vec<Outgoing>>>,
     /// The inbox found the message handled before: the attempt succeeded without handlers.
     duplicate: AtomicBool,
+    /// The attempt's unit of work, when the endpoint has storage.
+    session: tokio::sync::Mutex<Option<Box<dyn Session>>>,
 }
 
 impl MessageContext {
@@ -61,6 +64,7 @@ impl MessageContext {
                 redelivered,
                 outbox: Mutex::new(Some(Vec::new())),
                 duplicate: AtomicBool::new(false),
+                session: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -83,6 +87,7 @@ impl MessageContext {
                     inner.attempt = attempt;
                     inner.redelivered = redelivered;
                     *inner.duplicate.get_mut() = false;
+                    *inner.session.get_mut() = None;
                     let outbox = inner.outbox.get_mut().unwrap_or_else(|p| p.into_inner());
                     match outbox {
                         Some(list) => list.clear(),
@@ -300,6 +305,36 @@ impl MessageContext {
             .await
     }
 
+    /// The unit of work this attempt runs in, when its endpoint has storage
+    /// ([`crate::BusBuilder::storage`]): the database transaction that commits with the
+    /// messages the handler sends. A storage crate reaches its own transaction through it
+    /// (`bus_postgres::PostgresSession`); [`crate::Saga`] handlers keep their state there.
+    /// [`BusError::NoStorage`] on an endpoint without storage.
+    pub async fn session(&self) -> Result<SessionGuard<'_>, BusError> {
+        let guard = self.inner.session.lock().await;
+        if guard.is_none() {
+            return Err(BusError::NoStorage);
+        }
+        Ok(SessionGuard(guard))
+    }
+
+    /// Give the attempt its unit of work.
+    pub(crate) fn set_session(&self, session: Box<dyn Session>) {
+        if let Ok(mut slot) = self.inner.session.try_lock() {
+            *slot = Some(session);
+        }
+    }
+
+    /// Take the attempt's unit of work back, once its handlers are done.
+    pub(crate) fn take_session(&self) -> Option<Box<dyn Session>> {
+        // A handler that kept a guard past its end would hold the lock: its work is lost.
+        self.inner
+            .session
+            .try_lock()
+            .ok()
+            .and_then(|mut s| s.take())
+    }
+
     /// Stage `out` under its producer span, made now, inside the handler's span: the
     /// message's handling continues the handler's trace, though the message leaves later.
     fn stage(&self, mut out: Outgoing) -> Result<(), BusError> {
@@ -504,6 +539,7 @@ impl TestContextBuilder {
             // it stages, so that a test sees exactly what the handler wrote.
             telemetry: Telemetry::off(),
             replies: crate::request::Replies::new(),
+            storage: None,
         });
         MessageContext::new(
             runtime,
@@ -563,5 +599,28 @@ impl Transport for HeldBack {
         _: SubscribeOptions,
     ) -> Result<Box<dyn Subscription>, TransportError> {
         Err(self.refuse())
+    }
+}
+
+/// The unit of work of a handler attempt, borrowed: see [`MessageContext::session`].
+pub struct SessionGuard<'a>(tokio::sync::MutexGuard<'a, Option<Box<dyn Session>>>);
+
+impl SessionGuard<'_> {
+    /// The session.
+    pub fn session(&mut self) -> &mut dyn Session {
+        self.0
+            .as_deref_mut()
+            .expect("a guard is made only over a session")
+    }
+
+    /// The session as the storage's own type, e.g. to reach its database transaction.
+    pub fn downcast<T: Session>(&mut self) -> Option<&mut T> {
+        self.session().as_any_mut().downcast_mut::<T>()
+    }
+}
+
+impl std::fmt::Debug for SessionGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionGuard")
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::inbox::Inbox;
 use crate::layer::Layer;
 use crate::recoverability::{Recoverability, RecoverabilityPolicy};
+use crate::storage::Storage;
 
 /// Settings of one endpoint (logical service) hosted by a bus.
 ///
@@ -40,6 +41,9 @@ pub struct EndpointConfig {
     pub inbox: Option<Arc<dyn Inbox>>,
     /// This endpoint's own layers, run inside the bus-wide ones, in the order added.
     pub layers: Vec<Arc<dyn Layer>>,
+    /// Where each handler attempt's unit of work commits (outbox, inbox, saga state); set
+    /// for every endpoint by [`crate::BusBuilder::storage`].
+    pub storage: Option<Arc<dyn Storage>>,
 }
 
 impl std::fmt::Debug for EndpointConfig {
@@ -51,6 +55,10 @@ impl std::fmt::Debug for EndpointConfig {
             .field("recoverability", &self.recoverability)
             .field("policy", &self.policy.is_some())
             .field("inbox", &self.inbox.is_some())
+            .field(
+                "storage",
+                &self.storage.as_ref().map(|s| s.name().to_string()),
+            )
             .field(
                 "layers",
                 &self.layers.iter().map(|l| l.name()).collect::<Vec<_>>(),
@@ -69,6 +77,7 @@ impl Default for EndpointConfig {
             policy: None,
             inbox: None,
             layers: Vec::new(),
+            storage: None,
         }
     }
 }
@@ -126,6 +135,13 @@ impl EndpointConfig {
     /// without running its handlers again.
     pub fn inbox(mut self, inbox: impl Inbox) -> Self {
         self.inbox = Some(Arc::new(inbox));
+        self
+    }
+
+    /// Run each handler attempt in a unit of work of `storage` (outbox, inbox and saga state
+    /// in one transaction); see [`crate::BusBuilder::storage`] to give every endpoint one.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
         self
     }
 

@@ -107,6 +107,12 @@ pub enum BusError {
     /// The bus is shutting down or stopped.
     #[error("the bus has been shut down")]
     ShutDown,
+    /// The storage of a unit of work (outbox, inbox, saga state) failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The bus has no storage, and what was asked needs one.
+    #[error("this needs storage for units of work (an outbox): give the bus one with `BusBuilder::storage`, e.g. `bus_postgres::PostgresStorage`")]
+    NoStorage,
     /// No answer to a request came within its timeout.
     #[error("no answer to request `{request}` from {endpoint} within {timeout:?}; is a bus hosting that endpoint running? (raise the wait with `RequestOptions::timeout`)")]
     RequestTimeout {
@@ -133,6 +139,51 @@ pub enum BusError {
         /// The error's text.
         error: String,
     },
+}
+
+/// An error from the storage of units of work (outbox, inbox, saga state).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// Another unit of work changed (or created) the saga instance first; the attempt is
+    /// retried and then sees the other's change.
+    #[error("saga `{saga}` instance `{id}` was changed by another message at the same time; the attempt is retried")]
+    Conflict {
+        /// The saga's name.
+        saga: String,
+        /// The instance's id.
+        id: String,
+    },
+    /// The storage cannot do this.
+    #[error("the {storage} storage cannot {operation}")]
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
+        /// The storage's name.
+        storage: String,
+    },
+    /// The store failed (connection lost, statement refused).
+    #[error("{context}")]
+    Other {
+        /// What failed, and what to do about it; never a password.
+        context: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl StorageError {
+    /// An error of the store, with its source.
+    pub fn other(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StorageError::Other {
+            context: context.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
 }
 
 fn others_text(others: &[String]) -> String {

@@ -224,6 +224,20 @@ impl Failure {
         }
     }
 
+    /// The unit of work's storage failed (a conflict on a saga, a lost connection): retried
+    /// like a handler's error.
+    pub(crate) fn storage(error: &crate::StorageError) -> Self {
+        Failure {
+            reason: FailureReason::HandlerError,
+            error_type: "bus_core::StorageError".into(),
+            message: error.to_string(),
+            handler: None,
+            causes: Vec::new(),
+            unrecoverable: false,
+            requeue: false,
+        }
+    }
+
     pub(crate) fn dispatch(error: &TransportError) -> Self {
         Failure {
             reason: FailureReason::DispatchFailed,

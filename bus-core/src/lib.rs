@@ -59,8 +59,12 @@
 //!   callers waiting on it, replies and failure replies.
 //! - `schedule`: handing scheduled messages that fell due on a broker to their destination.
 //! - `context`, `extract`, `handler`: [`MessageContext`], extractors ([`State`]), handlers.
+//! - `storage`, `memory_storage`: units of work ([`Storage`], [`Session`]: outbox, inbox
+//!   and saga state in one transaction), and [`MemoryStorage`].
 //! - `layer`, `recoverability`, `inbox`, `endpoint`: [`Layer`], [`RecoverabilityPolicy`],
 //!   [`Inbox`], [`EndpointConfig`].
+//! - `saga`: [`Saga`], [`SagaHandles`], [`SagaContext`]: long-running processes whose state
+//!   lives in the storage; `unit_of_work`: [`UnitOfWork`], a unit of work outside handlers.
 //! - `pipeline`: one delivery through checks, layers, handlers, the policy, settlement.
 //! - `worker`: the receive loop of an endpoint.
 //! - `bus` and `builder`: the [`Bus`] facade and the [`BusBuilder`]; `signal`: [`stop_signal`].
@@ -80,6 +84,7 @@ mod failure;
 mod handler;
 mod inbox;
 mod layer;
+mod memory_storage;
 mod message;
 mod outgoing;
 mod pipeline;
@@ -88,11 +93,14 @@ mod recoverability;
 mod redact;
 mod request;
 mod runtime;
+mod saga;
 mod schedule;
 mod signal;
 mod state;
+mod storage;
 pub mod telemetry;
 mod transport;
+mod unit_of_work;
 mod worker;
 
 pub use builder::BusBuilder;
@@ -100,10 +108,10 @@ pub use bus::{Bus, BusStats, Health, ShutdownReport};
 pub use codec::{
     decode, decode_any, decode_envelope, decode_envelope_as, encode, Codec, Codecs, JsonCodec, JSON,
 };
-pub use context::{MessageContext, TestContextBuilder};
+pub use context::{MessageContext, SessionGuard, TestContextBuilder};
 pub use endpoint::EndpointConfig;
 pub use envelope::{header, Body, Envelope, Headers, MessageId};
-pub use error::{BusError, CodecError, HandlerError, TransportError, Unrecoverable};
+pub use error::{BusError, CodecError, HandlerError, StorageError, TransportError, Unrecoverable};
 pub use extract::{FromContext, State};
 pub use failed::FailedMessage;
 pub use failure::{Failure, FailureReason};
@@ -115,21 +123,25 @@ pub use handler::{
 pub use inbox::postgres;
 pub use inbox::{Inbox, MemoryInbox};
 pub use layer::{Layer, LayerFuture, Next, Run};
+pub use memory_storage::MemoryStorage;
 pub use message::{AnyMessage, Command, DynMessage, Event, Message, MessageKind, Request};
 pub use outgoing::SendOptions;
 pub use recoverability::{Attempts, Decision, Recoverability, RecoverabilityPolicy};
 pub use redact::{redact_url, scrub_urls};
 pub use request::{RequestOptions, DEFAULT_REQUEST_TIMEOUT};
+pub use saga::{Saga, SagaContext, SagaHandles};
 pub use signal::{stop_signal, StopSignal};
 pub use state::StateRequirement;
+pub use storage::{SagaRecord, Session, Storage};
 pub use transport::{
     Acker, Declared, Delivery, Destination, EndpointInfo, EndpointTopology, Outgoing, QueueKind,
     ReplyChannel, SharedAcker, SubscribeOptions, Subscription, Topology, Transport,
     TransportLimits,
 };
+pub use unit_of_work::UnitOfWork;
 
 /// Derive macros and the handler attribute.
-pub use bus_macros::{handler, Command, Event};
+pub use bus_macros::{handler, saga, Command, Event};
 
 /// Re-exported so transports and tests need not add it themselves.
 pub use async_trait::async_trait;
@@ -180,6 +192,18 @@ pub mod __private {
     #[inline]
     pub fn into_result<R: IntoHandlerResult>(r: R) -> Result<(), HandlerError> {
         r.into_handler_result()
+    }
+
+    /// The descriptor of saga `S`'s handler of `M`, as `#[saga]` registers it.
+    pub fn saga_descriptor<S, M>(
+        name: &'static str,
+        endpoint: Option<Cow<'static, str>>,
+    ) -> HandlerDescriptor
+    where
+        S: crate::SagaHandles<M>,
+        M: crate::Message,
+    {
+        crate::saga::descriptor::<S, M>(name, endpoint)
     }
 
     /// Converts the return value of a request's handler: its answer is the reply, held back

@@ -38,6 +38,8 @@ pub(crate) struct Runtime {
     pub(crate) telemetry: Telemetry,
     /// This instance's reply address and the requests waiting on it.
     pub(crate) replies: crate::request::Replies,
+    /// Where units of work outside handlers commit, and whose relay the bus runs.
+    pub(crate) storage: Option<Arc<dyn crate::storage::Storage>>,
 }
 
 impl Runtime {

@@ -10,6 +10,7 @@ use proc_macro::TokenStream;
 mod endpoint;
 mod handler;
 mod message;
+mod saga;
 
 /// Derive a command: a message sent point-to-point to the one endpoint that owns it.
 ///
@@ -49,4 +50,24 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
     handler::expand(attr.into(), item.into()).into()
+}
+
+/// Register a saga's handler of one message: goes on `impl SagaHandles<M> for S` (which it
+/// makes an `async_trait` impl, so `handle` is written as a plain `async fn`).
+///
+/// ```ignore
+/// #[bus_core::saga(endpoint = "fulfilment")]
+/// impl SagaHandles<OrderPlaced> for Fulfilment {
+///     const STARTS: bool = true;
+///     fn correlate(m: &OrderPlaced) -> String { m.order_id.to_string() }
+///     async fn handle(&mut self, m: OrderPlaced, ctx: &SagaContext) -> Result<(), HandlerError> { ... }
+/// }
+/// ```
+///
+/// `endpoint` (a string literal or a `&'static str` constant) is where the saga runs; by
+/// default a command goes to its owning endpoint. The endpoint needs storage
+/// (`BusBuilder::storage`).
+#[proc_macro_attribute]
+pub fn saga(attr: TokenStream, item: TokenStream) -> TokenStream {
+    saga::expand(attr.into(), item.into()).into()
 }

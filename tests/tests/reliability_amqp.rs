@@ -367,8 +367,8 @@ async fn b16_consumer_process_killed_and_restarted() {
 async fn b17_memory_alarm_blocks_publishers_with_a_typed_timeout() {
     scoped("B17 memory alarm", |scope| async move {
         let tally = Tally::new();
-        let c = consumer(&scope, "b17", &tally, |e| e).await;
-        let p = producer(&scope, "b17", Duration::from_secs(2)).await;
+        let c = consumer(&scope, "e38", &tally, |e| e).await;
+        let p = producer(&scope, "e38", Duration::from_secs(2)).await;
         let alarm = tokio::task::spawn_blocking(MemoryAlarm::raise)
             .await
             .unwrap();
@@ -874,20 +874,20 @@ async fn c29_graceful_shutdown_with_handlers_in_flight() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b17_scheduled_messages_survive_the_sender_and_a_broker_restart() {
+async fn e38_scheduled_messages_survive_the_sender_and_a_broker_restart() {
     scoped(
-        "B17 scheduled messages across restarts",
+        "E38 scheduled messages across restarts",
         |scope| async move {
-            let test = "B17 scheduled messages across restarts";
+            let test = "E38 scheduled messages across restarts";
             let n = 100;
             let tally = Tally::new();
             // The endpoint exists before anything is scheduled for it.
-            consumer(&scope, "b17", &tally, |e| e)
+            consumer(&scope, "e38", &tally, |e| e)
                 .await
                 .bus
                 .shutdown()
                 .await;
-            let p = producer(&scope, "b17", Duration::from_secs(10)).await;
+            let p = producer(&scope, "e38", Duration::from_secs(10)).await;
             let restart = async {
                 let stopped = tokio::task::spawn_blocking(BrokerStopped::stop)
                     .await
@@ -899,12 +899,12 @@ async fn b17_scheduled_messages_survive_the_sender_and_a_broker_restart() {
                 println!("{test}: broker restarted");
             };
             let (bus, _) = scheduled_across_restart(test, p, &tally, n, restart, || async {
-                consumer(&scope, "b17", &tally, |e| e).await.bus
+                consumer(&scope, "e38", &tally, |e| e).await.bus
             })
             .await;
             bus.shutdown().await;
             report(
-                "B17 scheduled messages across sender and broker restart",
+                "E38 scheduled messages across sender and broker restart",
                 "amqp",
                 "sender gone; stop_app/start_app",
                 &tally.summary(),

@@ -691,8 +691,8 @@ async fn b16_consumer_process_killed_and_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b17_scheduled_messages_survive_the_sender_and_a_nats_restart() {
-    let test = "B17 scheduled messages across restarts";
+async fn e38_scheduled_messages_survive_the_sender_and_a_nats_restart() {
+    let test = "E38 scheduled messages across restarts";
     let _lock = BROKER_LOCK.lock().await;
     logs();
     let Some(mut server) = NatsServer::start(test).await else {
@@ -703,8 +703,8 @@ async fn b17_scheduled_messages_survive_the_sender_and_a_nats_restart() {
         let n = 100;
         let tally = Tally::new();
         // The endpoint exists before anything is scheduled for it.
-        consumer(&url, "b17", &tally).await.shutdown().await;
-        let p = producer(&url, "b17", Duration::from_secs(5)).await;
+        consumer(&url, "e38", &tally).await.shutdown().await;
+        let p = producer(&url, "e38", Duration::from_secs(5)).await;
         let restart = async {
             server.kill();
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -712,12 +712,12 @@ async fn b17_scheduled_messages_survive_the_sender_and_a_nats_restart() {
             println!("{test}: nats-server restarted");
         };
         let (bus, _) = scheduled_across_restart(test, p, &tally, n, restart, || {
-            consumer(&url, "b17", &tally)
+            consumer(&url, "e38", &tally)
         })
         .await;
         bus.shutdown().await;
         report(
-            "B17 scheduled messages across sender and broker restart",
+            "E38 scheduled messages across sender and broker restart",
             "nats",
             "sender gone; nats-server kill -9 and restart (file storage)",
             &tally.summary(),

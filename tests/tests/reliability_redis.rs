@@ -512,8 +512,8 @@ async fn b16_consumer_process_killed_and_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn b17_scheduled_messages_survive_the_sender_and_a_redis_restart() {
-    let test = "B17 scheduled messages across restarts";
+async fn e38_scheduled_messages_survive_the_sender_and_a_redis_restart() {
+    let test = "E38 scheduled messages across restarts";
     let _lock = BROKER_LOCK.lock().await;
     logs();
     let Some(mut server) = RedisServer::start(test, Persistence::AppendOnly).await else {
@@ -524,8 +524,8 @@ async fn b17_scheduled_messages_survive_the_sender_and_a_redis_restart() {
         let n = 100;
         let tally = Tally::new();
         // The endpoint exists before anything is scheduled for it.
-        consumer(&url, "b17", &tally).await.shutdown().await;
-        let p = producer(&url, "b17", Duration::from_secs(5)).await;
+        consumer(&url, "e38", &tally).await.shutdown().await;
+        let p = producer(&url, "e38", Duration::from_secs(5)).await;
         let restart = async {
             server.kill();
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -533,12 +533,12 @@ async fn b17_scheduled_messages_survive_the_sender_and_a_redis_restart() {
             println!("{test}: redis-server restarted");
         };
         let (bus, _) = scheduled_across_restart(test, p, &tally, n, restart, || {
-            consumer(&url, "b17", &tally)
+            consumer(&url, "e38", &tally)
         })
         .await;
         bus.shutdown().await;
         report(
-            "B17 scheduled messages across sender and broker restart",
+            "E38 scheduled messages across sender and broker restart",
             "redis",
             "sender gone; redis-server kill -9 and restart (append-only file)",
             &tally.summary(),

@@ -47,6 +47,12 @@ pub(super) async fn run(
         number,
         work.redelivered,
     );
+    if let Some(storage) = &ep.config.storage {
+        let outcome = in_unit_of_work(ep, work, &ctx, &**storage).await;
+        ctx.take_outbox();
+        *spare = Some(ctx);
+        return outcome;
+    }
     let outcome = if ep.layers.is_empty() {
         let ran = run_handlers(ep, work, &ctx).await;
         // Closed either way: what a failed attempt staged is dropped, and a handler that kept
@@ -82,6 +88,70 @@ pub(super) async fn run(
     };
     *spare = Some(ctx);
     outcome.map(|()| done)
+}
+
+/// An attempt in a unit of work of the endpoint's storage: a message handled before is a
+/// duplicate; otherwise the layers and handlers run, and what they wrote, sent and changed
+/// commits at once, with the record that the message was handled. Only then are the
+/// messages handed to the transport, by the storage (what it cannot send now, its relay
+/// sends later): the attempt succeeded once the commit did.
+async fn in_unit_of_work(
+    ep: &EndpointRuntime,
+    work: &mut Work<'_>,
+    ctx: &MessageContext,
+    storage: &dyn crate::Storage,
+) -> Result<Done, Failure> {
+    let headers = &work.envelope.headers;
+    let mut session = storage
+        .open(Some((&ep.name, &headers.message_id)))
+        .await
+        .map_err(|e| Failure::storage(&e))?;
+    match session.handled_before().await {
+        Ok(false) => {}
+        Ok(true) => {
+            session.rollback().await;
+            ctx.mark_duplicate();
+            crate::runtime::Counters::bump(&ep.runtime.counters.duplicates_skipped);
+            tracing::debug!(endpoint = %ep.name, message_id = %headers.message_id, "handled before (its unit of work committed): acked without handling");
+            return Ok(Done::Duplicate);
+        }
+        Err(error) => {
+            session.rollback().await;
+            return Err(Failure::storage(&error));
+        }
+    }
+    ctx.set_session(session);
+    let ran = if ep.layers.is_empty() {
+        run_handlers(ep, work, ctx).await
+    } else {
+        let innermost = std::pin::pin!(run_handlers(ep, work, ctx));
+        let chain = Next::new(&ep.layers, innermost).run(ctx);
+        match catch_panic::guarded(chain).await {
+            Ok(outcome) => outcome,
+            Err(panic) => Err(Failure::panic(panic.as_ref()).with_handler("a layer")),
+        }
+    };
+    let staged = ctx.close_outbox();
+    let Some(session) = ctx.take_session() else {
+        return Err(Failure::storage(&crate::StorageError::Other {
+            context: "a handler kept its session past its end; its work was not committed".into(),
+            source: None,
+        }));
+    };
+    if let Err(failure) = ran {
+        session.rollback().await;
+        return Err(failure);
+    }
+    let ids = session
+        .commit(staged)
+        .await
+        .map_err(|e| Failure::storage(&e))?;
+    if !ids.is_empty() {
+        if let Err(error) = storage.dispatch(&ids, &*ep.runtime.transport).await {
+            tracing::warn!(endpoint = %ep.name, %error, "committed messages not sent yet; the outbox relay sends them");
+        }
+    }
+    Ok(Done::Handled)
 }
 
 /// Run the attempt's handlers in order, each with a clone of `ctx`; the first failure ends it.

@@ -63,8 +63,11 @@ pub fn reachable(url: &str) -> Result<(), String> {
     })
 }
 
+/// The highest delay level of the AMQP transport's scheduled messages (levels 0 to 31).
+const SCHEDULE_LEVELS: u32 = 31;
+
 /// Queues and exchanges of one case, under a unique prefix, deleted at the end.
-struct Scope {
+pub(crate) struct Scope {
     url: String,
     prefix: String,
     queues: Vec<String>,
@@ -72,7 +75,7 @@ struct Scope {
 }
 
 impl Scope {
-    fn new(url: &str) -> Scope {
+    pub(crate) fn new(url: &str) -> Scope {
         let id = uuid::Uuid::now_v7().simple().to_string();
         Scope {
             url: url.to_string(),
@@ -91,17 +94,21 @@ impl Scope {
     }
 
     /// Remember the bus's queues and exchange for an endpoint, for the cleanup.
-    fn bus_endpoint(&mut self, endpoint: &str) {
+    pub(crate) fn bus_endpoint(&mut self, endpoint: &str) {
         let naming = self.naming();
         self.queues.push(naming.queue(endpoint));
         self.queues.push(naming.error_queue(endpoint));
         if !self.exchanges.contains(&naming.events_exchange) {
+            // A starting bus also declares the queues of scheduled messages under the prefix.
+            self.queues
+                .extend((0..=SCHEDULE_LEVELS).map(|l| naming.schedule_level_queue(l)));
+            self.queues.push(naming.schedule_due_queue());
             self.exchanges.push(naming.events_exchange);
         }
     }
 
     /// A name under the prefix for the raw side, remembered for the cleanup.
-    fn raw_queue(&mut self, name: &str) -> String {
+    pub(crate) fn raw_queue(&mut self, name: &str) -> String {
         let q = format!("{}raw.{name}", self.prefix);
         self.queues.push(q.clone());
         q
@@ -113,7 +120,7 @@ impl Scope {
         x
     }
 
-    async fn cleanup(&self) {
+    pub(crate) async fn cleanup(&self) {
         let Ok(conn) = Connection::connect(&self.url, ConnectionProperties::default()).await else {
             progress("cleanup: broker unreachable; queues left behind");
             return;
@@ -248,14 +255,14 @@ enum RawProps {
 }
 
 /// The confirm of a raw publish, as the bus reads it.
-fn confirmed(c: Confirmation) -> Result<(), String> {
+pub(crate) fn confirmed(c: Confirmation) -> Result<(), String> {
     match c {
         Confirmation::Ack(None) => Ok(()),
         other => Err(format!("not confirmed: {other:?}")),
     }
 }
 
-async fn raw_connection(url: &str) -> (Connection, Channel) {
+pub(crate) async fn raw_connection(url: &str) -> (Connection, Channel) {
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("raw lapin connection");
@@ -267,7 +274,7 @@ async fn raw_connection(url: &str) -> (Connection, Channel) {
     (conn, publisher)
 }
 
-async fn raw_queue(ch: &Channel, name: &str) {
+pub(crate) async fn raw_queue(ch: &Channel, name: &str) {
     ch.queue_declare(
         name.into(),
         QueueDeclareOptions::durable(),
@@ -318,7 +325,7 @@ fn work_handler(sink: &Arc<Sink>) -> DynHandler<AmqpWork> {
     })
 }
 
-async fn bus_transport(scope: &Scope, name: &str) -> AmqpTransport {
+pub(crate) async fn bus_transport(scope: &Scope, name: &str) -> AmqpTransport {
     AmqpTransport::connect(
         AmqpConfig::new(scope.url.clone())
             .connection_name(name)

@@ -10,10 +10,12 @@
 //! ```
 //!
 //! Where things live: `memory` (in-memory commands and events against tokio channels), `amqp`
-//! (RabbitMQ against raw lapin), `jetstream` (NATS JetStream against raw async-nats), `streams`
-//! (Redis Streams against the raw `redis` crate), `rss` (memory held by queued messages, measured in child
-//! processes), `probe` (messages, the shared handler, the sink and its histograms), `machine`
-//! (facts printed with the table), `report` (table and JSON lines).
+//! (RabbitMQ against raw lapin), `requests` (request/response in memory against tokio `mpsc`
+//! and `oneshot`, and on RabbitMQ against raw lapin with direct reply-to), `jetstream` (NATS
+//! JetStream against raw async-nats), `streams` (Redis Streams against the raw `redis` crate),
+//! `rss` (memory held by queued messages, measured in child processes), `probe` (messages, the
+//! shared handler, the sink and its histograms), `machine` (facts printed with the table),
+//! `report` (table and JSON lines).
 
 /// The allocator of both sides of every case (the `mimalloc` feature, on by default).
 #[cfg(feature = "mimalloc")]
@@ -26,6 +28,7 @@ mod machine;
 mod memory;
 mod probe;
 mod report;
+mod requests;
 mod rss;
 mod streams;
 #[cfg(feature = "telemetry")]
@@ -46,8 +49,9 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// Run only the cases whose group name contains this text: `memory-commands`,
-    /// `memory-producers`, `memory-events`, `amqp-e2e`, `amqp-publish`, `amqp-sizes`,
-    /// `nats-e2e`, `redis-e2e`, `footprint`, and with `--features telemetry` `telemetry`.
+    /// `memory-producers`, `memory-events`, `memory-requests`, `amqp-e2e`, `amqp-publish`,
+    /// `amqp-sizes`, `amqp-requests`, `nats-e2e`, `redis-e2e`, `footprint`, and with
+    /// `--features telemetry` `telemetry`.
     #[arg(long)]
     only: Option<String>,
     /// The broker of the AMQP cases.
@@ -103,6 +107,8 @@ pub struct Scale {
     pub mem_messages: u64,
     /// Messages of an in-memory latency measurement.
     pub mem_latency_messages: u64,
+    /// Round trips of an in-memory request/response measurement (after `mem_warmup` ones).
+    pub mem_requests: u64,
     /// Messages of the AMQP end-to-end and publish-only throughput runs.
     pub amqp_messages: u64,
     /// Turns raw and bus take in the AMQP end-to-end case (the counts and the time are split).
@@ -119,6 +125,10 @@ pub struct Scale {
     pub sizes: Vec<(usize, u64)>,
     /// Messages of the NATS and Redis end-to-end runs.
     pub stream_messages: u64,
+    /// Round trips of the AMQP request/response run with 1 in flight (split over the rounds).
+    pub amqp_requests: u64,
+    /// Round trips of the AMQP request/response run with 64 in flight (split over the rounds).
+    pub amqp_requests_wide: u64,
 }
 
 impl Scale {
@@ -133,6 +143,7 @@ impl Scale {
                 mem_warmup: 2_000,
                 mem_messages: 50_000,
                 mem_latency_messages: 2_000,
+                mem_requests: 5_000,
                 amqp_messages: 2_000,
                 amqp_rounds: 1,
                 amqp_rate: 1_000,
@@ -141,6 +152,8 @@ impl Scale {
                 batch_messages: 1_000,
                 sizes: vec![(1024, 500)],
                 stream_messages: 1_000,
+                amqp_requests: 200,
+                amqp_requests_wide: 1_000,
             }
         } else if quick {
             Scale {
@@ -151,6 +164,7 @@ impl Scale {
                 mem_warmup: 10_000,
                 mem_messages: 300_000,
                 mem_latency_messages: 20_000,
+                mem_requests: 50_000,
                 amqp_messages: 10_000,
                 amqp_rounds: 2,
                 amqp_rate: 1_000,
@@ -159,6 +173,8 @@ impl Scale {
                 batch_messages: 2_000,
                 sizes: vec![(1024, 5_000), (16 * 1024, 2_000), (256 * 1024, 200)],
                 stream_messages: 5_000,
+                amqp_requests: 4_000,
+                amqp_requests_wide: 20_000,
             }
         } else {
             Scale {
@@ -169,6 +185,7 @@ impl Scale {
                 mem_warmup: 50_000,
                 mem_messages: 2_000_000,
                 mem_latency_messages: 100_000,
+                mem_requests: 300_000,
                 amqp_messages: 100_000,
                 amqp_rounds: 2,
                 amqp_rate: 1_000,
@@ -177,6 +194,8 @@ impl Scale {
                 batch_messages: 10_000,
                 sizes: vec![(1024, 30_000), (16 * 1024, 10_000), (256 * 1024, 1_000)],
                 stream_messages: 30_000,
+                amqp_requests: 20_000,
+                amqp_requests_wide: 100_000,
             }
         }
     }
@@ -230,7 +249,10 @@ fn main() {
     if wanted("memory-events") {
         rows.extend(memory::events(&scale));
     }
-    let amqp_groups = ["amqp-e2e", "amqp-publish", "amqp-sizes"];
+    if wanted("memory-requests") {
+        rows.extend(requests::memory(&scale));
+    }
+    let amqp_groups = ["amqp-e2e", "amqp-publish", "amqp-sizes", "amqp-requests"];
     if !args.no_amqp && amqp_groups.iter().any(|g| wanted(g)) {
         match amqp::reachable(&args.amqp_url) {
             Err(why) => probe::progress(format!(
@@ -250,6 +272,11 @@ fn main() {
                 if wanted("amqp-sizes") {
                     rows.extend(once_more("amqp-sizes", || {
                         amqp::body_sizes(&scale, &args.amqp_url)
+                    }));
+                }
+                if wanted("amqp-requests") {
+                    rows.extend(once_more("amqp-requests", || {
+                        requests::amqp(&scale, &args.amqp_url)
                     }));
                 }
             }
