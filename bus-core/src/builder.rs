@@ -386,7 +386,12 @@ impl BusBuilder {
                 config.storage = self.storage.clone();
             }
             if config.storage.is_none() {
-                config.storage = self.storage.clone();
+                if let Some(saga) = handlers.iter().find(|h| h.needs_storage) {
+                    return Err(BusError::SagaWithoutStorage {
+                        handler: saga.name.to_string(),
+                        endpoint: name,
+                    });
+                }
             }
             let mut ep_topology = EndpointTopology {
                 name: name.clone(),

@@ -113,6 +113,14 @@ pub enum BusError {
     /// The bus has no storage, and what was asked needs one.
     #[error("this needs storage for units of work (an outbox): give the bus one with `BusBuilder::storage`, e.g. `bus_postgres::PostgresStorage`")]
     NoStorage,
+    /// A saga runs in an endpoint without storage for its state.
+    #[error("saga handler `{handler}` runs in endpoint `{endpoint}`, which has no storage for its state; give the bus one with `BusBuilder::storage` (e.g. `bus_postgres::PostgresStorage`, or `MemoryStorage` in tests)")]
+    SagaWithoutStorage {
+        /// The saga's handler.
+        handler: String,
+        /// The endpoint.
+        endpoint: String,
+    },
     /// No answer to a request came within its timeout.
     #[error("no answer to request `{request}` from {endpoint} within {timeout:?}; is a bus hosting that endpoint running? (raise the wait with `RequestOptions::timeout`)")]
     RequestTimeout {

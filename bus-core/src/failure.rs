@@ -224,8 +224,9 @@ impl Failure {
         }
     }
 
-    /// The unit of work's storage failed (a conflict on a saga, a lost connection): retried
-    /// like a handler's error.
+    /// The unit of work's storage failed: retried like a handler's error (a conflict on a
+    /// saga, a lost connection), except what the storage can never do, which goes to the
+    /// error queue at once.
     pub(crate) fn storage(error: &crate::StorageError) -> Self {
         Failure {
             reason: FailureReason::HandlerError,
@@ -233,7 +234,7 @@ impl Failure {
             message: error.to_string(),
             handler: None,
             causes: Vec::new(),
-            unrecoverable: false,
+            unrecoverable: matches!(error, crate::StorageError::Unsupported { .. }),
             requeue: false,
         }
     }

@@ -72,6 +72,8 @@ pub struct HandlerDescriptor {
     pub(crate) endpoint: Option<Cow<'static, str>>,
     pub(crate) message: MessageInfo,
     pub(crate) requires: Vec<StateRequirement>,
+    /// A saga's handler: its endpoint needs storage for the saga's state.
+    pub(crate) needs_storage: bool,
     decode: DecodeFn,
     invoke: Arc<InvokeFn>,
 }
@@ -105,6 +107,7 @@ impl HandlerDescriptor {
             endpoint,
             message,
             requires,
+            needs_storage: false,
             decode: decode_body::<M>,
             invoke: Arc::new(move |msg, body, ctx| {
                 let msg = match (msg, body) {

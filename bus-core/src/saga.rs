@@ -224,11 +224,13 @@ where
     S: SagaHandles<M>,
     M: Message,
 {
-    HandlerDescriptor::new::<M, _, _>(
+    let mut descriptor = HandlerDescriptor::new::<M, _, _>(
         name,
         endpoint,
         MessageInfo::of::<M>(),
         Vec::new(),
         |message: M, ctx: MessageContext| handle::<S, M>(message, ctx),
-    )
+    );
+    descriptor.needs_storage = true;
+    descriptor
 }

@@ -127,7 +127,15 @@ impl UnitOfWork {
             .take()
             .expect("a unit of work holds its session until committed");
         let staged = std::mem::take(&mut self.staged);
+        let telemetry = &self.runtime.telemetry;
+        let sent: Vec<_> = match telemetry.counts_sends() {
+            true => staged.iter().map(|out| telemetry.sending(out)).collect(),
+            false => Vec::new(),
+        };
         let ids = session.commit(staged).await?;
+        for sent in sent {
+            sent.done(1);
+        }
         if !ids.is_empty() {
             if let Err(error) = self.storage.dispatch(&ids, &*self.runtime.transport).await {
                 tracing::warn!(%error, "committed messages not sent yet; the outbox relay sends them");

@@ -48,6 +48,41 @@ pub struct InvoiceCreated {
     pub amount_cents: u64,
 }
 
+/// Billing received the payment of an order's invoice.
+#[derive(Event, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(name = "shop.billing.PaymentReceived")]
+pub struct PaymentReceived {
+    /// Order number.
+    pub order_id: u32,
+    /// Amount paid, in cents.
+    pub amount_cents: u64,
+}
+
+/// Fulfilment tells shipping to ship an order that is placed and paid. Owned by shipping.
+#[derive(Command, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[command(name = "shop.shipping.ShipOrder", endpoint = "shipping")]
+pub struct ShipOrder {
+    /// Order number.
+    pub order_id: u32,
+}
+
+/// Fulfilment gives up on an order whose payment did not arrive in time. Owned by sales.
+#[derive(Command, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[command(name = "shop.sales.CancelOrder", endpoint = "sales")]
+pub struct CancelOrder {
+    /// Order number.
+    pub order_id: u32,
+}
+
+/// The fulfilment saga's timeout: the payment window of an order closed. Scheduled by the
+/// saga to itself when an order's fulfilment starts.
+#[derive(Command, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[command(name = "shop.fulfilment.PaymentOverdue", endpoint = "fulfilment")]
+pub struct PaymentOverdue {
+    /// Order number.
+    pub order_id: u32,
+}
+
 /// Shipping sent an order on its way.
 #[derive(Event, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[event(name = "shop.shipping.OrderShipped")]
@@ -71,7 +106,8 @@ pub struct GetOrderStatus {
 pub struct OrderStatus {
     /// Order number.
     pub order_id: u32,
-    /// `accepted`, or `unknown` for an order sales has not accepted.
+    /// `accepted`, `cancelled` (not paid in time), or `unknown` for an order sales has not
+    /// accepted.
     pub state: String,
 }
 

@@ -2,7 +2,7 @@
 
 use bus_core::{HandlerError, MessageContext, State};
 
-use crate::messages::{GetOrderStatus, OrderPlaced, OrderStatus, PlaceOrder};
+use crate::messages::{CancelOrder, GetOrderStatus, OrderPlaced, OrderStatus, PlaceOrder};
 use crate::trace::{line, ShopStats};
 
 /// The SKU our flaky inventory lookup times out on, once.
@@ -55,13 +55,27 @@ pub async fn place_order(
     Ok(())
 }
 
+/// Handle `CancelOrder`: fulfilment gave up on the order's payment.
+#[bus_core::handler]
+pub async fn cancel_order(
+    cmd: CancelOrder,
+    ctx: MessageContext,
+    State(stats): State<ShopStats>,
+) -> Result<(), HandlerError> {
+    stats.cancel(cmd.order_id);
+    line(&ctx, format!("order #{} cancelled", cmd.order_id));
+    Ok(())
+}
+
 /// Answer `GetOrderStatus`: the reply goes back to the asking instance alone.
 #[bus_core::handler]
 pub async fn order_status(
     query: GetOrderStatus,
     State(stats): State<ShopStats>,
 ) -> Result<OrderStatus, HandlerError> {
-    let state = if stats.accepted(query.order_id) {
+    let state = if stats.cancelled(query.order_id) {
+        "cancelled"
+    } else if stats.accepted(query.order_id) {
         "accepted"
     } else {
         "unknown"

@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::process::ExitCode {
-//! bus_examples::service::run("invoice-service", "billing").await
+//! bus_examples::service::run("invoice-service", &["billing"]).await
 //! # }
 //! ```
 
@@ -16,17 +16,20 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::{Bus, BusBuilder, Transport};
+use bus_core::{Bus, BusBuilder, MemoryStorage, Storage, Transport};
 use bus_otel::{Telemetry, DEFAULT_TRACE_FILTER};
 use bus_transport_config::{ConfiguredTransport, TransportSettings};
 use tokio::net::TcpListener;
 
+use crate::fulfilment::CountClosedWindows;
 use crate::ops::{MetricsSource, OpsServer};
 use crate::trace::ShopStats;
 
 /// How the shop's endpoints are set up, whichever process hosts them: shared counters as
-/// state, and for `sales` one immediate retry then one delayed retry (200 ms), so a transient
-/// failure recovers and a poison order reaches the error queue quickly.
+/// state; for `sales` one immediate retry then one delayed retry (200 ms), so a transient
+/// failure recovers and a poison order reaches the error queue quickly; for `fulfilment` a
+/// count of the payment windows that closed; and a [`MemoryStorage`] for units of work,
+/// where the fulfilment saga keeps its state (see [`shop_bus_with_storage`]).
 ///
 /// ```
 /// use bus_examples::{service::shop_bus, trace::ShopStats};
@@ -42,12 +45,34 @@ use crate::trace::ShopStats;
 /// # }).unwrap();
 /// ```
 pub fn shop_bus(transport: Arc<dyn Transport>, stats: &ShopStats) -> BusBuilder {
+    shop_bus_with_storage(transport, stats, MemoryStorage::new())
+}
+
+/// [`shop_bus`] with the given storage: every handler attempt of every endpoint commits its
+/// outgoing messages (as outbox entries), the record that its message was handled, and the
+/// saga state it changed, in one transaction of `storage`.
+///
+/// A [`MemoryStorage`] lives and dies with its process: the saga instances of a stopped
+/// process are gone, and processes hosting the same endpoint do not share them. A service
+/// that must survive restarts, or run as several instances, needs a database's storage
+/// (`bus_postgres::PostgresStorage`). Keeping a clone of a `MemoryStorage` shows what it
+/// holds ([`MemoryStorage::running`]).
+pub fn shop_bus_with_storage(
+    transport: Arc<dyn Transport>,
+    stats: &ShopStats,
+    storage: impl Storage,
+) -> BusBuilder {
     Bus::builder()
         .transport_arc(transport)
+        .storage(storage)
         .state(stats.clone())
         .endpoint("sales", |e| {
             e.immediate_retries(1)
                 .delayed_retries(1, Duration::from_millis(200))
+        })
+        .endpoint("fulfilment", {
+            let count = CountClosedWindows(stats.clone());
+            move |e| e.layer(count)
         })
 }
 
@@ -164,7 +189,7 @@ pub fn error_queue_location(transport: &ConfiguredTransport, endpoint: &str) -> 
     }
 }
 
-/// Run one service of the shop as its own process: host `endpoint` on the configured broker,
+/// Run one service of the shop as its own process: host `endpoints` on the configured broker,
 /// print a line per handled message, and on Ctrl-C or SIGTERM stop taking messages, let the
 /// ones in flight finish (what is left stays queued for the other instances), print a summary
 /// and exit. A second signal during shutdown abandons the messages in flight at once; the
@@ -173,12 +198,12 @@ pub fn error_queue_location(transport: &ConfiguredTransport, endpoint: &str) -> 
 /// Telemetry comes from [`start_telemetry`] and is flushed at exit. With `metrics_addr` set,
 /// `/metrics`, `/healthz` and `/readyz` are served on it from the moment the bus has started
 /// until it has shut down (`/readyz` answers 503 while it drains).
-pub async fn run(program: &str, endpoint: &str) -> ExitCode {
+pub async fn run(program: &str, endpoints: &[&str]) -> ExitCode {
     let telemetry = match start_telemetry(program) {
         Ok(telemetry) => Arc::new(telemetry),
         Err(code) => return code,
     };
-    let code = serve_endpoint(program, endpoint, &telemetry).await;
+    let code = serve_endpoints(program, endpoints, &telemetry).await;
     // The ops server has stopped by now, so this is the last reference, and the spans and
     // metrics not yet exported can be flushed. Were one left, dropping it flushes too.
     if let Ok(telemetry) = Arc::try_unwrap(telemetry) {
@@ -208,7 +233,11 @@ async fn bind_ops(
 }
 
 /// The body of [`run`], between installing the telemetry and flushing it.
-async fn serve_endpoint(program: &str, endpoint: &str, telemetry: &Arc<Telemetry>) -> ExitCode {
+async fn serve_endpoints(
+    program: &str,
+    endpoints: &[&str],
+    telemetry: &Arc<Telemetry>,
+) -> ExitCode {
     let settings = match broker_settings(program) {
         Ok(settings) => settings,
         Err(code) => return code,
@@ -222,14 +251,15 @@ async fn serve_endpoint(program: &str, endpoint: &str, telemetry: &Arc<Telemetry
         Err(code) => return code,
     };
     let stats = ShopStats::default();
+    let named = endpoint_list(endpoints);
     let bus = match shop_bus(transport.shared(), &stats)
-        .host([endpoint])
+        .host(endpoints.iter().copied())
         .start()
         .await
     {
         Ok(bus) => bus,
         Err(e) => {
-            eprintln!("{program}: could not start endpoint `{endpoint}`: {e}");
+            eprintln!("{program}: could not start {named}: {e}");
             let _ = transport.close().await;
             return ExitCode::FAILURE;
         }
@@ -255,7 +285,7 @@ async fn serve_endpoint(program: &str, endpoint: &str, telemetry: &Arc<Telemetry
         }
         None => None,
     };
-    println!("{program}: hosting endpoint `{endpoint}`; Ctrl-C to stop (twice: at once)");
+    println!("{program}: hosting {named}; Ctrl-C to stop (twice: at once)");
     let watch = tokio::spawn(watch_health(program.to_string(), bus.clone()));
 
     // Until Ctrl-C or SIGTERM; then the messages in flight finish and the rest stay queued. A
@@ -283,7 +313,7 @@ async fn serve_endpoint(program: &str, endpoint: &str, telemetry: &Arc<Telemetry
     let s = bus.stats();
     println!("\n{program}: summary");
     println!("  messages handled  {}", s.handled);
-    for (what, n) in stats.of_endpoint(endpoint) {
+    for (what, n) in endpoints.iter().flat_map(|e| stats.of_endpoint(e)) {
         println!("  {what:<17} {n}");
     }
     println!("  failed attempts   {}", s.failed_attempts);
@@ -299,6 +329,23 @@ async fn serve_endpoint(program: &str, endpoint: &str, telemetry: &Arc<Telemetry
         report.elapsed
     );
     ExitCode::SUCCESS
+}
+
+/// "endpoint `sales`", "endpoints `shipping` and `fulfilment`", for messages to the user.
+///
+/// ```
+/// use bus_examples::service::endpoint_list;
+///
+/// assert_eq!(endpoint_list(&["billing"]), "endpoint `billing`");
+/// assert_eq!(endpoint_list(&["shipping", "fulfilment"]), "endpoints `shipping` and `fulfilment`");
+/// ```
+pub fn endpoint_list(endpoints: &[&str]) -> String {
+    let quoted: Vec<String> = endpoints.iter().map(|e| format!("`{e}`")).collect();
+    match quoted.as_slice() {
+        [] => "no endpoint".to_string(),
+        [one] => format!("endpoint {one}"),
+        [rest @ .., last] => format!("endpoints {} and {last}", rest.join(", ")),
+    }
 }
 
 /// Say when the bus stops being ready (broker connection lost) and when it is ready again.

@@ -1,11 +1,12 @@
-//! The ShippingService: prepares a parcel when an order is placed, ships it once invoiced.
-//! Added after sales and billing existed; neither changed for it.
+//! The ShippingService: prepares a parcel when an order is placed, ships it when fulfilment
+//! says so (placed and paid: see [`crate::fulfilment`]). Added after sales and billing
+//! existed; neither changed for it.
 
 use std::time::Duration;
 
 use bus_core::{HandlerError, MessageContext, SendOptions, State};
 
-use crate::messages::{InvoiceCreated, OrderPlaced, OrderShipped, RemindDelivery};
+use crate::messages::{OrderPlaced, OrderShipped, RemindDelivery, ShipOrder};
 
 /// How long after shipping the delivery reminder is due (a real shop would wait days).
 pub const REMINDER_AFTER: Duration = Duration::from_secs(1);
@@ -29,23 +30,23 @@ pub async fn prepare_parcel(
     Ok(())
 }
 
-/// Handle `InvoiceCreated`: ship the order.
-#[bus_core::handler(endpoint = "shipping")]
+/// Handle `ShipOrder`: ship the order.
+#[bus_core::handler]
 pub async fn ship_order(
-    evt: InvoiceCreated,
+    cmd: ShipOrder,
     ctx: MessageContext,
     State(stats): State<ShopStats>,
 ) -> Result<(), HandlerError> {
-    let tracking = format!("TRK{:06}", u64::from(evt.order_id) * 7919 % 1_000_000);
+    let tracking = format!("TRK{:06}", u64::from(cmd.order_id) * 7919 % 1_000_000);
     ctx.publish(OrderShipped {
-        order_id: evt.order_id,
+        order_id: cmd.order_id,
         tracking: tracking.clone(),
     })
     .await?;
     // Scheduled: on a broker it waits there, so a restart of this service does not lose it.
     ctx.send_with(
         RemindDelivery {
-            order_id: evt.order_id,
+            order_id: cmd.order_id,
             tracking: tracking.clone(),
         },
         SendOptions::new().deliver_after(REMINDER_AFTER),
@@ -56,7 +57,7 @@ pub async fn ship_order(
         &ctx,
         format!(
             "order #{} shipped, tracking {tracking} -> OrderShipped",
-            evt.order_id
+            cmd.order_id
         ),
     );
     Ok(())

@@ -19,26 +19,55 @@ struct Counters {
     parcels_prepared: AtomicU64,
     shipments: AtomicU64,
     reminders: AtomicU64,
+    payments: AtomicU64,
     accepted: Mutex<BTreeSet<u32>>,
+    // Sets rather than counters: what runs again (an attempt of the saga's endpoint retried
+    // after a conflict, a message delivered twice) must not count twice.
+    cancelled: Mutex<BTreeSet<u32>>,
+    windows_closed: Mutex<BTreeSet<String>>,
+}
+
+fn locked<T>(set: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    set.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ShopStats {
     /// Count an accepted order, and remember it for status requests.
     pub fn order(&self, order_id: u32) {
         self.inner.orders.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .accepted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(order_id);
+        locked(&self.inner.accepted).insert(order_id);
     }
     /// Whether this process accepted the order.
     pub fn accepted(&self, order_id: u32) -> bool {
-        self.inner
-            .accepted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&order_id)
+        locked(&self.inner.accepted).contains(&order_id)
+    }
+    /// Remember a cancelled order, for status requests.
+    pub fn cancel(&self, order_id: u32) {
+        locked(&self.inner.cancelled).insert(order_id);
+    }
+    /// Whether this process cancelled the order.
+    pub fn cancelled(&self, order_id: u32) -> bool {
+        locked(&self.inner.cancelled).contains(&order_id)
+    }
+    /// The orders this process cancelled.
+    pub fn cancelled_orders(&self) -> Vec<u32> {
+        locked(&self.inner.cancelled).iter().copied().collect()
+    }
+    /// Remember that a payment window closed: its timeout, by message id, came due.
+    pub fn window_closed(&self, message_id: &str) {
+        locked(&self.inner.windows_closed).insert(message_id.to_string());
+    }
+    /// Payment windows that closed.
+    pub fn windows_closed(&self) -> u64 {
+        locked(&self.inner.windows_closed).len() as u64
+    }
+    /// Count a payment received.
+    pub fn payment(&self) {
+        self.inner.payments.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Payments received.
+    pub fn payments(&self) -> u64 {
+        self.inner.payments.load(Ordering::Relaxed)
     }
     /// Count a delivery reminder that came due.
     pub fn reminder(&self) {
@@ -79,13 +108,17 @@ impl ShopStats {
     /// The counters an endpoint of the shop moves, labelled, for a service's summary.
     pub fn of_endpoint(&self, endpoint: &str) -> Vec<(&'static str, u64)> {
         match endpoint {
-            "sales" => vec![("orders accepted", self.orders())],
-            "billing" => vec![("invoices", self.invoices())],
+            "sales" => vec![
+                ("orders accepted", self.orders()),
+                ("orders cancelled", self.cancelled_orders().len() as u64),
+            ],
+            "billing" => vec![("invoices", self.invoices()), ("payments", self.payments())],
             "shipping" => vec![
                 ("parcels packed", self.parcels()),
                 ("shipments", self.shipments()),
                 ("delivery reminders", self.reminders()),
             ],
+            "fulfilment" => vec![("windows closed", self.windows_closed())],
             _ => Vec::new(),
         }
     }
@@ -94,7 +127,7 @@ impl ShopStats {
 /// Print one line of the trace: endpoint, correlation id, attempt, what happened.
 pub fn line(ctx: &MessageContext, what: impl std::fmt::Display) {
     println!(
-        "  [{:<8}] corr={:<10} attempt={} {}",
+        "  [{:<10}] corr={:<10} attempt={} {}",
         ctx.endpoint(),
         ctx.correlation_id().unwrap_or("-"),
         ctx.attempt(),

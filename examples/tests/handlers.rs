@@ -1,9 +1,13 @@
 //! Each handler of the shop on its own, with a test context: what it publishes, when it
 //! fails, and what it counts.
 
-use bus_examples::billing::create_invoice;
-use bus_examples::messages::{InvoiceCreated, OrderPlaced, OrderShipped, PlaceOrder};
-use bus_examples::sales::{place_order, FLAKY_SKU};
+use bus_core::State;
+use bus_examples::billing::{create_invoice, UNPAID_CUSTOMER};
+use bus_examples::messages::{
+    CancelOrder, GetOrderStatus, InvoiceCreated, OrderPlaced, OrderShipped, PaymentReceived,
+    PlaceOrder, ShipOrder,
+};
+use bus_examples::sales::{cancel_order, order_status, place_order, FLAKY_SKU};
 use bus_examples::shipping::{prepare_parcel, ship_order};
 use bus_examples::trace::ShopStats;
 use bus_testing::TestContext;
@@ -94,7 +98,7 @@ async fn place_order_fails_the_flaky_sku_only_on_the_first_attempt() {
 }
 
 #[tokio::test]
-async fn create_invoice_publishes_an_invoice_for_the_order_total() {
+async fn create_invoice_publishes_an_invoice_and_its_payment_for_the_order_total() {
     let stats = ShopStats::default();
     let test = context("billing", &stats).message::<OrderPlaced>();
     create_invoice(placed(), test.context(), test.extract().unwrap())
@@ -108,11 +112,59 @@ async fn create_invoice_publishes_an_invoice_for_the_order_total() {
             amount_cents: 37_800,
         }]
     );
-    assert_eq!(stats.invoices(), 1);
+    assert_eq!(
+        test.published::<PaymentReceived>(),
+        [PaymentReceived {
+            order_id: 7,
+            amount_cents: 37_800,
+        }]
+    );
+    assert_eq!((stats.invoices(), stats.payments()), (1, 1));
 }
 
 #[tokio::test]
-async fn shipping_packs_on_order_placed_and_ships_on_invoice_created() {
+async fn create_invoice_collects_no_payment_from_the_unpaid_customer() {
+    let stats = ShopStats::default();
+    let test = context("billing", &stats).message::<OrderPlaced>();
+    let unpaid = OrderPlaced {
+        customer: UNPAID_CUSTOMER.into(),
+        ..placed()
+    };
+    create_invoice(unpaid, test.context(), test.extract().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(test.published::<InvoiceCreated>().len(), 1);
+    assert!(test.published::<PaymentReceived>().is_empty());
+    assert_eq!((stats.invoices(), stats.payments()), (1, 0));
+}
+
+#[tokio::test]
+async fn a_cancelled_order_answers_cancelled_to_status_requests() {
+    let stats = ShopStats::default();
+    stats.order(7);
+    let before = order_status(GetOrderStatus { order_id: 7 }, State(stats.clone()))
+        .await
+        .unwrap();
+    assert_eq!(before.state, "accepted");
+
+    let test = context("sales", &stats);
+    cancel_order(
+        CancelOrder { order_id: 7 },
+        test.context(),
+        test.extract().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(test.outgoing().is_empty(), "cancelling announces nothing");
+    let after = order_status(GetOrderStatus { order_id: 7 }, State(stats.clone()))
+        .await
+        .unwrap();
+    assert_eq!(after.state, "cancelled");
+    assert_eq!(stats.cancelled_orders(), [7]);
+}
+
+#[tokio::test]
+async fn shipping_packs_on_order_placed_and_ships_on_ship_order() {
     let stats = ShopStats::default();
     let packing = context("shipping", &stats);
     prepare_parcel(placed(), packing.context(), packing.extract().unwrap())
@@ -122,14 +174,13 @@ async fn shipping_packs_on_order_placed_and_ships_on_invoice_created() {
     assert_eq!((stats.parcels(), stats.shipments()), (1, 0));
 
     let shipping = context("shipping", &stats);
-    let invoice = InvoiceCreated {
-        invoice_id: "INV-7".into(),
-        order_id: 7,
-        amount_cents: 37_800,
-    };
-    ship_order(invoice, shipping.context(), shipping.extract().unwrap())
-        .await
-        .unwrap();
+    ship_order(
+        ShipOrder { order_id: 7 },
+        shipping.context(),
+        shipping.extract().unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         shipping.published::<OrderShipped>(),
         [OrderShipped {

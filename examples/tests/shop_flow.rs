@@ -1,13 +1,17 @@
-//! The shop's flows through the test harness, with the three services in one bus set up as
-//! the binaries set them up (`shop_bus`): an order leads to its invoice and its shipment, a
-//! flaky inventory lookup recovers on retry, a poison order ends in the `sales` error queue.
+//! The shop's flows through the test harness, with all its endpoints in one bus set up as the
+//! binaries set them up (`shop_bus`): an order leads to its invoice, its payment and, through
+//! the fulfilment saga, its shipment; a flaky inventory lookup recovers on retry; a poison
+//! order ends in the `sales` error queue; an unpaid order is cancelled.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bus_core::{FailureReason, SendOptions};
+use bus_examples::billing::UNPAID_CUSTOMER;
+use bus_examples::fulfilment::PAYMENT_WINDOW;
 use bus_examples::messages::{
-    GetOrderStatus, InvoiceCreated, OrderPlaced, OrderShipped, PlaceOrder, RemindDelivery,
+    CancelOrder, GetOrderStatus, InvoiceCreated, OrderPlaced, OrderShipped, PaymentReceived,
+    PlaceOrder, RemindDelivery, ShipOrder,
 };
 use bus_examples::sales::FLAKY_SKU;
 use bus_examples::service::shop_bus;
@@ -22,7 +26,7 @@ async fn shop(stats: &ShopStats) -> TestHarness {
     let builder = shop_bus(Arc::new(MemoryTransport::new()), stats);
     TestHarness::builder()
         .bus_builder(builder)
-        .host(["sales", "billing", "shipping"])
+        .host(["sales", "billing", "fulfilment", "shipping"])
         .start()
         .await
         .expect("the shop starts")
@@ -39,7 +43,7 @@ fn order(order_id: u32, sku: &str, quantity: u32, unit_price_cents: u64) -> Plac
 }
 
 #[tokio::test]
-async fn placing_an_order_leads_to_an_invoice_and_a_shipment() {
+async fn placing_an_order_leads_to_an_invoice_a_payment_and_a_shipment() {
     let stats = ShopStats::default();
     let harness = shop(&stats).await;
     harness
@@ -79,16 +83,27 @@ async fn placing_an_order_leads_to_an_invoice_and_a_shipment() {
             amount_cents: 9_800,
         }]
     );
-    // Billing and shipping each handle their own copy of the event.
+    assert_eq!(
+        harness.published::<PaymentReceived>(),
+        [PaymentReceived {
+            order_id: 1001,
+            amount_cents: 9_800,
+        }]
+    );
+    assert_eq!(harness.sent::<ShipOrder>(), [ShipOrder { order_id: 1001 }]);
+    // Billing, fulfilment and shipping each handle their own copy of the event (fulfilment
+    // perhaps twice, when the payment changed the saga's state first).
     let mut handlers: Vec<String> = harness
         .attempts::<OrderPlaced>()
         .into_iter()
+        .filter(|a| a.outcome.is_ok())
         .map(|a| a.endpoint)
         .collect();
     handlers.sort();
-    assert_eq!(handlers, ["billing", "shipping"]);
-    // The correlation id travels with everything the order caused.
-    for attempt in harness.attempts::<InvoiceCreated>() {
+    handlers.dedup();
+    assert_eq!(handlers, ["billing", "fulfilment", "shipping"]);
+    // The correlation id travels with everything the order caused, through the saga too.
+    for attempt in harness.attempts::<ShipOrder>() {
         assert_eq!(attempt.headers.correlation_id(), Some("order-1001"));
     }
     assert_eq!(
@@ -160,7 +175,7 @@ async fn a_flaky_inventory_lookup_recovers_on_the_immediate_retry() {
 }
 
 #[tokio::test]
-async fn the_demo_orders_end_with_four_shipments_and_one_poison_order() {
+async fn the_demo_orders_end_with_four_shipments_one_poison_order_and_one_cancelled() {
     let stats = ShopStats::default();
     let harness = shop(&stats).await;
     let orders = [
@@ -169,13 +184,18 @@ async fn the_demo_orders_end_with_four_shipments_and_one_poison_order() {
         order(1003, FLAKY_SKU, 1, 3_500),
         order(1004, "chair", 0, 12_000),
         order(1005, "desk", 1, 29_900),
+        PlaceOrder {
+            customer: UNPAID_CUSTOMER.into(),
+            ..order(1006, "lamp", 1, 3_500)
+        },
     ];
     for o in orders {
         harness.send(o).await.unwrap();
     }
-    // The poison order's delayed retry is part of the work: quiet means it is done.
+    // The poison order's delayed retry and the payment windows are part of the work: quiet
+    // means they are done.
     harness
-        .within(Duration::from_secs(20))
+        .within(PAYMENT_WINDOW + Duration::from_secs(20))
         .wait_until_quiet()
         .await
         .unwrap();
@@ -194,6 +214,16 @@ async fn the_demo_orders_end_with_four_shipments_and_one_poison_order() {
         .collect();
     assert_eq!(failed, [1004]);
     assert_eq!(stats.shipments(), 4);
+    assert_eq!(
+        harness.sent::<CancelOrder>(),
+        [CancelOrder { order_id: 1006 }]
+    );
+    assert_eq!(stats.cancelled_orders(), [1006]);
+    assert_eq!(
+        stats.windows_closed(),
+        5,
+        "one payment window per accepted order"
+    );
     harness.stop().await.unwrap();
 }
 

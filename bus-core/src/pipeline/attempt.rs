@@ -142,10 +142,19 @@ async fn in_unit_of_work(
         session.rollback().await;
         return Err(failure);
     }
+    // Counted as sent once committed: from then on they leave, now or through the relay.
+    let telemetry = &ep.runtime.telemetry;
+    let sent: Vec<_> = match telemetry.counts_sends() {
+        true => staged.iter().map(|out| telemetry.sending(out)).collect(),
+        false => Vec::new(),
+    };
     let ids = session
         .commit(staged)
         .await
         .map_err(|e| Failure::storage(&e))?;
+    for sent in sent {
+        sent.done(1);
+    }
     if !ids.is_empty() {
         if let Err(error) = storage.dispatch(&ids, &*ep.runtime.transport).await {
             tracing::warn!(endpoint = %ep.name, %error, "committed messages not sent yet; the outbox relay sends them");

@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    bus_examples::service::run("invoice-service", "billing").await
+    bus_examples::service::run("invoice-service", &["billing"]).await
 }

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    bus_examples::service::run("order-service", "sales").await
+    bus_examples::service::run("order-service", &["sales"]).await
 }

@@ -1,19 +1,23 @@
-//! The all-in-one shop demo: sales, billing and shipping as three endpoints of one process, on
-//! the configured transport (the embedded in-memory one unless `BUS_TRANSPORT` or `bus.toml`
-//! names a broker).
+//! The all-in-one shop demo: sales, billing, fulfilment and shipping as four endpoints of one
+//! process, on the configured transport (the embedded in-memory one unless `BUS_TRANSPORT` or
+//! `bus.toml` names a broker), with their units of work in memory.
 //!
 //! A client places orders. One order fails once and succeeds on retry; one is poison and ends
-//! in the error queue. The client then asks sales where each order stands (request/response),
-//! and shipping's delivery reminders, scheduled as each order ships, come due. The exit status
-//! says whether the demo reached that end.
+//! in the error queue. The fulfilment saga ships each order once it is placed and paid, and
+//! cancels the one whose customer never pays when its payment window closes. The client then
+//! asks sales where each order stands (request/response), and shipping's delivery reminders,
+//! scheduled as each order ships, come due. The exit status says whether the demo reached
+//! that end.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use bus_core::{decode_envelope, header, SendOptions};
+use bus_core::{decode_envelope, header, MemoryStorage, Saga, SendOptions};
+use bus_examples::billing::UNPAID_CUSTOMER;
+use bus_examples::fulfilment::{Fulfilment, PAYMENT_WINDOW};
 use bus_examples::messages::{GetOrderStatus, PlaceOrder};
 use bus_examples::sales::FLAKY_SKU;
-use bus_examples::service::{error_queue_location, init_tracing, shop_bus};
+use bus_examples::service::{error_queue_location, init_tracing, shop_bus_with_storage};
 use bus_examples::trace::ShopStats;
 use bus_transport_config::TransportSettings;
 
@@ -36,7 +40,11 @@ async fn main() -> ExitCode {
     };
     let memory = transport.as_memory().cloned();
     let stats = ShopStats::default();
-    let bus = match shop_bus(transport.shared(), &stats).start().await {
+    let storage = MemoryStorage::new();
+    let bus = match shop_bus_with_storage(transport.shared(), &stats, storage.clone())
+        .start()
+        .await
+    {
         Ok(bus) => bus,
         Err(e) => {
             eprintln!("shop: {e}");
@@ -55,6 +63,7 @@ async fn main() -> ExitCode {
         (1003, "linus", FLAKY_SKU, 1, 3_500),
         (1004, "barbara", "chair", 0, 12_000),
         (1005, "ken", "desk", 1, 29_900),
+        (1006, UNPAID_CUSTOMER, "lamp", 1, 3_500),
     ];
     for (order_id, customer, sku, quantity, unit_price_cents) in orders {
         println!("client: PlaceOrder #{order_id} ({customer}, {quantity} x {sku})");
@@ -79,19 +88,35 @@ async fn main() -> ExitCode {
     }
     println!();
 
-    let good = orders.iter().filter(|o| o.3 > 0).count() as u64;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (stats.shipments() < good || bus.stats().dead_lettered == 0) && Instant::now() < deadline
+    let accepted = orders.iter().filter(|o| o.3 > 0).count() as u64;
+    let unpaid: Vec<u32> = orders
+        .iter()
+        .filter(|o| o.3 > 0 && o.1 == UNPAID_CUSTOMER)
+        .map(|o| o.0)
+        .collect();
+    let good = accepted - unpaid.len() as u64;
+    let deadline = Instant::now() + PAYMENT_WINDOW + Duration::from_secs(30);
+    // Every order's payment window closes too, the shipped ones' included: none is left
+    // scheduled on a broker for the next run to find.
+    while (stats.shipments() < good
+        || bus.stats().dead_lettered == 0
+        || stats.windows_closed() < accepted
+        || stats.cancelled_orders().len() < unpaid.len())
+        && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!();
     let mut statuses = 0;
+    let mut cancelled_answers = Vec::new();
     for (order_id, ..) in orders {
         match bus.request(GetOrderStatus { order_id }).await {
             Ok(status) => {
                 println!("client: order #{order_id} is {}", status.state);
                 statuses += 1;
+                if status.state == "cancelled" {
+                    cancelled_answers.push(order_id);
+                }
             }
             Err(e) => eprintln!("shop: asking for order #{order_id} failed: {e}"),
         }
@@ -108,8 +133,22 @@ async fn main() -> ExitCode {
     println!("  orders placed     {}", orders.len());
     println!("  orders accepted   {}", stats.orders());
     println!("  invoices          {}", stats.invoices());
+    println!("  payments          {}", stats.payments());
     println!("  parcels packed    {}", stats.parcels());
-    println!("  shipments         {}", stats.shipments());
+    println!(
+        "  shipments         {} (on fulfilment's ShipOrder: placed and paid)",
+        stats.shipments()
+    );
+    println!(
+        "  cancelled         {} ({:?}: not paid within {PAYMENT_WINDOW:?})",
+        stats.cancelled_orders().len(),
+        stats.cancelled_orders()
+    );
+    println!(
+        "  windows closed    {} (sagas still running: {})",
+        stats.windows_closed(),
+        storage.running(Fulfilment::NAME)
+    );
     println!("  status answers    {statuses}");
     println!("  reminders due     {}", stats.reminders());
     println!(
@@ -161,6 +200,10 @@ async fn main() -> ExitCode {
         || !dead_ok
         || statuses != orders.len()
         || stats.reminders() != good
+        || stats.cancelled_orders() != unpaid
+        || cancelled_answers != unpaid
+        || stats.windows_closed() != accepted
+        || storage.running(Fulfilment::NAME) != 0
     {
         eprintln!("the demo did not reach its expected end state");
         if memory.is_none() {
