@@ -206,7 +206,7 @@ where
 }
 
 /// Offer `rate` messages per second for `duration`, each send in its own task.
-async fn offered<F, Fut>(rate: u64, duration: Duration, send: F) -> u64
+pub(crate) async fn offered<F, Fut>(rate: u64, duration: Duration, send: F) -> u64
 where
     F: Fn(u64) -> Fut,
     Fut: Future<Output = Result<(), String>> + Send + 'static,

@@ -13,9 +13,10 @@
 //! (RabbitMQ against raw lapin), `requests` (request/response in memory against tokio `mpsc`
 //! and `oneshot`, and on RabbitMQ against raw lapin with direct reply-to), `jetstream` (NATS
 //! JetStream against raw async-nats), `streams` (Redis Streams against the raw `redis` crate),
-//! `rss` (memory held by queued messages, measured in child processes), `probe` (messages, the
-//! shared handler, the sink and its histograms), `machine` (facts printed with the table),
-//! `report` (table and JSON lines).
+//! `outbox` (a handler's sends and units of work through the PostgreSQL outbox on RabbitMQ,
+//! against the same bus without storage), `rss` (memory held by queued messages, measured in
+//! child processes), `probe` (messages, the shared handler, the sink and its histograms),
+//! `machine` (facts printed with the table), `report` (table and JSON lines).
 
 /// The allocator of both sides of every case (the `mimalloc` feature, on by default).
 #[cfg(feature = "mimalloc")]
@@ -26,6 +27,7 @@ mod amqp;
 mod jetstream;
 mod machine;
 mod memory;
+mod outbox;
 mod probe;
 mod report;
 mod requests;
@@ -50,16 +52,22 @@ struct Args {
     json: bool,
     /// Run only the cases whose group name contains this text: `memory-commands`,
     /// `memory-producers`, `memory-events`, `memory-requests`, `amqp-e2e`, `amqp-publish`,
-    /// `amqp-sizes`, `amqp-requests`, `nats-e2e`, `redis-e2e`, `footprint`, and with
-    /// `--features telemetry` `telemetry`.
+    /// `amqp-sizes`, `amqp-requests`, `amqp-outbox` (with PostgreSQL), `nats-e2e`, `redis-e2e`,
+    /// `footprint`, and with `--features telemetry` `telemetry`.
     #[arg(long)]
     only: Option<String>,
     /// The broker of the AMQP cases.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
-    /// Skip the AMQP cases.
+    /// Skip the AMQP cases (the outbox case too).
     #[arg(long)]
     no_amqp: bool,
+    /// The PostgreSQL server of the outbox case (libpq-style, or a `postgresql://` URL).
+    #[arg(
+        long,
+        default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+    )]
+    postgres: String,
     /// The server of the NATS JetStream case.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
@@ -129,6 +137,11 @@ pub struct Scale {
     pub amqp_requests: u64,
     /// Round trips of the AMQP request/response run with 64 in flight (split over the rounds).
     pub amqp_requests_wide: u64,
+    /// Messages through both hops of the AMQP outbox run, per variant (split over the rounds).
+    pub outbox_messages: u64,
+    /// Units of work (and sends) timed in the AMQP outbox run, per variant (split over the
+    /// rounds), offered at `amqp_rate`.
+    pub outbox_commits: u64,
 }
 
 impl Scale {
@@ -154,6 +167,8 @@ impl Scale {
                 stream_messages: 1_000,
                 amqp_requests: 200,
                 amqp_requests_wide: 1_000,
+                outbox_messages: 1_000,
+                outbox_commits: 500,
             }
         } else if quick {
             Scale {
@@ -175,6 +190,8 @@ impl Scale {
                 stream_messages: 5_000,
                 amqp_requests: 4_000,
                 amqp_requests_wide: 20_000,
+                outbox_messages: 6_000,
+                outbox_commits: 3_000,
             }
         } else {
             Scale {
@@ -196,6 +213,8 @@ impl Scale {
                 stream_messages: 30_000,
                 amqp_requests: 20_000,
                 amqp_requests_wide: 100_000,
+                outbox_messages: 40_000,
+                outbox_commits: 20_000,
             }
         }
     }
@@ -252,7 +271,13 @@ fn main() {
     if wanted("memory-requests") {
         rows.extend(requests::memory(&scale));
     }
-    let amqp_groups = ["amqp-e2e", "amqp-publish", "amqp-sizes", "amqp-requests"];
+    let amqp_groups = [
+        "amqp-e2e",
+        "amqp-publish",
+        "amqp-sizes",
+        "amqp-requests",
+        "amqp-outbox",
+    ];
     if !args.no_amqp && amqp_groups.iter().any(|g| wanted(g)) {
         match amqp::reachable(&args.amqp_url) {
             Err(why) => probe::progress(format!(
@@ -278,6 +303,16 @@ fn main() {
                     rows.extend(once_more("amqp-requests", || {
                         requests::amqp(&scale, &args.amqp_url)
                     }));
+                }
+                if wanted("amqp-outbox") {
+                    match outbox::reachable(&args.postgres) {
+                        Err(why) => probe::progress(format!(
+                            "skipping the outbox case: PostgreSQL is unreachable ({why})"
+                        )),
+                        Ok(()) => rows.extend(once_more("amqp-outbox", || {
+                            outbox::amqp(&scale, &args.amqp_url, &args.postgres)
+                        })),
+                    }
                 }
             }
         }
