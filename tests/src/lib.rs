@@ -8,6 +8,7 @@ pub mod faulty;
 pub mod messages;
 pub mod nats_broker;
 pub mod nats_server;
+pub mod outbox_run;
 pub mod proxy;
 pub mod redis_broker;
 pub mod redis_server;
