@@ -33,7 +33,7 @@ pub fn refused(n: u64) -> bool {
     n % 97 == 0
 }
 
-/// Where a worker aborts, on the K-th transport call that carries a `Recorded`
+/// Where a worker is killed, on the K-th transport call that carries a `Recorded`
 /// (`WORKER_CRASH=after-commit:K` or `after-send:K`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Crash {

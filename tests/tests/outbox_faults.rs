@@ -10,7 +10,7 @@
 //! (phantom 0) and each is in the error queue. Copies of `Recorded` the audit's inbox
 //! absorbed are reported in the faults text.
 //!
-//! - E34 the worker aborts (`std::process::abort`, as abrupt as `kill -9`) between the commit
+//! - E34 the worker is killed (it sends itself SIGKILL at its crash point) between the commit
 //!   and the send, then between the send and the outbox delete, a few times, each time
 //!   replaced by a new one whose relay sends what the dead one left: on RabbitMQ and Redis.
 //! - E35 PostgreSQL stopped and started again while the relay has rows pending and commits
@@ -772,7 +772,7 @@ async fn killed_between_commit_send_and_delete(test: &'static str, setup: Setup)
         let tally = Tally::new();
         let mut producing = None;
         let mut happened = Vec::new();
-        let (mut aborted, mut after_send) = (0u64, 0u64);
+        let (mut killed, mut after_send) = (0u64, 0u64);
         for crash in crash_plan(n, crashes) {
             let env: Vec<(&str, String)> = crash
                 .map(|c| vec![("WORKER_CRASH", c.to_env())])
@@ -807,12 +807,12 @@ async fn killed_between_commit_send_and_delete(test: &'static str, setup: Setup)
             let status = worker.exited().expect("the worker ended");
             assert_eq!(
                 status.signal(),
-                Some(6),
+                Some(9),
                 "{test}: worker {} ended otherwise than by its crash point: {status}",
                 worker.name
             );
             happened.push(crash.to_string());
-            aborted += 1;
+            killed += 1;
             after_send += u64::from(matches!(crash, Crash::AfterSend(_)));
         }
         if let Some(p) = producing {
@@ -824,7 +824,7 @@ async fn killed_between_commit_send_and_delete(test: &'static str, setup: Setup)
             test,
             transport,
             &format!(
-                "worker aborted at: {}; each replaced by a new one, the last without a crash \
+                "worker killed (SIGKILL) at: {}; each replaced by a new one, the last without a crash \
                  point; audit inbox absorbed {} duplicate Recorded",
                 happened.join(", "),
                 stats.duplicates_skipped
@@ -832,12 +832,12 @@ async fn killed_between_commit_send_and_delete(test: &'static str, setup: Setup)
             &summary,
             0,
         );
-        assert_eq!(aborted, crashes, "every planned crash point was reached");
-        // Each after-send abort left a sent batch in the outbox, sent again by the next
+        assert_eq!(killed, crashes, "every planned crash point was reached");
+        // Each after-send kill left a sent batch in the outbox, sent again by the next
         // worker's relay: its copies reached the audit and only its inbox kept them out.
         assert!(
             stats.duplicates_skipped >= after_send,
-            "{} duplicates absorbed after {after_send} after-send aborts",
+            "{} duplicates absorbed after {after_send} after-send kills",
             stats.duplicates_skipped
         );
         rig.shutdown().await;

@@ -5,7 +5,7 @@
 //! must roll back. SIGTERM shuts it down gracefully.
 //!
 //! Its transport is wrapped to inject faults without touching the bus: with
-//! `WORKER_CRASH=after-commit:K` the process aborts on the K-th transport call carrying a
+//! `WORKER_CRASH=after-commit:K` the process kills itself (SIGKILL) on the K-th transport call carrying a
 //! `Recorded` before passing it on (committed, not sent); with `after-send:K`, once that call
 //! returned `Ok` (sent, its outbox rows not deleted). While the file `WORKER_HOLD_FILE`
 //! exists, calls carrying a `Recorded` fail, so committed rows pile up in the outbox.
@@ -48,12 +48,25 @@ struct Faulty {
     batches: AtomicU64,
 }
 
+/// End this process with SIGKILL, as an operator's `kill -9` or the OOM killer would: no
+/// destructor, no flush, no graceful anything. The calling thread stops here until the signal
+/// lands, so the call that reached the crash point goes no further.
+fn die() -> ! {
+    let pid = std::process::id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status();
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
 fn carries_recorded(message: &Outgoing) -> bool {
     message.envelope.headers.message_type == Recorded::NAME
 }
 
 impl Faulty {
-    /// Whether this call may go on; aborts the process at an after-commit crash point.
+    /// Whether this call may go on; kills the process at an after-commit crash point.
     fn before(&self, count: usize) -> Result<u64, TransportError> {
         if self.hold.as_ref().is_some_and(|hold| hold.exists()) {
             return Err(TransportError::Connection {
@@ -64,8 +77,8 @@ impl Faulty {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(Crash::AfterCommit(k)) = self.crash {
             if call >= k {
-                eprintln!("bus-outbox-worker: aborting before send call {call} ({count} Recorded)");
-                std::process::abort();
+                eprintln!("bus-outbox-worker: killed before send call {call} ({count} Recorded)");
+                die();
             }
         }
         Ok(call)
@@ -82,8 +95,8 @@ impl Faulty {
         if let Some(Crash::AfterSend(k)) = self.crash {
             // A failed K-th call sent nothing: the next one that succeeds is the crash point.
             if call >= k {
-                eprintln!("bus-outbox-worker: aborting after send call {call} ({count} Recorded)");
-                std::process::abort();
+                eprintln!("bus-outbox-worker: killed after send call {call} ({count} Recorded)");
+                die();
             }
         }
     }
