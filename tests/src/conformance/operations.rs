@@ -408,11 +408,52 @@ async fn teardown_body(f: &dyn TransportFactory) {
         "[{}] nothing is left after teardown: {left:?}",
         f.name()
     );
+    // A bus that ran, and scheduled a message: what it made for that (shared by the namespace)
+    // goes too, once nothing waits in it.
+    let endpoint = "conf-teardown-c";
+    let handled = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = handled.clone();
+    let bus = Bus::builder()
+        .transport_arc(f.transport("teardown-bus").await)
+        .without_discovery()
+        .handler(endpoint, move |_: Work| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .route::<Work>(endpoint)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("[{}] the bus starts: {e}", f.name()));
+    let later = bus_core::SendOptions::new().deliver_after(Duration::from_millis(200));
+    bus.send_with(Work { id: "later".into() }, later)
+        .await
+        .unwrap_or_else(|e| panic!("[{}] scheduling: {e}", f.name()));
+    wait_for(
+        Duration::from_secs(20),
+        "the scheduled message handled",
+        || handled.load(std::sync::atomic::Ordering::Relaxed) == 1,
+    )
+    .await;
+    bus.shutdown().await;
+    let removed_with_bus = bus
+        .teardown(false)
+        .await
+        .unwrap_or_else(|e| panic!("[{}] teardown after a bus ran: {e}", f.name()));
+    let left = bus.teardown(true).await.expect("a dry run after it");
+    assert!(
+        left.is_empty(),
+        "[{}] nothing is left of a bus that ran and scheduled: {left:?}",
+        f.name()
+    );
     println!(
-        "conformance {:<27} [{}] removed {} things",
+        "conformance {:<27} [{}] removed {} things, and {} of a bus that ran",
         "teardown_declared",
         f.name(),
-        removed.len()
+        removed.len(),
+        removed_with_bus.len()
     );
 }
 

@@ -114,6 +114,25 @@ impl<'t> Checker<'t> {
             .map_err(|e| broker_error(format!("deleting queue `{name}`"), e))
     }
 
+    /// Delete the queue `name` unless it holds messages or has consumers; `false` when the
+    /// broker kept it for either.
+    async fn delete_queue_if_idle(&mut self, name: &str) -> Result<bool, TransportError> {
+        let ch = self.channel().await?;
+        let idle = QueueDeleteOptions {
+            if_unused: true,
+            if_empty: true,
+            ..QueueDeleteOptions::default()
+        };
+        match ch.queue_delete(name.into(), idle).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_precondition_failed(&e) => {
+                self.channel = None;
+                Ok(false)
+            }
+            Err(e) => Err(broker_error(format!("deleting queue `{name}`"), e)),
+        }
+    }
+
     /// Close the channel, if one is open.
     pub(crate) async fn close(self) {
         if let Some(ch) = self.channel {
@@ -152,6 +171,9 @@ impl AmqpTransport {
                         name,
                     });
                 }
+            }
+            if !topology.endpoints.is_empty() {
+                found.extend(self.teardown_schedule(&mut checker, dry_run).await?);
             }
             Ok::<_, TransportError>(found)
         };
@@ -232,6 +254,44 @@ impl AmqpTransport {
         .await;
         checker.close().await;
         result?
+    }
+
+    /// The scheduled-message queues of the naming (its levels and due queue), which every bus
+    /// under it shares: removed only while nothing waits in them and nothing consumes them, so
+    /// a teardown never drops a scheduled message or pulls the queues from under a running
+    /// bus. The broker checks both as it deletes.
+    async fn teardown_schedule(
+        &self,
+        checker: &mut Checker<'_>,
+        dry_run: bool,
+    ) -> Result<Vec<Declared>, TransportError> {
+        let naming = &self.inner.config.naming;
+        let mut names: Vec<String> = (0..=crate::schedule::MAX_LEVEL)
+            .map(|level| naming.schedule_level_queue(level))
+            .collect();
+        names.push(naming.schedule_due_queue());
+        let mut found = Vec::new();
+        for name in names {
+            let Some(figures) = checker.queue_figures(&name).await? else {
+                continue;
+            };
+            if figures.ready > 0 || figures.consumers > 0 {
+                continue;
+            }
+            if !dry_run && !checker.delete_queue_if_idle(&name).await? {
+                continue;
+            }
+            found.push(Declared {
+                kind: "queue",
+                name,
+            });
+        }
+        if !dry_run && !found.is_empty() {
+            self.inner
+                .schedule_declared
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(found)
     }
 
     /// The delay queues of `endpoint` declared through this transport (or a clone).

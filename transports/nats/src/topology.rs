@@ -429,6 +429,19 @@ pub(crate) async fn teardown(
         stream,
         consumer: false,
     }));
+    // The scheduled stream is the naming's, shared by every bus under it: it goes too, but
+    // only while nothing waits in it, so a teardown never drops a scheduled message.
+    if !topology.endpoints.is_empty() {
+        let scheduled = naming.scheduled_stream();
+        if let Some(info) = get_stream(js, config, &scheduled).await? {
+            if info.state.messages == 0 {
+                doomed.push(Doomed {
+                    stream: scheduled,
+                    consumer: true,
+                });
+            }
+        }
+    }
     let mut done = Vec::new();
     for d in doomed {
         teardown_stream(js, config, d, dry_run, &mut done).await?;

@@ -22,6 +22,8 @@ pub(crate) mod kind {
     pub(crate) const SORTED_SET: &str = "sorted set";
     /// A whole registry set, deleted because no member was left.
     pub(crate) const SET: &str = "set";
+    /// A hash.
+    pub(crate) const HASH: &str = "hash";
     /// One member of a registry set: `<set key> <member>`.
     pub(crate) const SET_MEMBER: &str = "set member";
 }
@@ -228,6 +230,30 @@ impl RedisTransport {
                 if found(i) {
                     out.push(Declared { kind, name });
                 }
+            }
+        }
+
+        // The scheduled-message keys, shared by the root's buses: only while none waits.
+        let mut call = scripts::TEARDOWN_SCHEDULE.key(keys.scheduled());
+        call.key(keys.scheduled_claimed())
+            .key(keys.scheduled_messages())
+            .key(keys.scheduled_wake())
+            .arg(delete);
+        let found: Vec<i64> = self
+            .run(
+                "tearing down the scheduled-message keys",
+                call.invoke_async(&mut conn),
+            )
+            .await?;
+        let candidates = [
+            (kind::SORTED_SET, keys.scheduled()),
+            (kind::SORTED_SET, keys.scheduled_claimed()),
+            (kind::HASH, keys.scheduled_messages()),
+            (kind::STREAM, keys.scheduled_wake()),
+        ];
+        for (existed, (kind, name)) in found.iter().zip(candidates) {
+            if *existed == 1 {
+                out.push(Declared { kind, name });
             }
         }
 

@@ -227,6 +227,30 @@ return found
     )
 });
 
+/// Tear down the scheduled-message keys of the root, shared by every bus under it, but only
+/// while nothing is scheduled or being delivered (so no scheduled message is ever dropped);
+/// or, as a dry run, only say which exist.
+///
+/// `KEYS[1]` the scheduled set, `KEYS[2]` the claimed set, `KEYS[3]` the message hash,
+/// `KEYS[4]` the wake stream; `ARGV[1]` `1` to delete. Returns, per key, 1 when it existed
+/// (and was, or would be, deleted); all 0 while messages wait.
+pub(crate) static TEARDOWN_SCHEDULE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('ZCARD', KEYS[1]) > 0 or redis.call('ZCARD', KEYS[2]) > 0
+   or redis.call('HLEN', KEYS[3]) > 0 then
+  return {0, 0, 0, 0}
+end
+local found = {}
+for i = 1, 4 do found[i] = redis.call('EXISTS', KEYS[i]) end
+if ARGV[1] == '1' then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+end
+return found
+"#,
+    )
+});
+
 /// Remove endpoints from registry sets (the endpoint registry, subscriber sets), or, as a dry
 /// run, only say which are members. Redis deletes a set once its last member is removed.
 ///
