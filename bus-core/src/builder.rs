@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bus::Bus;
+use crate::cloudevents::CloudEvents;
 use crate::codec::{Codec, Codecs};
 use crate::endpoint::EndpointConfig;
 use crate::error::BusError;
@@ -52,6 +53,7 @@ pub struct BusBuilder {
     shutdown_grace: Duration,
     layers: Vec<Arc<dyn Layer>>,
     telemetry: bool,
+    cloudevents: crate::cloudevents::Rules,
 }
 
 impl Default for BusBuilder {
@@ -72,6 +74,7 @@ impl Default for BusBuilder {
             shutdown_grace: Duration::from_secs(30),
             layers: Vec::new(),
             telemetry: true,
+            cloudevents: Default::default(),
         }
     }
 }
@@ -282,6 +285,35 @@ impl BusBuilder {
         self
     }
 
+    /// Send every message as a CloudEvent, in `config`'s mode and with its attributes (see
+    /// [`crate::cloudevents`]); [`BusBuilder::cloudevents_for`] and
+    /// [`BusBuilder::cloudevents_to`] override it. Receiving needs no configuration: every
+    /// endpoint reads CloudEvents.
+    ///
+    /// ```
+    /// use bus_core::{Bus, CloudEvents};
+    /// let builder = Bus::builder().cloudevents(CloudEvents::binary().source("urn:shop:sales"));
+    /// # drop(builder);
+    /// ```
+    pub fn cloudevents(mut self, config: CloudEvents) -> Self {
+        self.cloudevents.default = Some(config);
+        self
+    }
+
+    /// Send messages of type `M` as CloudEvents per `config` (or not, with
+    /// [`CloudEvents::off`]), whatever the other settings say.
+    pub fn cloudevents_for<M: crate::Message>(mut self, config: CloudEvents) -> Self {
+        self.cloudevents.by_type.insert(M::NAME.to_string(), config);
+        self
+    }
+
+    /// Send the commands routed to `endpoint` as CloudEvents per `config`, unless their type
+    /// has a setting of its own ([`BusBuilder::cloudevents_for`]).
+    pub fn cloudevents_to(mut self, endpoint: impl Into<String>, config: CloudEvents) -> Self {
+        self.cloudevents.by_endpoint.insert(endpoint.into(), config);
+        self
+    }
+
     /// Check the configuration, declare the topology on the transport, and return the bus
     /// (not consuming yet: call [`Bus::start`]).
     pub async fn build(self) -> Result<Bus, BusError> {
@@ -372,6 +404,10 @@ impl BusBuilder {
             telemetry,
             replies: crate::request::Replies::new(),
             storage: self.storage.clone(),
+            cloudevents: self.cloudevents.any().then(|| {
+                let binding = crate::cloudevents::Binding::for_transport(transport.name());
+                Box::new((self.cloudevents.clone(), binding))
+            }),
         });
 
         let mut configs = self.endpoint_configs;

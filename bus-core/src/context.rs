@@ -540,6 +540,7 @@ impl TestContextBuilder {
             telemetry: Telemetry::off(),
             replies: crate::request::Replies::new(),
             storage: None,
+            cloudevents: None,
         });
         MessageContext::new(
             runtime,

@@ -47,7 +47,8 @@
 //! whole picture):
 //! - Vocabulary: [`message`](crate::Message) ([`Message`], [`Command`], [`Event`],
 //!   [`AnyMessage`]), `envelope` ([`Headers`], [`Envelope`], [`Body`], the [`header`] names),
-//!   `codec` ([`Codec`], [`JsonCodec`]), `error`, `failure` ([`Failure`], [`FailureReason`]),
+//!   `codec` ([`Codec`], [`JsonCodec`]), `codecs_extra` (`MessagePackCodec`, `CborCodec`:
+//!   features `msgpack`, `cbor`), `error`, `failure` ([`Failure`], [`FailureReason`]),
 //!   `state`, `transport` (the [`Transport`] contract every transport implements), `failed`
 //!   ([`FailedMessage`]: an error-queue entry read back), [`probe`] (which protocol a server
 //!   speaks, for clear connection errors), [`telemetry`] (the spans, trace context and metrics
@@ -55,6 +56,8 @@
 //! - `runtime`: what a running bus shares (transport, routes, codecs, state, counters,
 //!   telemetry).
 //! - `outgoing`: [`SendOptions`], the headers and ids of a new message.
+//! - [`cloudevents`]: CloudEvents 1.0 read on every endpoint and, where configured
+//!   ([`CloudEvents`]), written on what the bus sends.
 //! - `request`: request/response ([`RequestOptions`]): the instance's reply address, the
 //!   callers waiting on it, replies and failure replies.
 //! - `schedule`: handing scheduled messages that fell due on a broker to their destination.
@@ -73,7 +76,10 @@ extern crate self as bus_core;
 
 mod builder;
 mod bus;
+pub mod cloudevents;
 mod codec;
+#[cfg(any(feature = "msgpack", feature = "cbor"))]
+mod codecs_extra;
 mod context;
 mod endpoint;
 mod envelope;
@@ -105,9 +111,14 @@ mod worker;
 
 pub use builder::BusBuilder;
 pub use bus::{Bus, BusStats, Health, ShutdownReport};
+pub use cloudevents::{CloudEvents, CloudEventsMode};
 pub use codec::{
     decode, decode_any, decode_envelope, decode_envelope_as, encode, Codec, Codecs, JsonCodec, JSON,
 };
+#[cfg(feature = "cbor")]
+pub use codecs_extra::{CborCodec, CBOR};
+#[cfg(feature = "msgpack")]
+pub use codecs_extra::{MessagePackCodec, MSGPACK};
 pub use context::{MessageContext, SessionGuard, TestContextBuilder};
 pub use endpoint::EndpointConfig;
 pub use envelope::{header, Body, Envelope, Headers, MessageId};

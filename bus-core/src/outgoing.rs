@@ -124,6 +124,22 @@ impl Runtime {
         Ok((Body::Bytes(bytes), self.codecs.default_content_type()))
     }
 
+    /// The message as a CloudEvent, where the bus is configured to send it as one.
+    fn as_cloudevent(
+        &self,
+        destination: &Destination,
+        headers: Headers,
+        body: Body,
+    ) -> Result<(Headers, Body), BusError> {
+        match &self.cloudevents {
+            None => Ok((headers, body)),
+            Some(rules) => {
+                let (rules, binding) = &**rules;
+                Ok(rules.apply(destination, *binding, headers, body, &self.codecs)?)
+            }
+        }
+    }
+
     fn check_size(&self, size: usize) -> Result<(), CodecError> {
         if size > self.max_body_size {
             return Err(CodecError::TooLarge {
@@ -145,6 +161,7 @@ impl Runtime {
         let (body, content_type) = self.body_of(message)?;
         let deliver_at = options.deliver_at;
         let headers = new_headers(M::NAME, content_type, parent, options);
+        let (headers, body) = self.as_cloudevent(&destination, headers, body)?;
         Ok(Outgoing {
             destination,
             envelope: Envelope {
@@ -181,6 +198,7 @@ impl Runtime {
         };
         let deliver_at = options.deliver_at;
         let headers = new_headers(name, self.codecs.default_content_type(), None, options);
+        let (headers, body) = self.as_cloudevent(&destination, headers, body)?;
         Ok(Outgoing {
             destination,
             envelope: Envelope {

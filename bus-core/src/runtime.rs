@@ -40,6 +40,8 @@ pub(crate) struct Runtime {
     pub(crate) replies: crate::request::Replies,
     /// Where units of work outside handlers commit, and whose relay the bus runs.
     pub(crate) storage: Option<Arc<dyn crate::storage::Storage>>,
+    /// What is sent as CloudEvents, and the binding of the transport; `None` when nothing is.
+    pub(crate) cloudevents: Option<Box<(crate::cloudevents::Rules, crate::cloudevents::Binding)>>,
 }
 
 impl Runtime {

@@ -134,8 +134,17 @@ pub(crate) async fn handle(
     delivery: Delivery,
     spare: &mut Option<MessageContext>,
 ) -> Option<PendingAck> {
-    let envelope = delivery.envelope();
-    let routed = checks::route(ep, envelope);
+    // A CloudEvent is read as the bus message it stands for; the delivery keeps what arrived,
+    // for the error queue and delayed retries (read again on their way back).
+    let (cloudevent, invalid) = match crate::cloudevents::incoming(delivery.envelope()) {
+        Ok(mapped) => (mapped, None),
+        Err(failure) => (None, Some(failure)),
+    };
+    let envelope = cloudevent.as_deref().unwrap_or(delivery.envelope());
+    let routed = match invalid {
+        Some(failure) => Err(failure),
+        None => checks::route(ep, envelope),
+    };
     let mut observer = Observer::new(ep, envelope, routed.as_ref().ok().map(|(h, _)| *h));
     // The checks, then the attempts, in this one future: each stage an `async fn` of its own
     // would cost a call per poll on every delivery.
