@@ -385,6 +385,21 @@ impl TestHarness {
         } else {
             Ok(Vec::new())
         };
+        // RabbitMQ's events exchange is the namespace's, kept by a teardown of endpoints; it
+        // goes once nothing is bound to it (the broker checks), so a harness under a
+        // namespace of its own leaves nothing behind.
+        let removed = match (removed, &self.configured) {
+            (Ok(mut removed), Some(ConfiguredTransport::Amqp(amqp))) if self.teardown => {
+                match amqp.delete_events_exchange(false).await {
+                    Ok(exchange) => {
+                        removed.extend(exchange);
+                        Ok(removed)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (removed, _) => removed,
+        };
         let closed = match &self.configured {
             Some(configured) => configured.close().await,
             None => Ok(()),

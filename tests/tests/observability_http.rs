@@ -144,11 +144,16 @@ async fn sales_bus(transport: AmqpTransport, stats: &ShopStats) -> Bus {
         .expect("the sales endpoint starts")
 }
 
-/// Remove what the bus declared (its namespace keeps it apart from every other test), bounded
-/// in time.
-async fn teardown(bus: &Bus) {
-    match tokio::time::timeout(Duration::from_secs(30), bus.teardown(false)).await {
-        Ok(Ok(_)) => {}
+/// Remove what the bus declared (its namespace keeps it apart from every other test), and the
+/// namespace's events exchange, bounded in time.
+async fn teardown(bus: &Bus, transport: &AmqpTransport) {
+    let removing = async {
+        bus.teardown(false).await?;
+        transport.delete_events_exchange(false).await?;
+        Ok::<_, bus_core::BusError>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(30), removing).await {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => eprintln!("teardown failed: {e}"),
         Err(_) => eprintln!("teardown did not finish within 30 s"),
     }
@@ -266,7 +271,7 @@ async fn ops_metrics_show_the_bus_counters_moving_while_orders_flow_over_amqp() 
     let result = body.await;
     bus.shutdown().await;
     server.shutdown().await.expect("the ops server stops");
-    teardown(&bus).await;
+    teardown(&bus, &transport).await;
     let _ = transport.close().await;
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
@@ -343,7 +348,7 @@ async fn ops_readyz_is_503_while_the_amqp_connection_is_down_and_200_after() {
     let result = body.await;
     bus.shutdown().await;
     server.shutdown().await.expect("the ops server stops");
-    teardown(&bus).await;
+    teardown(&bus, &transport).await;
     let _ = transport.close().await;
     match result {
         Ok(forwarder) => forwarder.abort(),
