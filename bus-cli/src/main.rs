@@ -80,6 +80,29 @@ enum Command {
         #[arg(long = "metrics", env = "BUS_UI_METRICS", value_delimiter = ',')]
         metrics: Vec<String>,
     },
+    /// Forward chosen events and commands from one broker to another, at least once, with
+    /// their ids and headers, until Ctrl-C or SIGTERM; then print the counts.
+    Bridge(BridgeArgs),
+}
+
+/// `bus bridge`: what to forward, from where to where.
+#[derive(Args, Debug)]
+struct BridgeArgs {
+    /// The source transport URL.
+    #[arg(long)]
+    from: String,
+    /// The target transport URL.
+    #[arg(long)]
+    to: String,
+    /// Event wire names to forward, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    events: Vec<String>,
+    /// Endpoints whose commands to forward, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    commands: Vec<String>,
+    /// The bridge's name: its endpoint on the source is `bridge.NAME`.
+    #[arg(long, default_value = "default")]
+    name: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -183,6 +206,9 @@ async fn run(cli: &Cli) -> Result<String, CliError> {
         Access::for_listen(*listen, token.clone())?;
     }
     let mut settings = TransportSettings::load()?;
+    if let Command::Bridge(args) = &cli.command {
+        return bridge(args, settings, cli.prefix.as_deref()).await;
+    }
     if let Some(url) = &cli.transport {
         settings.url = url.clone();
     }
@@ -202,6 +228,63 @@ async fn run(cli: &Cli) -> Result<String, CliError> {
     let out = command(cli, &ops).await;
     let _ = transport.close().await;
     out
+}
+
+/// `bus bridge`: forward until Ctrl-C or SIGTERM, then report the counts.
+async fn bridge(
+    args: &BridgeArgs,
+    mut settings: TransportSettings,
+    prefix: Option<&str>,
+) -> Result<String, CliError> {
+    if let Some(prefix) = prefix {
+        settings.prefix = Some(prefix.to_string());
+    }
+    settings
+        .connect_timeout
+        .get_or_insert(Duration::from_secs(10));
+    let open = |url: &str| {
+        let mut settings = settings.clone();
+        settings.url = url.to_string();
+        async move {
+            if settings.is_memory() {
+                return Err(CliError::Invalid(
+                    "the in-memory transport lives inside one process: bridge between brokers"
+                        .into(),
+                ));
+            }
+            Ok(settings.open(&format!("bus-bridge-{}", args.name)).await?)
+        }
+    };
+    let from = open(&args.from).await?;
+    let to = match open(&args.to).await {
+        Ok(to) => to,
+        Err(error) => {
+            let _ = from.close().await;
+            return Err(error);
+        }
+    };
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
+    let stop = async move {
+        let _ = stopped_tx.send(bus_core::stop_signal().await);
+    };
+    eprintln!("bus bridge `{}`: forwarding (Ctrl-C stops)", args.name);
+    let done = bus_core::Bridge::new(from.shared(), to.shared())
+        .name(args.name.clone())
+        .events(args.events.iter().cloned())
+        .commands(args.commands.iter().cloned())
+        .run_until(stop)
+        .await;
+    let _ = from.close().await;
+    let _ = to.close().await;
+    let stats = done.map_err(|e| CliError::Invalid(e.to_string()))?;
+    let why = stopped_rx
+        .await
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default();
+    Ok(format!(
+        "bus bridge `{}`: stopped{why}: {stats}\n",
+        args.name
+    ))
 }
 
 /// `bus ui`: serve the page until Ctrl-C or SIGTERM.
@@ -354,6 +437,7 @@ async fn command(cli: &Cli, ops: &Operations) -> Result<String, CliError> {
                 .then(|| bus_cli::rates::Rates::start(metrics.clone(), Duration::from_secs(5)));
             serve_ui(*listen, ops.clone(), access, rates).await?
         }
+        Command::Bridge(_) => unreachable!("`bus bridge` opens its own transports"),
     })
 }
 

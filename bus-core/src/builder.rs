@@ -54,6 +54,8 @@ pub struct BusBuilder {
     layers: Vec<Arc<dyn Layer>>,
     telemetry: bool,
     cloudevents: crate::cloudevents::Rules,
+    pub(crate) masstransit: crate::masstransit::Rules,
+    pub(crate) nservicebus: crate::nservicebus::Rules,
 }
 
 impl Default for BusBuilder {
@@ -75,6 +77,8 @@ impl Default for BusBuilder {
             layers: Vec::new(),
             telemetry: true,
             cloudevents: Default::default(),
+            masstransit: Default::default(),
+            nservicebus: Default::default(),
         }
     }
 }
@@ -408,6 +412,8 @@ impl BusBuilder {
                 let binding = crate::cloudevents::Binding::for_transport(transport.name());
                 Box::new((self.cloudevents.clone(), binding))
             }),
+            masstransit: self.masstransit.built(),
+            nservicebus: self.nservicebus.built(),
         });
 
         let mut configs = self.endpoint_configs;

@@ -541,6 +541,8 @@ impl TestContextBuilder {
             replies: crate::request::Replies::new(),
             storage: None,
             cloudevents: None,
+            masstransit: None,
+            nservicebus: None,
         });
         MessageContext::new(
             runtime,

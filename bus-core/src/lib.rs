@@ -58,6 +58,8 @@
 //! - `outgoing`: [`SendOptions`], the headers and ids of a new message.
 //! - [`cloudevents`]: CloudEvents 1.0 read on every endpoint and, where configured
 //!   ([`CloudEvents`]), written on what the bus sends.
+//! - [`masstransit`]: MassTransit's JSON envelope read on every endpoint and, per type, written.
+//! - [`nservicebus`]: NServiceBus headers read on every endpoint and, per type, written.
 //! - `request`: request/response ([`RequestOptions`]): the instance's reply address, the
 //!   callers waiting on it, replies and failure replies.
 //! - `schedule`: handing scheduled messages that fell due on a broker to their destination.
@@ -71,9 +73,13 @@
 //! - `pipeline`: one delivery through checks, layers, handlers, the policy, settlement.
 //! - `worker`: the receive loop of an endpoint.
 //! - `bus` and `builder`: the [`Bus`] facade and the [`BusBuilder`]; `signal`: [`stop_signal`].
+//! - [`asyncapi`]: an AsyncAPI 3.0 document of the linked message types and handlers.
+//! - `bridge`: [`Bridge`], forwarding chosen commands and events from one transport to another.
 
 extern crate self as bus_core;
 
+pub mod asyncapi;
+mod bridge;
 mod builder;
 mod bus;
 pub mod cloudevents;
@@ -90,8 +96,10 @@ mod failure;
 mod handler;
 mod inbox;
 mod layer;
+pub mod masstransit;
 mod memory_storage;
 mod message;
+pub mod nservicebus;
 mod outgoing;
 mod pipeline;
 pub mod probe;
@@ -109,6 +117,7 @@ mod transport;
 mod unit_of_work;
 mod worker;
 
+pub use bridge::{Bridge, BridgeError, BridgeStats};
 pub use builder::BusBuilder;
 pub use bus::{Bus, BusStats, Health, ShutdownReport};
 pub use cloudevents::{CloudEvents, CloudEventsMode};
@@ -134,8 +143,10 @@ pub use handler::{
 pub use inbox::postgres;
 pub use inbox::{Inbox, MemoryInbox};
 pub use layer::{Layer, LayerFuture, Next, Run};
+pub use masstransit::MassTransit;
 pub use memory_storage::MemoryStorage;
 pub use message::{AnyMessage, Command, DynMessage, Event, Message, MessageKind, Request};
+pub use nservicebus::NServiceBus;
 pub use outgoing::SendOptions;
 pub use recoverability::{Attempts, Decision, Recoverability, RecoverabilityPolicy};
 pub use redact::{redact_url, scrub_urls};
@@ -165,6 +176,7 @@ pub mod __private {
     pub use inventory;
     pub use typetag;
 
+    pub use crate::asyncapi::{HasSchema, NoSchema, SchemaProbe, SchemaRegistration};
     pub use crate::handler::{
         HandlerDescriptor, HandlerRegistration, MessageInfo, MessageRegistration,
     };

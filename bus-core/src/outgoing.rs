@@ -131,6 +131,8 @@ impl Runtime {
         headers: Headers,
         body: Body,
     ) -> Result<(Headers, Body), BusError> {
+        let headers = crate::nservicebus::apply(self, destination, headers);
+        let (headers, body) = crate::masstransit::apply(self, destination, headers, body)?;
         match &self.cloudevents {
             None => Ok((headers, body)),
             Some(rules) => {

@@ -42,6 +42,9 @@ pub(crate) struct Runtime {
     pub(crate) storage: Option<Arc<dyn crate::storage::Storage>>,
     /// What is sent as CloudEvents, and the binding of the transport; `None` when nothing is.
     pub(crate) cloudevents: Option<Box<(crate::cloudevents::Rules, crate::cloudevents::Binding)>>,
+    /// MassTransit and NServiceBus mappings; `None` when none is configured.
+    pub(crate) masstransit: Option<Box<crate::masstransit::Rules>>,
+    pub(crate) nservicebus: Option<Box<crate::nservicebus::Rules>>,
 }
 
 impl Runtime {

@@ -132,6 +132,19 @@ fn expand(parsed: &Parsed, kind: Kind) -> TokenStream {
                     info: ::bus_core::__private::MessageInfo::of::<#ident>(),
                 }
             }
+
+            // Decided here, at the concrete type: a schema only when it implements
+            // `schemars::JsonSchema` and bus-core has the `asyncapi` feature.
+            ::bus_core::__private::inventory::submit! {
+                ::bus_core::__private::SchemaRegistration {
+                    info: ::bus_core::__private::MessageInfo::of::<#ident>(),
+                    schema: || {
+                        #[allow(unused_imports)]
+                        use ::bus_core::__private::{HasSchema as _, NoSchema as _};
+                        (&&::bus_core::__private::SchemaProbe::<#ident>::new()).schema()
+                    },
+                }
+            }
         };
     }
 }

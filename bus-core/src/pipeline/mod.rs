@@ -134,9 +134,13 @@ pub(crate) async fn handle(
     delivery: Delivery,
     spare: &mut Option<MessageContext>,
 ) -> Option<PendingAck> {
-    // A CloudEvent is read as the bus message it stands for; the delivery keeps what arrived,
-    // for the error queue and delayed retries (read again on their way back).
-    let (cloudevent, invalid) = match crate::cloudevents::incoming(delivery.envelope()) {
+    // A CloudEvent, MassTransit envelope or NServiceBus message is read as the bus message it
+    // stands for; the delivery keeps what arrived, for the error queue and delayed retries
+    // (read again on their way back).
+    let (cloudevent, invalid) = match crate::cloudevents::incoming(delivery.envelope())
+        .and_then(|m| crate::masstransit::incoming(&ep.runtime, delivery.envelope(), m))
+        .and_then(|m| crate::nservicebus::incoming(&ep.runtime, delivery.envelope(), m))
+    {
         Ok(mapped) => (mapped, None),
         Err(failure) => (None, Some(failure)),
     };

@@ -146,6 +146,7 @@ pub(super) async fn dead_letter(
         header::FAILURE_TIME.into(),
         humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
     );
+    crate::nservicebus::failed(h, &failure, &ep.name);
     let failed = Arc::new(headers);
     let out = Outgoing::new(
         Destination::ErrorQueue(ep.name.clone()),
