@@ -241,6 +241,10 @@ async fn on_broker(url: String) {
         }],
     };
     let _ = opened.shared().teardown(&topology, false).await;
+    // The namespace's events exchange outlives the endpoints' teardown: it goes too.
+    if let bus_transport_config::ConfiguredTransport::Amqp(amqp) = &opened {
+        let _ = amqp.delete_events_exchange(false).await;
+    }
     let _ = opened.close().await;
 }
 

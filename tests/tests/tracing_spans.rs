@@ -417,6 +417,12 @@ async fn amqp_trace_spans_one_trace_from_first_send_to_last_handler() {
         }
     })
     .await;
+    // The namespace's events exchange outlives the endpoints' teardown: it goes too.
+    let config = AmqpConfig::new(url.clone()).namespace(namespace.clone());
+    if let Ok(transport) = AmqpTransport::connect(config).await {
+        let _ = transport.delete_events_exchange(false).await;
+        let _ = transport.close().await;
+    }
     check(&spans, &first, "rabbitmq", true);
 }
 
