@@ -72,7 +72,7 @@ impl TransportFactory for MemoryFactory {
             sent_at_whole_seconds: false,
             survives_restart: false,
             cancels_scheduled: true,
-            schedule_precision: Duration::from_millis(100),
+            schedule_precision: Duration::from_millis(500),
         }
     }
 
@@ -134,7 +134,7 @@ impl TransportFactory for AmqpFactory {
             sent_at_whole_seconds: true,
             survives_restart: true,
             cancels_scheduled: false,
-            schedule_precision: Duration::from_millis(500),
+            schedule_precision: Duration::from_secs(2),
         }
     }
 
@@ -244,7 +244,7 @@ impl TransportFactory for NatsFactory {
             // File-backed streams and durable consumers.
             survives_restart: true,
             cancels_scheduled: true,
-            schedule_precision: Duration::from_millis(500),
+            schedule_precision: Duration::from_secs(2),
         }
     }
 
@@ -317,7 +317,7 @@ impl TransportFactory for RedisFactory {
             // Redis's persistence decides; the test server keeps nothing on disk.
             survives_restart: false,
             cancels_scheduled: true,
-            schedule_precision: Duration::from_millis(500),
+            schedule_precision: Duration::from_secs(2),
         }
     }
 
