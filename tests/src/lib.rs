@@ -10,6 +10,7 @@ pub mod nats_broker;
 pub mod nats_server;
 pub mod outbox_run;
 pub mod proxy;
+pub mod python;
 pub mod redis_broker;
 pub mod redis_server;
 pub mod reliability;

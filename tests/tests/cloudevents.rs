@@ -15,7 +15,7 @@ use bus_core::{
     header, Body, Bus, Codecs, Command, Destination, Envelope, Event, HandlerError, Headers,
     MessageContext, Outgoing, QueueKind, SendOptions, State, Transport,
 };
-use bus_tests::broker::{brokers_required, AmqpScope};
+use bus_tests::broker::AmqpScope;
 use bus_tests::eventually;
 use bus_tests::nats_broker::NatsScope;
 use bus_tests::redis_broker::RedisScope;
@@ -650,44 +650,17 @@ async fn a_typed_in_process_bus_sends_and_reads_cloudevents_too() {
 // With the CloudEvents Python SDK and pika, over RabbitMQ.
 // ---------------------------------------------------------------------------------------
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/ce_amqp.py");
-
-/// Whether python3 with the `cloudevents` SDK (2.x, with its AMQP binding) and pika is
-/// there; otherwise the test is skipped, or fails when brokers are required.
 async fn python_or_skip(test: &str) -> bool {
-    let probe = tokio::process::Command::new("python3")
-        .args(["-c", "import cloudevents.core.bindings.amqp, pika"])
-        .output()
-        .await;
-    let why = match probe {
-        Ok(out) if out.status.success() => return true,
-        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        Err(e) => format!("python3: {e}"),
-    };
-    if brokers_required() {
-        panic!("{test}: python3 with `cloudevents` (2.x) and `pika` is unavailable ({why}) and BUS_REQUIRE_BROKERS=1");
-    }
-    eprintln!("skipping {test}: python3 with `cloudevents` (2.x) and `pika` is unavailable ({why}); `pip install cloudevents pika`");
-    false
+    bus_tests::python::python_or_skip(
+        test,
+        "cloudevents.core.bindings.amqp, pika",
+        "pip install 'cloudevents>=2.0' pika",
+    )
+    .await
 }
 
 async fn python(args: &[&str]) -> String {
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new("python3")
-            .arg(SCRIPT)
-            .args(args)
-            .output(),
-    )
-    .await
-    .expect("python3 finished in time")
-    .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python3 {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    bus_tests::python::run_script("ce_amqp.py", args).await
 }
 
 #[tokio::test]

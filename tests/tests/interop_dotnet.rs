@@ -14,7 +14,7 @@ use bus_core::{
     header, Body, Bus, Codecs, Command, Destination, Envelope, Event, HandlerError, Headers,
     MassTransit, MessageContext, NServiceBus, Outgoing, SendOptions, State, Transport,
 };
-use bus_tests::broker::{brokers_required, AmqpScope};
+use bus_tests::broker::AmqpScope;
 use bus_tests::eventually;
 use bus_transport_memory::MemoryTransport;
 use serde::{Deserialize, Serialize};
@@ -627,42 +627,12 @@ async fn foreign_and_own_dotnet_messages_reach_handlers_and_malformed_ones_the_e
 // ---------------------------------------------------------------------------------------
 // With pika, over RabbitMQ.
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/dotnet_amqp.py");
-
 async fn python_or_skip(test: &str) -> bool {
-    let probe = tokio::process::Command::new("python3")
-        .args(["-c", "import pika"])
-        .output()
-        .await;
-    let why = match probe {
-        Ok(out) if out.status.success() => return true,
-        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        Err(e) => format!("python3: {e}"),
-    };
-    if brokers_required() {
-        panic!("{test}: python3 with `pika` is unavailable ({why}) and BUS_REQUIRE_BROKERS=1");
-    }
-    eprintln!("skipping {test}: python3 with `pika` is unavailable ({why}); `pip install pika`");
-    false
+    bus_tests::python::python_or_skip(test, "pika", "pip install pika").await
 }
 
 async fn python(args: &[&str]) -> String {
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new("python3")
-            .arg(SCRIPT)
-            .args(args)
-            .output(),
-    )
-    .await
-    .expect("python3 finished in time")
-    .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python3 {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    bus_tests::python::run_script("dotnet_amqp.py", args).await
 }
 
 #[tokio::test]
