@@ -124,8 +124,9 @@ impl Runtime {
         Ok((Body::Bytes(bytes), self.codecs.default_content_type()))
     }
 
-    /// The message as a CloudEvent, where the bus is configured to send it as one.
-    fn as_cloudevent(
+    /// The message in the foreign formats the bus is configured to send it in (NServiceBus
+    /// headers, a MassTransit envelope, a CloudEvent); as it is when none applies.
+    fn in_foreign_formats(
         &self,
         destination: &Destination,
         headers: Headers,
@@ -163,7 +164,7 @@ impl Runtime {
         let (body, content_type) = self.body_of(message)?;
         let deliver_at = options.deliver_at;
         let headers = new_headers(M::NAME, content_type, parent, options);
-        let (headers, body) = self.as_cloudevent(&destination, headers, body)?;
+        let (headers, body) = self.in_foreign_formats(&destination, headers, body)?;
         Ok(Outgoing {
             destination,
             envelope: Envelope {
@@ -200,7 +201,7 @@ impl Runtime {
         };
         let deliver_at = options.deliver_at;
         let headers = new_headers(name, self.codecs.default_content_type(), None, options);
-        let (headers, body) = self.as_cloudevent(&destination, headers, body)?;
+        let (headers, body) = self.in_foreign_formats(&destination, headers, body)?;
         Ok(Outgoing {
             destination,
             envelope: Envelope {

@@ -137,14 +137,14 @@ pub(crate) async fn handle(
     // A CloudEvent, MassTransit envelope or NServiceBus message is read as the bus message it
     // stands for; the delivery keeps what arrived, for the error queue and delayed retries
     // (read again on their way back).
-    let (cloudevent, invalid) = match crate::cloudevents::incoming(delivery.envelope())
+    let (foreign, invalid) = match crate::cloudevents::incoming(delivery.envelope())
         .and_then(|m| crate::masstransit::incoming(&ep.runtime, delivery.envelope(), m))
         .and_then(|m| crate::nservicebus::incoming(&ep.runtime, delivery.envelope(), m))
     {
         Ok(mapped) => (mapped, None),
         Err(failure) => (None, Some(failure)),
     };
-    let envelope = cloudevent.as_deref().unwrap_or(delivery.envelope());
+    let envelope = foreign.as_deref().unwrap_or(delivery.envelope());
     let routed = match invalid {
         Some(failure) => Err(failure),
         None => checks::route(ep, envelope),
